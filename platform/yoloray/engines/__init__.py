@@ -1,0 +1,26 @@
+"""Inference backends behind one small interface (`base.Engine`); `build_engine` picks one by name.
+
+Each backend module is imported only when it is used, so adding one never touches the callers.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from yoloray.engines.base import Engine, EngineError
+from yoloray.engines.capabilities import CAPABILITIES, capability
+
+_BACKENDS = {
+    "torch": "yoloray.engines.torch_backend:TorchEngine",
+    "torch-compile": "yoloray.engines.torch_backend:TorchEngine",
+}
+
+
+def build_engine(config, device) -> Engine:
+    """Build (load, convert, compile) the engine an EngineConfig describes, on `device`."""
+    capability(config.backend)  # unknown names fail with the list of backends
+    module, cls = _BACKENDS[config.backend].split(":")
+    return getattr(import_module(module), cls)(config, device)
+
+
+__all__ = ["CAPABILITIES", "Engine", "EngineError", "build_engine", "capability"]

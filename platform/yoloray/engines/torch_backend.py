@@ -1,0 +1,130 @@
+"""PyTorch backend: the fused ultralytics model, fp32 / fp16 / bf16, channels_last, CUDA graphs or
+torch.compile. Serves both the `torch` and the `torch-compile` backend names."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import torch
+
+from yoloray.engines.base import Engine, EngineError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_model(model: str, max_det: int = 300, agnostic: bool = False) -> torch.nn.Module:
+    """Ultralytics detection model from weights (.pt) or a model YAML (random weights, seeded), fused, eval.
+
+    A model with an end-to-end (one-to-one, NMS-free) head runs that head and its output is used as it is
+    (ultralytics' `predict(nms=False)`); its top-k keeps max(max_det, 300) candidates, as ultralytics does."""
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    path = Path(model)
+    if path.suffix == ".pt":
+        if not path.is_file():
+            raise EngineError(
+                f"model weights {model} do not exist; pass --model with a .pt file, or a model YAML "
+                "such as yolov8n.yaml for random-weight speed tests"
+            )
+        try:
+            net = load_checkpoint(str(path), device="cpu")[0]
+        except Exception as e:  # a file that is not an ultralytics checkpoint
+            raise EngineError(f"{model} is not an ultralytics checkpoint: {e}") from None
+    elif path.suffix in (".yaml", ".yml"):
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # the same random weights every time: reproducible speed/plumbing runs
+                net = DetectionModel(str(path), verbose=False)
+        except FileNotFoundError:
+            raise EngineError(
+                f"model YAML {model} not found; use a file path or an ultralytics model name such as "
+                "yolov8n.yaml, yolo11n.yaml, yolo26n.yaml"
+            ) from None
+    else:
+        raise EngineError(f"model {model!r} must be ultralytics weights (.pt) or a model YAML (.yaml)")
+    task = getattr(net, "task", "detect")
+    if task != "detect" or type(net) is not DetectionModel:
+        raise EngineError(f"{model} is a {task} model ({type(net).__name__}); yoloray runs detection models")
+    if getattr(net.model[-1], "one2one_cv2", None) is not None:
+        net.end2end = True
+        net.set_head_attr(max_det=max(max_det, 300), agnostic_nms=agnostic)
+    net = net.fuse(verbose=False).eval().float()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+class TorchEngine(Engine):
+    def __init__(self, config, device: torch.device):
+        self.device = device
+        self.dtype = DTYPES[config.precision]
+        self.channels_last = config.channels_last
+        net = load_model(config.model, config.max_det, config.agnostic_nms)
+        self.names = {int(k): str(v) for k, v in net.names.items()}
+        self.stride = max(int(net.stride.max()), 32)
+        self.end2end = bool(getattr(net, "end2end", False))
+        net = net.to(device=device, dtype=self.dtype)
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        self._forward = net
+        self.cuda_graph = config.cuda_graph and device.type == "cuda"
+        self.compile = config.backend == "torch-compile"
+        if self.compile:
+            self._forward = torch.compile(net, mode=config.compile_mode or "default", dynamic=False)
+        self.static_batch = config.batch_size if (self.cuda_graph or self.compile) else None
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static_in: torch.Tensor | None = None
+        self._static_out: torch.Tensor | None = None
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._forward(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.static_batch is not None and x.shape[0] != self.static_batch:
+            raise EngineError(f"this engine runs batches of exactly {self.static_batch}, got {x.shape[0]}")
+        if self._graph is None:
+            return self._run(x)
+        if x.shape != self._static_in.shape:
+            raise EngineError(f"CUDA graph was captured for {tuple(self._static_in.shape)}, got {tuple(x.shape)}")
+        self._static_in.copy_(x)
+        self._graph.replay()
+        return self._static_out.clone()
+
+    @torch.inference_mode()
+    def warmup(self, batch_size: int, imgsz: tuple[int, int]) -> None:
+        shape = (self.static_batch or batch_size, 3, *imgsz)
+        x = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        runs = 3 if self.device.type == "cuda" else 1
+        if self.device.type == "cuda":
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            ctx = torch.cuda.stream(stream)
+        else:
+            stream, ctx = None, contextlib.nullcontext()
+        with ctx:
+            for _ in range(runs):
+                self._run(x)
+        if stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+        if self.cuda_graph and self._graph is None:
+            self._static_in = x.clone()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._static_out = self._run(self._static_in)
+            self._graph = graph
+            self._graph.replay()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

@@ -1,0 +1,143 @@
+"""Image decode: CPU through OpenCV (with JPEG DCT-domain reduced decode), GPU through nvJPEG (torchvision).
+
+CPU decode follows ultralytics exactly (`cv2.imdecode(bytes, cv2.IMREAD_COLOR)`): BGR uint8, grayscale /
+CMYK / 16-bit / alpha converted to 3-channel 8-bit, EXIF orientation applied. Every failure is an
+`ImageError` whose message says what is wrong with the image; the caller turns it into an error row.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+# EXIF orientations that swap width and height (transpose, rotate 90 / 270, transverse).
+_SWAPS_AXES = {5, 6, 7, 8}
+_REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+SUPPORTED_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "MPO"}
+
+Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit before decoding, with a clear message
+
+
+class ImageError(ValueError):
+    """This image cannot be used; the message says why (it becomes the row's `error`)."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says, read without decoding pixels."""
+
+    format: str
+    width: int  # after EXIF orientation
+    height: int
+    orientation: int
+
+    @property
+    def is_jpeg(self) -> bool:
+        return self.format in ("JPEG", "MPO")
+
+
+def probe(data: bytes, max_pixels: int) -> ImageInfo:
+    """Read the header: format, size after EXIF orientation. Rejects empty, non-image, truncated-JPEG and
+    over-limit inputs before any pixel is decoded."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError(f"expected encoded image bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ImageError("empty input (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+            fmt = im.format or "?"
+            w, h = im.size
+            orientation = 1
+            if fmt in ("JPEG", "MPO", "TIFF", "WEBP", "PNG"):
+                orientation = int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:
+        raise ImageError(
+            f"not a decodable image ({len(data)} bytes, starts with {bytes(data[:8])!r}); "
+            "supported: JPEG, PNG, BMP, WebP, TIFF"
+        ) from None
+    if fmt not in SUPPORTED_FORMATS:
+        raise ImageError(f"unsupported image format {fmt}; supported: JPEG, PNG, BMP, WebP, TIFF")
+    if w * h > max_pixels:
+        raise ImageError(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} (max_pixels)")
+    if fmt in ("JPEG", "MPO") and b"\xff\xd9" not in bytes(data[-1024:]):
+        raise ImageError("truncated JPEG (no end-of-image marker); the file is incomplete")
+    if orientation in _SWAPS_AXES:
+        w, h = h, w
+    return ImageInfo(fmt, w, h, orientation)
+
+
+def reduction_factor(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
+    """Largest JPEG DCT scale (1, 2, 4, 8) that still leaves the image at least as large as the letterbox
+    needs: reduced decode only where the target is at most half the source."""
+    r = min(dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1])
+    for f in (8, 4, 2):
+        if r * f <= 1.0:
+            return f
+    return 1
+
+
+def decode_cpu(data: bytes, info: ImageInfo, factor: int = 1) -> np.ndarray:
+    """Decode to BGR uint8 (H, W, 3) like ultralytics; factor 2/4/8 uses libjpeg's scaled decode (JPEG only)."""
+    flag = _REDUCED_FLAGS[factor] if info.is_jpeg else cv2.IMREAD_COLOR
+    buf = np.frombuffer(data, np.uint8)
+    try:
+        im = cv2.imdecode(buf, flag)
+    except cv2.error as e:
+        raise ImageError(f"{info.format} data is corrupt: {str(e).strip().splitlines()[-1]}") from None
+    if im is None or im.size == 0:
+        raise ImageError(f"{info.format} data is corrupt and could not be decoded")
+    if im.ndim == 2:
+        im = cv2.cvtColor(im, cv2.COLOR_GRAY2BGR)
+    elif im.shape[2] == 4:
+        im = cv2.cvtColor(im, cv2.COLOR_BGRA2BGR)
+    return im
+
+
+def check_array(im: np.ndarray, max_pixels: int) -> np.ndarray:
+    """Validate a decoded array given by a caller: HxW or HxWx{1,3,4}, uint8 (BGR, as OpenCV gives)."""
+    if not isinstance(im, np.ndarray):
+        raise ImageError(f"expected bytes or a numpy array, got {type(im).__name__}")
+    if im.ndim == 3 and im.shape[2] in (1, 3, 4):
+        pass
+    elif im.ndim != 2:
+        raise ImageError(f"array of shape {im.shape} is not an image (expected HxW or HxWx3)")
+    if im.shape[0] == 0 or im.shape[1] == 0:
+        raise ImageError(f"array of shape {im.shape} is empty")
+    if im.shape[0] * im.shape[1] > max_pixels:
+        raise ImageError(f"image is {im.shape[1]}x{im.shape[0]} pixels, over the limit of {max_pixels:,} (max_pixels)")
+    if im.dtype != np.uint8:
+        if im.dtype == np.uint16:
+            im = (im >> 8).astype(np.uint8)
+        else:
+            raise ImageError(f"array dtype {im.dtype} is not supported; pass uint8 (or uint16) BGR pixels")
+    if im.ndim == 2 or im.shape[2] == 1:
+        im = cv2.cvtColor(im, cv2.COLOR_GRAY2BGR)
+    elif im.shape[2] == 4:
+        im = cv2.cvtColor(im, cv2.COLOR_BGRA2BGR)
+    return np.ascontiguousarray(im)
+
+
+def decode_jpegs_gpu(datas: list[bytes], device) -> list:
+    """Batched nvJPEG decode to RGB uint8 CHW tensors on `device`, EXIF orientation applied. Returns one
+    tensor per input, or None where nvJPEG refused it (the caller falls back to the CPU for those)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    try:
+        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
+    except RuntimeError:
+        out = []
+        for t in tensors:  # find the ones nvJPEG refuses (CMYK, progressive oddities) and leave them to the CPU
+            try:
+                out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
+            except RuntimeError:
+                out.append(None)
+        return out

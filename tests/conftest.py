@@ -1,0 +1,90 @@
+"""Shared fixtures: offline ultralytics, real photos of several sizes and kinds, test checkpoints."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+os.environ["YOLO_OFFLINE"] = "true"
+os.environ.setdefault("YOLO_VERBOSE", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from models import make_checkpoint  # noqa: E402
+
+try:
+    from ultralytics.utils import SETTINGS
+
+    SETTINGS.update({"sync": False})
+except Exception:  # pragma: no cover
+    pass
+
+
+def ultralytics_assets() -> Path:
+    import ultralytics
+
+    return Path(ultralytics.__file__).parent / "assets"
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    """Real photos (ultralytics' bundled bus and zidane) and variants of other sizes, aspect ratios and
+    kinds, written as files so ultralytics' own predict reads exactly the same bytes."""
+    out = tmp_path_factory.mktemp("photos")
+    a = ultralytics_assets()
+    bus = cv2.imread(str(a / "bus.jpg"))
+    zidane = cv2.imread(str(a / "zidane.jpg"))
+    files = {"bus": a / "bus.jpg", "zidane": a / "zidane.jpg"}
+
+    def jpg(name, im, q=92):
+        p = out / f"{name}.jpg"
+        cv2.imwrite(str(p), im, [cv2.IMWRITE_JPEG_QUALITY, q])
+        files[name] = p
+
+    jpg("wide_crop", zidane[100:400, 50:1250])  # 1200x300, very wide
+    jpg("tall_small", cv2.resize(bus, (203, 481)))  # smaller than the input: letterbox scales up
+    jpg("fullhd", cv2.resize(np.concatenate([zidane, zidane[:360]], 0), (1920, 1080)))  # 16:9 1080p frame
+    gray = cv2.cvtColor(bus, cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(out / "gray.png"), gray)
+    files["gray_png"] = out / "gray.png"
+    rgba = cv2.cvtColor(zidane, cv2.COLOR_BGR2BGRA)
+    rgba[..., 3] = 128
+    cv2.imwrite(str(out / "alpha.png"), rgba)
+    files["alpha_png"] = out / "alpha.png"
+    cv2.imwrite(str(out / "deep.png"), (bus.astype(np.uint16) * 257))
+    files["png16"] = out / "deep.png"
+    cv2.imwrite(str(out / "bus.bmp"), bus)
+    files["bmp"] = out / "bus.bmp"
+    cv2.imwrite(str(out / "bus.webp"), bus, [cv2.IMWRITE_WEBP_QUALITY, 95])
+    files["webp"] = out / "bus.webp"
+    cv2.imwrite(str(out / "bus.tif"), bus)
+    files["tiff"] = out / "bus.tif"
+    # EXIF orientation 6 (rotate 90 CW to display): pixels stored sideways
+    pil = Image.fromarray(cv2.cvtColor(zidane, cv2.COLOR_BGR2RGB))
+    exif = pil.getexif()
+    exif[0x0112] = 6
+    pil.save(out / "exif6.jpg", quality=92, exif=exif.tobytes())
+    files["exif6"] = out / "exif6.jpg"
+    buf = io.BytesIO()
+    Image.fromarray(cv2.cvtColor(bus, cv2.COLOR_BGR2RGB)).convert("CMYK").save(buf, "JPEG", quality=92)
+    (out / "cmyk.jpg").write_bytes(buf.getvalue())
+    files["cmyk"] = out / "cmyk.jpg"
+    return files
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Random-weight checkpoints of each supported family with content-driven, spread-out scores."""
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "v8": make_checkpoint(d / "v8.pt", "yolov8n.yaml"),
+        "v11": make_checkpoint(d / "v11.pt", "yolo11n.yaml"),
+        "v26": make_checkpoint(d / "v26.pt", "yolo26n.yaml"),
+    }
