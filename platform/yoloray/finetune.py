@@ -30,6 +30,7 @@ import shutil
 import socket
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,7 +226,9 @@ def _train(model: str, out: Path, gpus: int, train_args: dict, call_args: dict, 
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    with no_downloads():
+    with no_downloads(), warnings.catch_warnings():
+        # ultralytics' Ray Tune callback asks for a trial id every epoch; outside Tune that only warns
+        warnings.filterwarnings("ignore", message=".*get_trial_id.*")
         yolo = YOLO(model)
         yolo.train(trainer=OfflineDetectionTrainer, **train_args)
     elapsed = time.time() - t0

@@ -160,11 +160,11 @@ def test_cli_table_json_and_user_error(tmp_path, labels, capsys):
     assert len(err) == 1 and "predictions not found" in err[0]
 
 
-N_IMAGES = 200
-
-
 def _ultralytics_map(images):
-    """Reference: ultralytics' own val metric (DetectionValidator.match_predictions + ap_per_class)."""
+    """Reference: ultralytics' own val metric (DetectionValidator.match_predictions + ap_per_class).
+
+    images: [(gt [(class, x1, y1, x2, y2)], dets [(class, score, x1, y1, x2, y2)])].
+    """
     import numpy as np
     import torch
     from ultralytics.models.yolo.detect import DetectionValidator
@@ -192,62 +192,68 @@ def _ultralytics_map(images):
     return float(ap.mean()), float(ap[:, 0].mean())
 
 
-@pytest.mark.parametrize("seed", list(range(int(__import__("os").environ.get("NSEEDS", 3)))))
-def test_agrees_with_ultralytics_metric_on_same_predictions(tmp_path, seed):
-    """Noisy detector on N_IMAGES images / 3 classes: evaluate() within 0.005 of ultralytics' val metric.
+def synthetic_detector(folder, seed, n_images=200, jitter=0.05):
+    """A noisy detector on random ground truth (3 classes): misses, class flips, duplicates, background FPs.
 
-    The two differ only in the AP integration (ultralytics: trapezoid over np.interp of the PR envelope at 101
-    recall points; COCO: envelope sampled at the 101 recall thresholds); with about 150 boxes per class the gap
-    stays well under 0.005 for a detector whose true positives mostly outscore its false positives.
+    Writes `folder/labels/*.txt` and `folder/p.parquet`; returns (parquet, labels, images for _ultralytics_map)
+    where the images hold exactly what evaluate() reads (float32 boxes and scores, labels after the YOLO round trip).
     """
     import numpy as np
 
+    from yoloray.evaluate import read_yolo_labels
+
     rng = np.random.default_rng(seed)
-    gt_files, rows, images = {}, [], []
-    for i in range(N_IMAGES):
-        gt = []
+    lim = np.array([W, H, W, H], np.float64)
+    gt_files, rows = {}, []
+    for i in range(n_images):
+        gt, dets = [], []
         for _ in range(int(rng.integers(0, 6))):
             w, h = rng.uniform(8, 80), rng.uniform(8, 60)
             x1, y1 = rng.uniform(0, W - w), rng.uniform(0, H - h)
             gt.append((int(rng.integers(0, 3)), x1, y1, x1 + w, y1 + h))
-        dets = []
-        for c, x1, y1, x2, y2 in gt:
+        for c, *xyxy in gt:
             if rng.random() < 0.15:
                 continue  # missed
-            s = max(x2 - x1, y2 - y1)
-            j = rng.normal(0, 0.08 * s, 4)
+            b = np.array(xyxy)
+            j = rng.normal(0, jitter * min(b[2] - b[0], b[3] - b[1]), 4).clip(-3, 3)  # sides >= 8 px: x1 < x2
             c2 = c if rng.random() > 0.1 else int(rng.integers(0, 3))
-            dets.append((c2, float(rng.beta(5, 1.5)), x1 + j[0], y1 + j[1], x2 + j[2], y2 + j[3]))
-            if rng.random() < 0.3:  # duplicate
-                dets.append((c2, float(rng.beta(1.2, 6)), x1 - j[0], y1 - j[1], x2 - j[2], y2 - j[3]))
+            dets.append((c2, float(rng.beta(5, 1.5)), *np.clip(b + j, 0, lim)))
+            if rng.random() < 0.3:  # duplicate, low score
+                dets.append((c2, float(rng.beta(1.2, 6)), *np.clip(b - j, 0, lim)))
         for _ in range(int(rng.integers(0, 8))):  # background false positives
             w, h = rng.uniform(5, 60), rng.uniform(5, 40)
             x1, y1 = rng.uniform(0, W - w), rng.uniform(0, H - h)
             dets.append((int(rng.integers(0, 3)), float(rng.beta(1.2, 6)), x1, y1, x1 + w, y1 + h))
-        stem = f"frame_{i:06d}"
-        gt_files[stem] = [(c, *np.clip([x1, y1, x2, y2], 0, [W, H, W, H])) for c, x1, y1, x2, y2 in gt]
-        dets = [(c, s, *np.clip([x1, y1, x2, y2], 0, [W, H, W, H]).tolist()) for c, s, x1, y1, x2, y2 in dets]
-        r = row(f"images/val/{stem}.jpg", [])
+        gt_files[f"frame_{i:06d}"] = gt
+        r = row(f"images/val/frame_{i:06d}.jpg", [])
         r["detections"] = [
-            {"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "score": s, "class_id": c, "label": str(c)}
-            for c, s, *b in dets
+            {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": sc, "class_id": c, "label": str(c)}
+            for c, sc, x1, y1, x2, y2 in dets
         ]
         rows.append(r)
-        images.append((gt_files[stem], dets))
-    labels = write_labels(tmp_path / "labels", gt_files)
-    # the reference sees exactly what evaluate() reads: float32 boxes/scores, labels after the YOLO round trip
-    from yoloray.evaluate import read_yolo_labels
+    labels = write_labels(folder / "labels", gt_files)
+    preds = write_preds(folder / "p.parquet", rows)
+    images = []
+    for i, r in enumerate(rows):
+        gc, gb = read_yolo_labels(labels / f"frame_{i:06d}.txt", W, H)
+        dets = [(d["class_id"], *np.float32([d["score"], d["x1"], d["y1"], d["x2"], d["y2"]]).tolist())
+                for d in r["detections"]]
+        images.append(([(c, *b) for c, b in zip(gc.tolist(), gb.tolist(), strict=True)], dets))
+    return preds, labels, images
 
-    images = [
-        (
-            [(c, *b) for c, b in zip(*read_yolo_labels(labels / f"frame_{i:06d}.txt", W, H), strict=True)],
-            [(c, float(np.float32(s)), *np.float32(b).tolist()) for c, s, *b in dets],
-        )
-        for i, (_, dets) in enumerate(images)
-    ]
-    res = evaluate(write_preds(tmp_path / "p.parquet", rows), labels)
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_agrees_with_ultralytics_metric_on_same_predictions(tmp_path, seed):
+    """evaluate() within 0.005 of ultralytics' val metric on the same predictions.
+
+    They match the same detections and differ only in how AP integrates the PR envelope (ultralytics: trapezoid
+    over np.interp at 101 recall points; COCO: the envelope sampled at 101 recall thresholds, averaged): COCO - ultralytics is
+    about 0.005 - 0.01 * AP (measured here: -0.001 to -0.003).
+    """
+    preds, labels, images = synthetic_detector(tmp_path, seed)
+    res = evaluate(preds, labels)
     u95, u50 = _ultralytics_map(images)
     print(f"seed {seed}: evaluate() {res['map50_95']:.4f} / {res['map50']:.4f}, ultralytics {u95:.4f} / {u50:.4f}")
-    assert 0.2 < res["map50_95"] < 0.95  # a meaningful operating point
+    assert 0.3 < res["map50_95"] < 0.95  # a meaningful operating point
     assert res["map50_95"] == pytest.approx(u95, abs=0.005)
     assert res["map50"] == pytest.approx(u50, abs=0.005)

@@ -664,9 +664,13 @@ def _read_batch(batch: pa.Table, options: SourceOptions) -> Iterator[pa.Table]:
 
 def read_sources(paths: Sequence[str], options: SourceOptions = SourceOptions()) -> ray.data.Dataset:  # noqa: B008
     """Lazy Ray Dataset of INPUT_SCHEMA rows; each unit is read by its own Ray task."""
+    return read_units(list_units(paths, options), options)
+
+
+def read_units(units: Sequence[dict], options: SourceOptions = SourceOptions()) -> ray.data.Dataset:  # noqa: B008
+    """Lazy Ray Dataset of the rows of these units (from `list_units`); each unit is read by its own task."""
     import ray
 
-    units = list_units(paths, options)
     items = [{"unit": json.dumps(u)} for u in units]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_READ_BLOCKS))
     return ds.map_batches(_read_batch, batch_size=1, batch_format="pyarrow", fn_kwargs={"options": options})

@@ -19,6 +19,7 @@ from PIL import Image
 _SWAPS_AXES = {5, 6, 7, 8}
 _REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 SUPPORTED_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "MPO"}
+_EXIF_IN_HEADER = {"JPEG", "MPO", "TIFF", "WEBP"}
 
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit before decoding, with a clear message
 
@@ -54,18 +55,22 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
             im = Image.open(io.BytesIO(data))
             fmt = im.format or "?"
             w, h = im.size
+            if fmt not in SUPPORTED_FORMATS:
+                raise ImageError(f"unsupported image format {fmt}; supported: JPEG, PNG, BMP, WebP, TIFF")
+            if w * h > max_pixels:
+                raise ImageError(
+                    f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} (max_pixels)"
+                )
             orientation = 1
-            if fmt in ("JPEG", "MPO", "TIFF", "WEBP", "PNG"):
+            if fmt in _EXIF_IN_HEADER:  # elsewhere (PNG) PIL would decode the whole image to find it
                 orientation = int(im.getexif().get(0x0112, 1) or 1)
+    except ImageError:
+        raise
     except Exception:
         raise ImageError(
             f"not a decodable image ({len(data)} bytes, starts with {bytes(data[:8])!r}); "
             "supported: JPEG, PNG, BMP, WebP, TIFF"
         ) from None
-    if fmt not in SUPPORTED_FORMATS:
-        raise ImageError(f"unsupported image format {fmt}; supported: JPEG, PNG, BMP, WebP, TIFF")
-    if w * h > max_pixels:
-        raise ImageError(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} (max_pixels)")
     if fmt in ("JPEG", "MPO") and b"\xff\xd9" not in bytes(data[-1024:]):
         raise ImageError("truncated JPEG (no end-of-image marker); the file is incomplete")
     if orientation in _SWAPS_AXES:

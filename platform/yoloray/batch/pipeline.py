@@ -1,0 +1,238 @@
+"""Build and run the batch job: sources -> map_batches(Predictor) -> Parquet parts, exactly once.
+
+Resume is key-level bookkeeping in the output folder: the driver writes each chunk of results as one Parquet
+part, atomically (temp name, then rename). A rerun reads the `key` column of the parts already there, skips
+those inputs, and writes only the rest; a finished job finds nothing to do and says so. Any crash (driver,
+actor, node) loses at most the chunks not yet renamed into place, which the rerun recomputes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from yoloray.batch.predictor import Predictor
+from yoloray.config import EngineConfig
+from yoloray.data.sink import OUTPUT_SCHEMA, write_parquet_atomic
+from yoloray.data.sources import SourceOptions, list_units, read_units
+
+log = logging.getLogger(__name__)
+
+JOB_FILE = "_job.json"
+SUMMARY_FILE = "_summary.json"
+ROWS_PER_PART = 4096
+
+
+class JobError(ValueError):
+    """The job cannot start as asked; the message says what to change."""
+
+
+@dataclass
+class ActorOptions:
+    actors: int | None = None  # max actors in the pool (default: one per GPU, or 1 on CPU)
+    gpus_per_actor: float | None = None  # default 1 when the cluster has GPUs, else 0; fractions share a GPU
+    cpus_per_actor: float = 1.0
+
+
+@dataclass
+class Summary:
+    out: str
+    images: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    detections_per_class: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    skipped_done: int = 0
+    engine: str = ""
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+    def text(self) -> str:
+        lines = [
+            f"images        {self.images:,} new ({self.skipped_done:,} already done before this run)",
+            f"throughput    {self.images_per_s:,.1f} images/s over {self.seconds:.1f} s (actor start included)",
+            f"errors        {sum(self.errors.values()):,}"
+            + "".join(f"\n  {n:>6,}  {kind}" for kind, n in sorted(self.errors.items(), key=lambda kv: -kv[1])),
+            "detections    " + (", ".join(f"{k}: {v:,}" for k, v in sorted(self.detections_per_class.items())) or "none"),
+            f"engine        {self.engine}",
+            f"output        {self.out}",
+        ]
+        return "\n".join(lines)
+
+
+def _resources(options: ActorOptions) -> tuple[float, int]:
+    import ray
+
+    cluster_gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    gpus = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if cluster_gpus else 0.0)
+    if gpus and not cluster_gpus:
+        raise JobError(f"--gpus-per-actor {gpus} asked for, but the Ray cluster has no GPUs")
+    if options.actors is not None:
+        actors = options.actors
+    elif gpus:
+        actors = max(1, int(cluster_gpus / gpus))
+    else:
+        actors = 1
+    return gpus, actors
+
+
+def detect(ds, config: EngineConfig, options: ActorOptions | None = None):
+    """Ray Dataset of input rows (key, image, source, frame, ts, error) -> Dataset of output rows.
+
+    Composes with a user's own pipeline: anything upstream (filters, unions, their own readers) and
+    downstream (joins, writes) is plain Ray Data. Missing optional columns are filled with nulls."""
+    from ray.data import ActorPoolStrategy
+
+    options = options or ActorOptions()
+    gpus, actors = _resources(options)
+    ds = ds.map_batches(_normalize, batch_format="pyarrow", batch_size=None)
+    return ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"config": config.model_dump(mode="json")},
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=1, max_size=actors),
+        num_gpus=gpus,
+        num_cpus=options.cpus_per_actor,
+    )
+
+
+def _normalize(batch: pa.Table) -> pa.Table:
+    if "image" not in batch.column_names or "key" not in batch.column_names:
+        raise JobError(f"input rows need 'key' and 'image' (encoded bytes) columns; got {batch.column_names}")
+    n = batch.num_rows
+    for name, typ in (("source", pa.string()), ("frame", pa.int64()), ("ts", pa.float64()), ("error", pa.string())):
+        if name not in batch.column_names:
+            batch = batch.append_column(name, pa.nulls(n, typ))
+    return batch
+
+
+def _drop_done(batch: pa.Table, done: frozenset) -> pa.Table:
+    keep = pc.invert(pc.is_in(batch.column("key"), value_set=pa.array(list(done), pa.string())))
+    return batch.filter(keep)
+
+
+def _fs(out: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in out:
+        return pafs.FileSystem.from_uri(out)
+    import os
+
+    return pafs.LocalFileSystem(), os.path.abspath(out)
+
+
+def _parts(fs: pafs.FileSystem, root: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return sorted(i.path for i in infos if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
+
+
+def done_keys(out: str) -> set[str]:
+    fs, root = _fs(out)
+    keys: set[str] = set()
+    for path in _parts(fs, root):
+        keys.update(pq.read_table(path, columns=["key"], filesystem=fs).column("key").to_pylist())
+    return keys
+
+
+def _check_job_file(fs, root: str, config: EngineConfig, sources: list[str]) -> None:
+    path = f"{root}/{JOB_FILE}"
+    info = fs.get_file_info(path)
+    record = {"engine": config.key(), "sources": list(sources), "config": config.model_dump(mode="json")}
+    if info.type == pafs.FileType.File:
+        with fs.open_input_stream(path) as f:
+            old = json.loads(f.read())
+        if old.get("engine") != record["engine"]:
+            raise JobError(
+                f"{root} holds results of another engine configuration ({old.get('engine')}, now "
+                f"{record['engine']}); use a new --out folder to run this configuration"
+            )
+        return
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(record, indent=1).encode())
+
+
+def error_kind(message: str) -> str:
+    """Group error messages into kinds for the summary (the full message stays in the row)."""
+    m = message.lower()
+    for pattern, kind in (
+        (r"0 bytes", "empty file"),
+        (r"truncated", "truncated image"),
+        (r"over the limit", "too many pixels"),
+        (r"unsupported image format", "unsupported format"),
+        (r"not a decodable image", "not an image"),
+        (r"corrupt", "corrupt image"),
+    ):
+        if re.search(pattern, m):
+            return kind
+    return "unreadable input" if m else "other"
+
+
+def run_job(
+    sources: list[str],
+    out: str,
+    config: EngineConfig,
+    options: ActorOptions | None = None,
+    source_options: SourceOptions | None = None,
+    rows_per_part: int = ROWS_PER_PART,
+) -> Summary:
+    """Run (or resume) detection over `sources` into the Parquet folder `out`. Needs ray initialised."""
+    t0 = time.perf_counter()
+    fs, root = _fs(out)
+    source_options = source_options or SourceOptions()
+    units = list_units(sources, source_options)  # SourceError for missing / empty / unsupported inputs
+    _check_job_file(fs, root, config, sources)
+    done = frozenset(done_keys(out))
+    summary = Summary(out=out, engine=config.key(), skipped_done=len(done))
+    ds = read_units(units, source_options)
+    if done:
+        ds = ds.map_batches(_drop_done, batch_format="pyarrow", batch_size=None, fn_kwargs={"done": done})
+    results = detect(ds, config, options)
+    run_id = uuid.uuid4().hex[:8]
+    written: set[str] = set()
+    buffer: list[pa.Table] = []
+    buffered = seq = 0
+    errors: Counter = Counter()
+    per_class: Counter = Counter()
+
+    def flush():
+        nonlocal buffer, buffered, seq
+        if not buffered:
+            return
+        table = pa.concat_tables(buffer)
+        write_parquet_atomic(table, f"{root}/part-{run_id}-{seq:05d}.parquet", filesystem=fs)
+        seq += 1
+        buffer, buffered = [], 0
+
+    for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+        keys = batch.column("key").to_pylist()
+        fresh = [k not in written for k in keys]
+        if not all(fresh):  # a retried task re-emitted rows: keep each key once
+            batch = batch.filter(pa.array(fresh))
+            keys = [k for k, f in zip(keys, fresh) if f]
+        written.update(keys)
+        errors.update(error_kind(e) for e in batch.column("error").drop_null().to_pylist())
+        labels = pc.struct_field(pc.list_flatten(batch.column("detections")), "label")
+        per_class.update(dict(zip(*[c.to_pylist() for c in pc.value_counts(labels).flatten()])))
+        buffer.append(batch.cast(OUTPUT_SCHEMA))
+        buffered += batch.num_rows
+        if buffered >= rows_per_part:
+            flush()
+    flush()
+    summary.images = len(written)
+    summary.errors = dict(errors)
+    summary.detections_per_class = {str(k): int(v) for k, v in per_class.items()}
+    summary.seconds = time.perf_counter() - t0
+    with fs.open_output_stream(f"{root}/{SUMMARY_FILE}") as f:
+        f.write(json.dumps({**asdict(summary), "images_per_s": summary.images_per_s}, indent=1).encode())
+    return summary

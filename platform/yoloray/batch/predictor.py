@@ -1,0 +1,48 @@
+"""The `map_batches` class around Detector: built and warmed once per actor, then one call per batch."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from yoloray.config import EngineConfig
+from yoloray.data.sink import OUTPUT_SCHEMA, detections_to_table, error_table
+
+
+class Predictor:
+    """Input rows (data/sources.py contract) -> output rows (data/sink.py OUTPUT_SCHEMA)."""
+
+    def __init__(self, config: dict):
+        from yoloray.detector import Detector
+
+        self.detector = Detector(EngineConfig.model_validate(config)).warmup()
+        self.engine = self.detector.key
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from yoloray.observe.metrics import record_batch
+
+        t0 = time.perf_counter()
+        read_error = batch.column("error")
+        unreadable = np.asarray(read_error.is_valid())
+        parts = []
+        if unreadable.any():
+            bad = batch.filter(pa.array(unreadable))
+            parts.append(
+                error_table(bad["key"], bad["source"], bad["frame"], bad["ts"], bad["error"], self.engine)
+            )
+            batch = batch.filter(pa.array(~unreadable))
+        timings: dict[str, float] = {}
+        errors = int(unreadable.sum())
+        if batch.num_rows:
+            images = batch.column("image").to_pylist()
+            dets = self.detector.detect(images)
+            timings = dets.timings
+            errors += sum(e is not None for e in dets.errors)
+            parts.append(
+                detections_to_table(dets, batch["key"], batch["source"], batch["frame"], batch["ts"], self.engine)
+            )
+        out = pa.concat_tables(parts) if parts else OUTPUT_SCHEMA.empty_table()
+        record_batch(self.engine, out.num_rows, errors, time.perf_counter() - t0, timings)
+        return out

@@ -1,0 +1,242 @@
+"""The `yoloray` command. Each subcommand imports its code only when it runs, so `--help` is instant.
+
+Errors a user can cause end in one clear line on stderr and exit code 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "true")
+os.environ.setdefault("YOLO_VERBOSE", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line."""
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--model", help="weights .pt or model YAML (default: the bundled demo detector)")
+    g.add_argument("--config", help="engine config YAML (flags below override its fields)")
+    g.add_argument("--backend", help="torch | torch-compile")
+    g.add_argument("--imgsz", help="input size: 640 or HxW such as 384x640")
+    g.add_argument("--precision", help="fp32 | fp16 | bf16")
+    g.add_argument("--batch-size", type=int, dest="batch_size")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    g.add_argument("--conf", type=float, help="confidence threshold (default 0.25)")
+    g.add_argument("--iou", type=float, help="NMS IoU threshold (default 0.7)")
+    g.add_argument("--max-det", type=int, dest="max_det", help="max detections per image (default 300)")
+
+
+def engine_config(args):
+    """EngineConfig from --config plus flag overrides."""
+    from yoloray.config import EngineConfig
+
+    fields = {}
+    if getattr(args, "config", None):
+        base = EngineConfig.from_yaml(args.config)
+        fields = base.model_dump()
+    for name in ("model", "backend", "imgsz", "precision", "batch_size", "device", "conf", "iou", "max_det"):
+        value = getattr(args, name, None)
+        if value is not None:
+            fields[name] = value
+    return EngineConfig.parse(fields, source="engine options")
+
+
+# ----------------------------------------------------------------------------------------- commands
+def cmd_detect(args) -> int:
+    from yoloray.detector import Detector
+
+    paths = [Path(p) for p in args.images]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"no such file: {', '.join(missing)}")
+    config = engine_config(args)
+    detector = Detector(config).warmup()
+    dets = detector.detect([p.read_bytes() for p in paths])
+    rows = dets.to_rows()
+    for p, row in zip(paths, rows):
+        row["key"] = str(p)
+        row["engine"] = detector.key
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for row in rows:
+            if row["error"]:
+                print(f"{row['key']}: ERROR {row['error']}")
+                continue
+            print(f"{row['key']}: {row['width']}x{row['height']}, {len(row['detections'])} detections")
+            for d in row["detections"][: args.show]:
+                print(
+                    f"  {d['label']:<12} {d['score']:.3f}  "
+                    f"[{d['x1']:.1f}, {d['y1']:.1f}, {d['x2']:.1f}, {d['y2']:.1f}]"
+                )
+    return 1 if all(r["error"] for r in rows) else 0
+
+
+def init_ray(address: str | None):
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def cmd_infer(args) -> int:
+    from yoloray.batch import ActorOptions, run_job
+    from yoloray.data.sources import SourceOptions
+
+    config = engine_config(args)
+    init_ray(args.address)
+    summary = run_job(
+        args.sources,
+        args.out,
+        config,
+        ActorOptions(actors=args.actors, gpus_per_actor=args.gpus_per_actor),
+        SourceOptions(video_stride=args.video_stride, video_fps=args.video_fps),
+    )
+    if summary.images == 0 and summary.skipped_done:
+        print(f"nothing to do: all {summary.skipped_done:,} inputs already have results in {args.out}")
+        return 0
+    print(summary.text())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from yoloray.demo import run_demo
+
+    return run_demo(Path(args.out), frames=args.frames, device=args.device)
+
+
+def cmd_sample_data(args) -> int:
+    from yoloray.data.synthetic import generate
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    data = generate(
+        args.out, frames=args.frames, seed=args.seed, width=args.width, height=args.height,
+        formats=formats, video_frames=args.video_frames, workers=args.workers,
+    )
+    print(f"wrote {data.frames} frames to {data.root} (dataset YAML: {data.dataset_yaml})")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from yoloray.finetune import main as finetune_main
+
+    return finetune_main(args.rest)
+
+
+def cmd_eval(args) -> int:
+    from yoloray.evaluate import main as eval_main
+
+    return eval_main(args.rest)
+
+
+def cmd_backends(args) -> int:
+    from yoloray.engines.capabilities import capability_table
+
+    print(capability_table())
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="yoloray",
+        description="YOLO detection over image and video archives on Ray: batch, tune, serve.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("detect", help="detect objects in image files and print the detections")
+    d.add_argument("images", nargs="+", metavar="IMAGE")
+    _engine_args(d)
+    d.add_argument("--json", action="store_true", help="print JSON rows in the output schema")
+    d.add_argument("--show", type=int, default=10, help="detections listed per image (text output)")
+    d.set_defaults(func=cmd_detect)
+
+    i = sub.add_parser("infer", help="run the detector over archives on Ray Data into Parquet (resumable)")
+    i.add_argument("sources", nargs="+", metavar="SOURCE", help="folders, globs, .tar/.zip/.parquet, videos; local or s3:// gs:// file://")
+    i.add_argument("--out", required=True, help="output folder of Parquet parts (rerun the same command to resume)")
+    _engine_args(i)
+    i.add_argument("--actors", type=int, help="max detector actors (default: one per GPU, 1 on CPU)")
+    i.add_argument("--gpus-per-actor", type=float, dest="gpus_per_actor", help="GPUs per actor; 0.5 puts two on a GPU")
+    i.add_argument("--video-stride", type=int, default=1, dest="video_stride", help="every Nth video frame")
+    i.add_argument("--video-fps", type=float, dest="video_fps", help="resample videos to this frame rate")
+    i.add_argument("--address", help="Ray address (ray://host:10001 or auto); default: start a local Ray")
+    i.set_defaults(func=cmd_infer)
+
+    m = sub.add_parser("demo", help="generate sample footage and run the detector on it (the README's demo)")
+    m.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    m.add_argument("--frames", type=int, default=48, help="sample frames to generate (default 48)")
+    m.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    m.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("sample-data", help="generate labelled inspection-line footage (images, tar, zip, parquet, video)")
+    s.add_argument("out", metavar="OUT")
+    s.add_argument("--frames", type=int, default=200)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--width", type=int, default=1920)
+    s.add_argument("--height", type=int, default=1080)
+    s.add_argument("--formats", default="folder,tar,zip,parquet,video", help="comma list of folder,tar,zip,parquet,video")
+    s.add_argument("--video-frames", type=int, default=60, dest="video_frames")
+    s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    s.set_defaults(func=cmd_sample_data)
+
+    f = sub.add_parser("finetune", help="fine-tune a detector with the ultralytics trainer as a Ray task", add_help=False)
+    f.add_argument("rest", nargs=argparse.REMAINDER)
+    f.set_defaults(func=cmd_finetune)
+
+    e = sub.add_parser("eval", help="COCO mAP of a predictions Parquet against YOLO label files", add_help=False)
+    e.add_argument("rest", nargs=argparse.REMAINDER)
+    e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("backends", help="print which engine knobs each backend honours")
+    b.set_defaults(func=cmd_backends)
+    return p
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Error types of the subcommands that mean 'fix your input', imported only if already loaded."""
+    found = []
+    for module, name in (("yoloray.data.sources", "SourceError"), ("yoloray.batch.pipeline", "JobError")):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            found.append(getattr(mod, name))
+    return tuple(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    from yoloray.config import ConfigError
+    from yoloray.engines.base import EngineError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ConfigError, EngineError, FileNotFoundError, *_user_errors()) as e:
+        if args.verbose:
+            raise
+        print(f"yoloray {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"yoloray {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

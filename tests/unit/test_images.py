@@ -1,0 +1,114 @@
+"""Decode of every supported kind, and bad images: each yields an error for that image only."""
+
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from yoloray.config import EngineConfig
+from yoloray.detector import Detector
+from yoloray.vision.decode import ImageError, decode_cpu, probe, reduction_factor
+
+
+@pytest.fixture(scope="module")
+def detector(checkpoints):
+    return Detector(EngineConfig(model=str(checkpoints["v8"]), imgsz=256, conf=0.3, batch_size=4, max_pixels=40_000_000)).warmup()
+
+
+def huge_png_header(w=50000, h=50000) -> bytes:
+    """A tiny PNG whose header claims w x h pixels."""
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("kind", ["bmp", "webp", "tiff", "gray_png", "alpha_png", "png16", "cmyk", "exif6"])
+def test_every_kind_decodes_to_bgr_like_cv2(photos, kind):
+    data = photos[kind].read_bytes()
+    info = probe(data, 10**9)
+    im = decode_cpu(data, info)
+    assert im.dtype == np.uint8 and im.ndim == 3 and im.shape[2] == 3
+    assert (im.shape[0], im.shape[1]) == (info.height, info.width)
+    ref = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # what ultralytics reads
+    assert np.array_equal(im, ref)
+
+
+def test_exif_orientation_is_applied(photos):
+    data = photos["exif6"].read_bytes()
+    raw = Image.open(io.BytesIO(data))
+    assert raw.size == (1280, 720)  # stored sideways
+    info = probe(data, 10**9)
+    assert (info.width, info.height) == (720, 1280)  # displayed upright, as ultralytics reads it
+
+
+@pytest.mark.parametrize("src, dst, factor", [((1080, 1920), (640, 640), 2), ((1080, 1920), (384, 640), 2),
+                                              ((2160, 3840), (384, 640), 4), ((600, 800), (640, 640), 1),
+                                              ((4320, 7680), (320, 320), 8)])
+def test_reduction_factor_only_when_target_at_most_half(src, dst, factor):
+    assert reduction_factor(src, dst) == factor
+
+
+def test_reduced_decode_boxes_stay_in_original_pixels(photos, checkpoints):
+    data = photos["fullhd"].read_bytes()
+    exact = Detector(EngineConfig(model=str(checkpoints["v8"]), imgsz=(384, 640), conf=0.3))
+    fast = Detector(EngineConfig(model=str(checkpoints["v8"]), imgsz=(384, 640), conf=0.3, reduced_decode=True))
+    a, b = exact.detect([data]), fast.detect([data])
+    assert (b.widths[0], b.heights[0]) == (1920, 1080)
+    assert b.boxes[:, [0, 2]].max() <= 1920 and b.boxes[:, [1, 3]].max() <= 1080
+    from yoloray.fidelity import compare
+
+    assert compare(a, b, iou=0.9, score_tol=0.05).rate >= 0.9
+
+
+def test_bad_images_in_a_batch_with_good_ones(detector, photos):
+    good = photos["bus"].read_bytes()
+    jpeg = photos["zidane"].read_bytes()
+    inputs = [
+        good,
+        b"",  # zero bytes
+        jpeg[: len(jpeg) // 2],  # truncated
+        b"this is a text file named .jpg\n",  # not an image
+        huge_png_header(),  # claims 50000x50000
+        b"\xff\xd8\xff\xe0" + b"\x00" * 300 + b"\xff\xd9",  # JPEG magic, garbage body
+        np.zeros((0, 5, 3), np.uint8),  # empty array
+        "a string",  # wrong type
+        jpeg,
+    ]
+    dets = detector.detect(inputs)
+    assert len(dets) == len(inputs)
+    errors = dets.errors
+    assert errors[0] is None and errors[-1] is None
+    assert "0 bytes" in errors[1]
+    assert "truncated JPEG" in errors[2]
+    assert "not a decodable image" in errors[3]
+    assert "over the limit" in errors[4] and "50000x50000" in errors[4]
+    assert errors[5] is not None
+    assert "empty" in errors[6]
+    assert "expected encoded image bytes" in errors[7] or "str" in errors[7]
+    assert dets.counts[0] > 0 and dets.counts[-1] > 0
+    assert all(dets.counts[i] == 0 for i in range(1, 8))
+    # the good images' results are what they are alone
+    alone = detector.detect([good, jpeg])
+    np.testing.assert_allclose(alone.boxes, dets.boxes, atol=1e-3)  # batch size may change float rounding
+
+
+def test_arrays_are_accepted(detector, photos):
+    data = photos["bus"].read_bytes()
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    a, b = detector.detect([data]), detector.detect([arr])
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    gray = detector.detect([cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY)])
+    assert gray.errors == [None]
+
+
+def test_probe_rejects_unsupported_format():
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "GIF")
+    with pytest.raises(ImageError, match="unsupported image format GIF"):
+        probe(buf.getvalue(), 10**6)
