@@ -110,6 +110,24 @@ class OfflineDetectionTrainer(DetectionTrainer):
         with no_downloads():
             return super().train()
 
+    def read_results_csv(self):
+        """results.csv as {column: [values]} with the stdlib (ultralytics imports polars just for this)."""
+        import csv
+
+        try:
+            with open(self.csv, newline="") as f:
+                rows = list(csv.DictReader(f))
+        except OSError:
+            return {}
+        out: dict[str, list] = {k.strip(): [] for k in (rows[0] if rows else {})}
+        for row in rows:
+            for k, v in row.items():
+                try:
+                    out[k.strip()].append(float(v))
+                except (TypeError, ValueError):
+                    out[k.strip()].append(v)
+        return out
+
 
 # ------------------------------------------------------------------------------------------------- validation
 
@@ -285,7 +303,11 @@ def _ray_resources(gpus: int, workers: int) -> tuple[int, int]:
 
 
 def _runtime_env() -> dict | None:
-    """Ship the yoloray package to the workers when it is not installed (e.g. `ray job submit --working-dir .`)."""
+    """Job-level runtime env that ships the yoloray package to the workers when it is not installed.
+
+    E.g. `ray job submit --working-dir . -- python jobs/finetune.py`: the driver imports yoloray from
+    `<repo>/platform`, which is not on the workers' path. Ray takes local `py_modules` only at `ray.init`.
+    """
     from importlib import metadata
 
     try:
@@ -316,7 +338,9 @@ def finetune(
     `model`: a model YAML (random init, e.g. "yolov8n.yaml") or a local `.pt` to continue from. `gpus`: 0 = CPU,
     n > 1 = ultralytics DDP on n GPUs of one node. `extra`: further ultralytics train arguments (lr0, mosaic, amp, ...).
     `use_ray`: run as a Ray task (connects to `address`, or starts a local Ray and stops it afterwards when none
-    is running). Raises ValueError for user errors (missing data YAML or weights, GPUs not available).
+    is running; when this call initializes Ray and yoloray is not installed, the package is shipped to the workers
+    as a job-level `py_modules`; a Ray initialized by the caller must provide it). Raises ValueError for user
+    errors (missing data YAML or weights, GPUs not available).
     """
     data_path = _check_data(data)
     model = _check_model(model)
@@ -335,13 +359,10 @@ def finetune(
 
         started = not ray.is_initialized()
         if started:
-            ray.init(address=address)
+            ray.init(address=address, runtime_env=_runtime_env())
         try:
             num_cpus, num_gpus = _ray_resources(gpus, workers)
             opts = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": 0}
-            env = _runtime_env()
-            if env:
-                opts["runtime_env"] = env
             task = ray.remote(_train_task).options(**opts)
             driver_node = ray.get_runtime_context().get_node_id()
             res = ray.get(task.remote(model, str(out), gpus, train_args, call_args, driver_node))
@@ -384,10 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--address", default=None, help="Ray address (default: running cluster or a local Ray)")
     p.add_argument("--no-ray", action="store_true", help="train in this process instead of a Ray task")
+    p.add_argument("--hours", type=float, default=None,
+                   help="wall-clock budget: ultralytics fits the epochs (and LR schedule) into it; overrides --epochs")
+    p.add_argument("--cache", choices=["ram", "disk"], default=None, help="cache decoded training images")
     a = p.parse_args(argv)
+    extra = {k: v for k, v in (("time", a.hours), ("cache", a.cache)) if v is not None}
     try:
         result = finetune(a.data, a.out, model=a.model, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch,
-                          gpus=a.gpus, workers=a.workers, seed=a.seed, use_ray=not a.no_ray, address=a.address)
+                          gpus=a.gpus, workers=a.workers, seed=a.seed, use_ray=not a.no_ray, address=a.address,
+                          extra=extra or None)
     except ValueError as e:
         msg = str(getattr(e, "cause", None) or e)  # a ValueError raised inside the Ray task arrives wrapped
         print(f"yoloray finetune: error: {' '.join(msg.split())}", file=sys.stderr)

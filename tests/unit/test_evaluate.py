@@ -160,7 +160,7 @@ def test_cli_table_json_and_user_error(tmp_path, labels, capsys):
     assert len(err) == 1 and "predictions not found" in err[0]
 
 
-def _ultralytics_map(images):
+def _ultralytics_map(images, save_dir):
     """Reference: ultralytics' own val metric (DetectionValidator.match_predictions + ap_per_class).
 
     images: [(gt [(class, x1, y1, x2, y2)], dets [(class, score, x1, y1, x2, y2)])].
@@ -170,7 +170,7 @@ def _ultralytics_map(images):
     from ultralytics.models.yolo.detect import DetectionValidator
     from ultralytics.utils.metrics import ap_per_class, box_iou
 
-    v = DetectionValidator()
+    v = DetectionValidator(save_dir=save_dir)  # (its default would create a folder under the runs dir)
     v.iouv = torch.linspace(0.5, 0.95, 10)
     tps, confs, pcls, tcls = [], [], [], []
     for gt, dets in images:
@@ -252,7 +252,7 @@ def test_agrees_with_ultralytics_metric_on_same_predictions(tmp_path, seed):
     """
     preds, labels, images = synthetic_detector(tmp_path, seed)
     res = evaluate(preds, labels)
-    u95, u50 = _ultralytics_map(images)
+    u95, u50 = _ultralytics_map(images, tmp_path / "val")
     print(f"seed {seed}: evaluate() {res['map50_95']:.4f} / {res['map50']:.4f}, ultralytics {u95:.4f} / {u50:.4f}")
     assert 0.3 < res["map50_95"] < 0.95  # a meaningful operating point
     assert res["map50_95"] == pytest.approx(u95, abs=0.005)
