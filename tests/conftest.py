@@ -88,3 +88,21 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
         "v11": make_checkpoint(d / "v11.pt", "yolo11n.yaml"),
         "v26": make_checkpoint(d / "v26.pt", "yolo26n.yaml"),
     }
+
+
+@pytest.fixture(scope="session")
+def held_out(tmp_path_factory):
+    """Generated 1080p frames in the demo detector's layout (seed 0, the seed it was trained with); frames
+    i = 4, 9, 14, ... are its held-out val split, never seen in training."""
+    from yoloray.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("held_out"), frames=100, seed=0, formats=("folder",), workers=2)
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> str:
+    from yoloray.assets import demo_weights
+
+    w = demo_weights()
+    assert w is not None, "the demo detector must ship in platform/yoloray/assets"
+    return str(w)

@@ -50,7 +50,7 @@ def _sorted_rows(x):
 
 def _preprocess_like_ultralytics(model, imgs, shape, nms=None):
     """The tensor ultralytics' predictor feeds its model, built with its own predictor code."""
-    model.predict(imgs[0], imgsz=shape, rect=False, nms=nms, verbose=False)  # sets up model.predictor
+    model.predict(imgs[0], imgsz=shape, rect=False, nms=nms, device="cpu", verbose=False)  # sets up model.predictor
     pred = model.predictor
     pred.imgsz = shape
     return pred.preprocess(imgs)
@@ -61,7 +61,7 @@ def test_raw_output_and_nms_and_scaling_match(photos, checkpoints, family):
     shape = (256, 320)
     imgs = [_decode(photos[n]) for n in ("bus", "zidane", "wide_crop")]
     ul = YOLO(str(checkpoints[family]))
-    det = Detector(EngineConfig(model=str(checkpoints[family]), imgsz=shape, conf=0.25, batch_size=4))
+    det = Detector(EngineConfig(device="cpu", model=str(checkpoints[family]), imgsz=shape, conf=0.25, batch_size=4))
     x_ref = _preprocess_like_ultralytics(ul, imgs, shape, nms=False if det.engine.end2end else None)
     # preprocessing: our host path gives the same tensor
     x_ours = torch.from_numpy(np.stack([letterbox_cpu(i, shape) for i in imgs])).permute(0, 3, 1, 2).flip(1).float() / 255
@@ -100,13 +100,13 @@ def test_end_to_end_matches_predict(photos, checkpoints, family, shape):
     names = ["bus", "zidane", "wide_crop", "tall_small", "fullhd", "exif6", "gray_png", "webp"]
     files = [photos[n] for n in names]
     weights = str(checkpoints[family])
-    det = Detector(EngineConfig(model=weights, imgsz=shape, conf=CONF[family], batch_size=3)).warmup()
+    det = Detector(EngineConfig(device="cpu", model=weights, imgsz=shape, conf=CONF[family], batch_size=3)).warmup()
     ours = det.detect([f.read_bytes() for f in files])
     assert ours.errors == [None] * len(files)
     # an end-to-end head is used as it is: ultralytics' NMS-free mode (nms=False) is the reference
     nms = None if not det.engine.end2end else False
     ref_results = YOLO(weights).predict(
-        [str(f) for f in files], imgsz=shape, rect=False, conf=CONF[family], nms=nms, verbose=False
+        [str(f) for f in files], imgsz=shape, rect=False, conf=CONF[family], nms=nms, device="cpu", verbose=False
     )
     ref = from_ultralytics(ref_results)
     assert list(ours.widths) == list(ref.widths) and list(ours.heights) == list(ref.heights)
@@ -117,8 +117,8 @@ def test_end_to_end_matches_predict(photos, checkpoints, family, shape):
 
 
 def test_end2end_head_output_used_as_is(checkpoints):
-    e2e = Detector(EngineConfig(model=str(checkpoints["v26"]), imgsz=256))
+    e2e = Detector(EngineConfig(device="cpu", model=str(checkpoints["v26"]), imgsz=256))
     assert e2e.engine.end2end  # YOLO26 has a one-to-one head: it runs, and no NMS is applied
     raw = e2e.infer(torch.rand(2, 3, 256, 256))
     assert raw.shape[-1] == 6  # (B, K, 6) = x1, y1, x2, y2, score, class
-    assert not Detector(EngineConfig(model=str(checkpoints["v8"]), imgsz=256)).engine.end2end
+    assert not Detector(EngineConfig(device="cpu", model=str(checkpoints["v8"]), imgsz=256)).engine.end2end

@@ -16,7 +16,7 @@ from yoloray.vision.decode import ImageError, decode_cpu, probe, reduction_facto
 
 @pytest.fixture(scope="module")
 def detector(checkpoints):
-    return Detector(EngineConfig(model=str(checkpoints["v8"]), imgsz=256, conf=0.3, batch_size=4, max_pixels=40_000_000)).warmup()
+    return Detector(EngineConfig(device="cpu", model=str(checkpoints["v8"]), imgsz=256, conf=0.3, batch_size=4, max_pixels=40_000_000)).warmup()
 
 
 def huge_png_header(w=50000, h=50000) -> bytes:
@@ -56,8 +56,8 @@ def test_reduction_factor_only_when_target_at_most_half(src, dst, factor):
 
 def test_reduced_decode_boxes_stay_in_original_pixels(photos, checkpoints):
     data = photos["fullhd"].read_bytes()
-    exact = Detector(EngineConfig(model=str(checkpoints["v8"]), imgsz=(384, 640), conf=0.3))
-    fast = Detector(EngineConfig(model=str(checkpoints["v8"]), imgsz=(384, 640), conf=0.3, reduced_decode=True))
+    exact = Detector(EngineConfig(device="cpu", model=str(checkpoints["v8"]), imgsz=(384, 640), conf=0.3))
+    fast = Detector(EngineConfig(device="cpu", model=str(checkpoints["v8"]), imgsz=(384, 640), conf=0.3, reduced_decode=True))
     a, b = exact.detect([data]), fast.detect([data])
     assert (b.widths[0], b.heights[0]) == (1920, 1080)
     assert b.boxes[:, [0, 2]].max() <= 1920 and b.boxes[:, [1, 3]].max() <= 1080

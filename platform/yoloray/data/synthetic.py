@@ -14,7 +14,6 @@ import io
 import math
 import multiprocessing
 import os
-import sys
 import tarfile
 import zipfile
 from collections.abc import Iterable
@@ -302,7 +301,7 @@ def _moving_noise(rng, f: int, height: int, width: int, length: int, shift: int)
 
 def _background(scene: _Scene, width: int, height: int, shift: int) -> np.ndarray:
     rng = np.random.default_rng(scene.tex_seed)
-    f = 1 + 0.08 * _moving_noise(rng, 32, height, width, scene.length, shift)
+    f = 1 + 0.05 * _moving_noise(rng, 32, height, width, scene.length, shift)
     f += 0.04 * _moving_noise(rng, 4, height, width, scene.length, shift)
     amp, period = scene.weave
     f += amp * np.sin(np.arange(height, dtype=np.float32) * (2 * np.pi / period))[:, None]
@@ -389,7 +388,9 @@ def _video_scene(seed: int, width: int, height: int, frames: int) -> _Scene:
 
 
 def render_video_frame(seed: int, t: int, width: int = 1920, height: int = 1080, frames: int = 60):
-    """Frame `t` of the continuous clip of `seed` (objects ride the belt left to right)."""
+    """Frame `t` (0 <= t < frames) of the continuous clip of `seed`: objects ride the belt left to right."""
+    if not 0 <= t < frames:
+        raise ValueError(f"frame {t} outside the clip's {frames} frames")
     scene = _video_scene(seed, width, height, frames)
     return _draw(scene, width, height, scene.speed * t, np.random.default_rng([seed, 3, t]))
 
@@ -455,11 +456,9 @@ def _write_video(data: SampleData, frames, width: int, height: int, fps: float) 
 
 
 def _mp_context():
-    """forkserver (callers may hold threads: Ray, torch), unless __main__ cannot be re-imported (stdin)."""
-    main_file = getattr(sys.modules["__main__"], "__file__", None)
+    """No fork: a forked child deadlocks on OpenCV's (or Ray's, torch's) threads. Callers' scripts need a
+    `__main__` guard, as with any spawn-style pool."""
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and (main_file and not os.path.exists(main_file) or "forkserver" not in methods):
-        return multiprocessing.get_context("fork")
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
@@ -470,6 +469,8 @@ def generate(out: str | Path, frames: int = 200, seed: int = 0, width: int = 192
     formats = set(formats)
     if formats - set(FORMATS):
         raise ValueError(f"unknown formats {sorted(formats - set(FORMATS))}; choose from {FORMATS}")
+    if shard_size < 1 or frames < 0 or not 0 <= val_fraction < 1:
+        raise ValueError("need shard_size >= 1, frames >= 0 and 0 <= val_fraction < 1")
     root = Path(out).resolve()
     dirs = {f"{k}_{s}": root / k / s for k in ("images", "labels") for s in ("train", "val")}
     for d in dirs.values():
