@@ -102,7 +102,10 @@ def cmd_infer(args) -> int:
         args.sources,
         args.out,
         config,
-        ActorOptions(actors=args.actors, gpus_per_actor=args.gpus_per_actor),
+        ActorOptions(
+            actors=args.actors, gpus_per_actor=args.gpus_per_actor, calls_per_actor=args.calls_per_actor,
+            decode_threads=args.decode_threads,
+        ),
         SourceOptions(video_stride=args.video_stride, video_fps=args.video_fps),
     )
     if summary.images == 0 and summary.skipped_done:
@@ -171,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(i)
     i.add_argument("--actors", type=int, help="max detector actors (default: one per GPU, 1 on CPU)")
     i.add_argument("--gpus-per-actor", type=float, dest="gpus_per_actor", help="GPUs per actor; 0.5 puts two on a GPU")
+    i.add_argument("--calls-per-actor", type=int, default=1, dest="calls_per_actor",
+                   help="concurrent batches per actor, to overlap decode with inference (default 1)")
+    i.add_argument("--decode-threads", type=int, dest="decode_threads", help="CPU decode threads per actor")
     i.add_argument("--video-stride", type=int, default=1, dest="video_stride", help="every Nth video frame")
     i.add_argument("--video-fps", type=float, dest="video_fps", help="resample videos to this frame rate")
     i.add_argument("--address", help="Ray address (ray://host:10001 or auto); default: start a local Ray")

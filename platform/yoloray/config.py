@@ -103,7 +103,10 @@ class EngineConfig(_Model):
     cuda_graph: bool = False
     channels_last: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None
-    decode: Literal["cpu", "gpu"] = "cpu"
+    decode: Literal["cpu", "gpu", "hybrid"] = Field(
+        "cpu", description="cpu: OpenCV threads; gpu: nvJPEG; hybrid: CPU threads take hybrid_cpu_share of each batch"
+    )
+    hybrid_cpu_share: float = Field(0.3, ge=0.0, le=1.0)
     reduced_decode: bool = Field(
         False, description="JPEG DCT-domain downscale (1/2, 1/4, 1/8) when the input is at most half the source"
     )
@@ -158,8 +161,8 @@ class EngineConfig(_Model):
         if self.device == "cpu":
             if self.cuda_graph:
                 raise ValueError("cuda_graph needs a CUDA device; set device to cuda or auto, or cuda_graph: false")
-            if self.decode == "gpu":
-                raise ValueError("decode 'gpu' (nvJPEG) needs a CUDA device; use decode: cpu")
+            if self.decode != "cpu":
+                raise ValueError(f"decode {self.decode!r} (nvJPEG) needs a CUDA device; use decode: cpu")
             if self.precision == "fp16":
                 raise ValueError("precision fp16 needs a CUDA device; on CPU use fp32 or bf16")
         return self
@@ -186,3 +189,82 @@ def model_identity(model: str) -> str:
                 h.update(chunk)
         return f"sha256:{h.hexdigest()}"
     return model
+
+
+class ServeConfig(_Model):
+    """The `args` of the yoloray application in a Ray Serve config (`yoloray.serve.app:build_app`).
+
+    `engine` is the EngineConfig every replica builds, warms and serves; the rest shapes the HTTP service.
+    Replica counts, `max_ongoing_requests`, autoscaling and GPUs are Ray's own deployment options and live
+    in the config file's `deployments:` entry, not here.
+    """
+
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    max_batch_size: int = Field(
+        None, ge=1, le=1024, description="images per @serve.batch call (default: engine.batch_size)"
+    )  # type: ignore[assignment]  # filled from engine.batch_size when left out
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0.0, le=10.0, description="longest wait for a batch to fill once its first image arrived"
+    )
+    max_image_bytes: int = Field(20 * 2**20, ge=1, le=2**30, description="larger images are refused (413)")
+    max_request_bytes: int = Field(
+        100 * 2**20, ge=1, le=2**32, description="larger request bodies are refused (413) before being read"
+    )
+    max_images_per_request: int = Field(64, ge=1, le=4096, description="images in one multipart request")
+    max_queued_images: int = Field(
+        1024, ge=1, description="images admitted to one replica and not yet answered; more are refused (503)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_batch(cls, data):
+        if isinstance(data, dict) and data.get("max_batch_size") is None:
+            engine = data.get("engine")
+            if isinstance(engine, EngineConfig):
+                size = engine.batch_size
+            elif isinstance(engine, dict) and isinstance(engine.get("batch_size"), int):
+                size = engine["batch_size"]
+            else:
+                size = EngineConfig.model_fields["batch_size"].default
+            data = {**data, "max_batch_size": size}
+        return data
+
+    @model_validator(mode="after")
+    def _batch_fits_engine(self):
+        if self.max_batch_size > self.engine.batch_size:
+            raise ValueError(
+                f"max_batch_size {self.max_batch_size} is larger than engine.batch_size {self.engine.batch_size}: "
+                "every serve batch would be split into several engine calls; set max_batch_size <= "
+                "engine.batch_size (usually equal)"
+            )
+        if self.max_image_bytes > self.max_request_bytes:
+            raise ValueError(
+                f"max_image_bytes {self.max_image_bytes} is larger than max_request_bytes {self.max_request_bytes}"
+            )
+        return self
+
+
+class TuneConfig(_Model):
+    """Settings of one `yoloray tune` sweep, saved as RUN/sweep.yaml so `--resume` continues the same sweep."""
+
+    name: str
+    out: str  # absolute run directory (Tune's storage is out/tune)
+    model: str
+    space: dict[str, Any] = Field(default_factory=dict)  # validated space file mapping; {} = the default space
+    gpus: int = Field(0, ge=0)  # 0: a CPU-only sweep; else one GPU per trial, this many trials at once
+    cpus_per_trial: int = Field(1, ge=1)
+    budget_trials: int | None = Field(None, ge=1)
+    budget_minutes: float | None = Field(None, gt=0)
+    max_p99_ms: float | None = Field(None, gt=0)
+    max_gpu_mem_gib: float | None = Field(None, gt=0)
+    min_fidelity: float | None = Field(None, ge=0.0, le=1.0)
+    window_s: float = Field(2.0, gt=0)  # one measurement window
+    max_windows: int = Field(10, ge=1)
+    max_trial_s: float = Field(120.0, gt=0)  # measurement cap per trial (build and warmup not counted)
+    stability: float = Field(0.10, gt=0.0, lt=1.0)  # 3 consecutive windows within this fraction = stable
+    images: str | None = None  # folder of images to measure on; None = generated frames
+    frame_size: tuple[int, int] = (1920, 1080)  # width, height of the generated frames
+    n_images: int = Field(32, ge=1)
+    fidelity_images: int = Field(8, ge=1)
+    seed: int = 0
+    serve_config: str | None = None  # where the winner's Serve config goes (default serve_configs/<name>.yaml)

@@ -6,8 +6,10 @@ A bad image becomes an error entry for that image only; the rest of the batch is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +33,8 @@ from yoloray.vision.nms import batched_nms, end2end_filter
 
 log = logging.getLogger(__name__)
 
+GPU_LETTERBOX_GROUP = 32  # images resized in one call (bounds the fp16 staging memory: 32 x 1080p ~ 400 MB)
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -51,7 +55,7 @@ class Detector:
         self.config = config or EngineConfig()
         self.device = resolve_device(self.config.device)
         if self.device.type == "cpu":
-            for field, bad in (("cuda_graph", True), ("decode", "gpu"), ("precision", "fp16")):
+            for field, bad in (("cuda_graph", True), ("decode", "gpu"), ("decode", "hybrid"), ("precision", "fp16")):
                 if getattr(self.config, field) == bad:
                     raise ConfigError(f"{field}={bad!r} needs a CUDA device, but this Detector runs on the CPU")
         self.engine = build_engine(self.config, self.device)
@@ -63,9 +67,10 @@ class Detector:
         self.batch_size = self.config.batch_size
         self.key = self.config.key()
         self.profile = profile  # synchronize the device between stages so per-stage timings are exact
-        self._pool = ThreadPoolExecutor(decode_threads or min(8, os.cpu_count() or 1), thread_name_prefix="decode")
-        pin = self.device.type == "cuda"
-        self._host = torch.empty((self.batch_size, *self.imgsz, 3), dtype=torch.uint8, pin_memory=pin)
+        threads = decode_threads or int(os.environ.get("YOLORAY_DECODE_THREADS", 0)) or min(32, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        self._local = threading.local()
+        self._engine_lock = threading.Lock()
         self.warm = False
 
     # ---------------------------------------------------------------- public
@@ -87,7 +92,8 @@ class Detector:
         static = self.engine.static_batch
         if static is not None and n < static:
             x = torch.cat([x, x.new_zeros((static - n, *x.shape[1:]))])
-        return self.engine(x)[:n]
+        with self._engine_lock:
+            return self.engine(x)[:n]
 
     def postprocess(self, raw: torch.Tensor, geom: Geometry, slots: np.ndarray, n_images: int) -> Detections:
         """Raw output of the images that ran (batch row j is input image slots[j]) -> Detections for all."""
@@ -114,50 +120,108 @@ class Detector:
 
     # ---------------------------------------------------------------- internals
     def _detect_batch(self, images: Sequence[bytes | np.ndarray]) -> Detections:
+        with self._stream():
+            return self._run_batch(images)
+
+    def _run_batch(self, images: Sequence[bytes | np.ndarray]) -> Detections:
         t0 = time.perf_counter()
         n = len(images)
         geom = Geometry.allocate(n)
         errors: list[str | None] = [None] * n
-        on_gpu: dict[int, torch.Tensor] = {}
-        if self.config.decode == "gpu":
-            on_gpu = self._decode_gpu(images, geom, errors)
-        cpu_items = [i for i in range(n) if i not in on_gpu and errors[i] is None]
-        jobs = [self._pool.submit(self._prepare_cpu, images[i], i, geom) for i in cpu_items]
-        prepared = {}
-        for i, job in zip(cpu_items, jobs):
+        to_gpu = self._gpu_candidates(images)
+        cpu_jobs = {i: self._pool.submit(self._prepare_cpu, images[i], i, geom) for i in range(n) if i not in to_gpu}
+        probes = {i: self._pool.submit(probe, images[i], self.config.max_pixels) for i in to_gpu}
+        gpu_rows, gpu_slots = self._decode_gpu(images, probes, geom, errors, cpu_jobs)
+        cpu_slots, cpu_arrays = [], []
+        for i, job in sorted(cpu_jobs.items()):
             try:
-                prepared[i] = job.result()
+                cpu_arrays.append(job.result())
+                cpu_slots.append(i)
             except ImageError as e:
                 errors[i] = str(e)
-        ok = [i for i in range(n) if errors[i] is None]
+        slots = np.asarray(gpu_slots + cpu_slots, np.int64)
         t1 = time.perf_counter()
-        dets: Detections
-        if ok:
-            x = torch.empty((len(ok), 3, *self.imgsz), dtype=self.engine.dtype, device=self.device)
-            cpu_rows = [j for j, i in enumerate(ok) if i in prepared]
-            if cpu_rows:  # images that ran fill the batch from the front, in input order
-                host = self._host.numpy()
-                for j in cpu_rows:
-                    host[j] = prepared[ok[j]]
-                up = self._host[: len(ok)].to(self.device, non_blocking=True)
-                up = up[cpu_rows] if len(cpu_rows) != len(ok) else up
-                x[cpu_rows] = up.permute(0, 3, 1, 2).flip(1).to(self.engine.dtype).div_(255)
-            for j, i in enumerate(ok):
-                if i in on_gpu:
-                    letterbox_gpu(on_gpu[i], self.imgsz, x[j])
+        if len(slots) == 0:
+            dets = Detections.empty(n, self.names)
+            dets.timings = {"decode": t1 - t0}
+        else:
+            x = torch.empty((len(slots), 3, *self.imgsz), dtype=self.engine.dtype, device=self.device)
+            for rows, (start, stop) in gpu_rows:
+                letterbox_gpu(rows, self.imgsz, x[start:stop])
+            if cpu_arrays:
+                self._upload(cpu_arrays, x[len(gpu_slots) :])
             t2 = self._sync_time()
             raw = self.infer(x)
             t3 = self._sync_time()
-            dets = self.postprocess(raw, geom, np.asarray(ok, np.int64), n)
+            dets = self.postprocess(raw, geom, slots, n)
             t4 = time.perf_counter()
             dets.timings = {"decode": t1 - t0, "preprocess": t2 - t1, "inference": t3 - t2, "nms": t4 - t3}
-        else:
-            dets = Detections.empty(n, self.names)
-            dets.timings = {"decode": t1 - t0}
         dets.errors = errors
-        for i in ok:
-            dets.widths[i], dets.heights[i] = int(geom.orig_w[i]), int(geom.orig_h[i])
+        dets.widths[slots] = geom.orig_w[slots].astype(np.int32)
+        dets.heights[slots] = geom.orig_h[slots].astype(np.int32)
         return dets
+
+    def _gpu_candidates(self, images) -> set[int]:
+        """Which inputs nvJPEG decodes: none (decode=cpu), all encoded ones (gpu), or all but a CPU share
+        that the decode threads take in parallel (hybrid). Non-JPEG inputs always fall back to the CPU."""
+        mode = self.config.decode
+        if mode == "cpu":
+            return set()
+        encoded = [i for i, im in enumerate(images) if not isinstance(im, np.ndarray)]
+        if mode == "hybrid":
+            encoded = encoded[round(len(encoded) * self.config.hybrid_cpu_share) :]
+        return set(encoded)
+
+    def _decode_gpu(self, images, probes: dict, geom: Geometry, errors: list, cpu_jobs: dict):
+        """nvJPEG-decode the probed JPEGs; returns [(uint8 tensor group (g,3,h,w), (row range))], slots.
+        Same-sized images are letterboxed as one group; anything nvJPEG refuses goes to the CPU threads."""
+        jpeg_idx, infos = [], {}
+        for i, job in sorted(probes.items()):
+            try:
+                info = job.result()
+            except ImageError as e:
+                errors[i] = str(e)
+                continue
+            if info.is_jpeg:
+                jpeg_idx.append(i)
+                infos[i] = info
+            else:
+                cpu_jobs[i] = self._pool.submit(self._prepare_cpu, images[i], i, geom)
+        decoded = decode_jpegs_gpu([images[i] for i in jpeg_idx], self.device) if jpeg_idx else []
+        by_shape: dict[tuple, list] = {}
+        for i, t in zip(jpeg_idx, decoded):
+            if t is None:
+                cpu_jobs[i] = self._pool.submit(self._prepare_cpu, images[i], i, geom)
+                continue
+            hw = tuple(t.shape[1:])
+            geom.set(i, hw, self.imgsz, (infos[i].height, infos[i].width))
+            by_shape.setdefault(hw, []).append((i, t))
+        groups, slots = [], []
+        for members in by_shape.values():
+            for k in range(0, len(members), GPU_LETTERBOX_GROUP):
+                chunk = members[k : k + GPU_LETTERBOX_GROUP]
+                groups.append((torch.stack([t for _, t in chunk]), (len(slots), len(slots) + len(chunk))))
+                slots.extend(i for i, _ in chunk)
+        return groups, slots
+
+    def _upload(self, arrays: list[np.ndarray], out: torch.Tensor) -> None:
+        """Letterboxed BGR uint8 HWC arrays -> `out` (k, 3, H, W) RGB in [0, 1]: one uint8 copy to the device
+        from pinned memory, then layout, channel order and scale on the device."""
+        k = len(arrays)
+        host = torch.empty((k, *self.imgsz, 3), dtype=torch.uint8, pin_memory=self.device.type == "cuda")
+        np.stack(arrays, out=host.numpy())
+        dev = host.to(self.device, non_blocking=True)
+        out.copy_(dev.permute(0, 3, 1, 2).flip(1)).div_(255)
+
+    def _stream(self):
+        """Each calling thread gets its own CUDA stream, so concurrent calls (an actor with
+        max_concurrent_calls_per_actor > 1) overlap decode and copies with another call's inference."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(self.device)
+        return torch.cuda.stream(stream)
 
     def _prepare_cpu(self, item, i: int, geom: Geometry) -> np.ndarray:
         """Decode (reduced where allowed) and letterbox one image on the CPU; runs in a worker thread."""
@@ -173,28 +237,6 @@ class Detector:
                 orig_hw = im.shape[:2]
         geom.set(i, im.shape[:2], self.imgsz, orig_hw)
         return letterbox_cpu(im, self.imgsz)
-
-    def _decode_gpu(self, images, geom: Geometry, errors: list) -> dict[int, torch.Tensor]:
-        """nvJPEG for the JPEG bytes in the batch; everything else is left to the CPU path."""
-        jpeg_idx, datas = [], []
-        for i, item in enumerate(images):
-            if isinstance(item, np.ndarray):
-                continue
-            try:
-                info = probe(item, self.config.max_pixels)
-            except ImageError as e:
-                errors[i] = str(e)
-                continue
-            if info.is_jpeg:
-                jpeg_idx.append(i)
-                datas.append(item)
-        out = {}
-        for i, t in zip(jpeg_idx, decode_jpegs_gpu(datas, self.device) if datas else []):
-            if t is not None:
-                hw = tuple(t.shape[1:])
-                geom.set(i, hw, self.imgsz, hw)
-                out[i] = t
-        return out
 
     def _sync_time(self) -> float:
         if self.profile and self.device.type == "cuda":

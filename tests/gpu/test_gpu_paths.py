@@ -59,9 +59,9 @@ def test_gpu_letterbox_within_one_level_of_cpu(images):
         im = decode_cpu(d, probe(d, 10**9))
         ref = letterbox_cpu(im, SHAPE)[..., ::-1].astype(np.float32) / 255
         t = torch.from_numpy(np.ascontiguousarray(im[..., ::-1])).permute(2, 0, 1).cuda()
-        out = torch.empty((3, *SHAPE), device="cuda")
-        letterbox_gpu(t, SHAPE, out)
-        assert np.abs(out.permute(1, 2, 0).cpu().numpy() - ref).max() <= 1 / 255 + 1e-6
+        out = torch.empty((1, 3, *SHAPE), device="cuda")
+        letterbox_gpu(t[None], SHAPE, out)
+        assert np.abs(out[0].permute(1, 2, 0).cpu().numpy() - ref).max() <= 1 / 255 + 1e-6
 
 
 FAST = [
@@ -71,6 +71,7 @@ FAST = [
     {"precision": "fp16", "channels_last": True, "cuda_graph": True},
     {"precision": "fp16", "channels_last": True, "cuda_graph": True, "decode": "gpu"},
     {"precision": "fp16", "channels_last": True, "cuda_graph": True, "reduced_decode": True},
+    {"precision": "fp16", "channels_last": True, "cuda_graph": True, "decode": "hybrid", "reduced_decode": True},
     {"precision": "fp16", "channels_last": True, "backend": "torch-compile"},
 ]
 

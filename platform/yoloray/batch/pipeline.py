@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 JOB_FILE = "_job.json"
 SUMMARY_FILE = "_summary.json"
 ROWS_PER_PART = 4096
+ROWS_PER_PART_ENV = "YOLORAY_ROWS_PER_PART"  # overrides the default rows per part (tests, small outputs)
 
 
 class JobError(ValueError):
@@ -42,6 +44,8 @@ class ActorOptions:
     actors: int | None = None  # max actors in the pool (default: one per GPU, or 1 on CPU)
     gpus_per_actor: float | None = None  # default 1 when the cluster has GPUs, else 0; fractions share a GPU
     cpus_per_actor: float = 1.0
+    calls_per_actor: int = 1  # concurrent batches inside one actor (overlaps decode with inference)
+    decode_threads: int | None = None  # CPU decode threads per actor (default: all cores)
 
 
 @dataclass
@@ -53,6 +57,8 @@ class Summary:
     seconds: float = 0.0
     skipped_done: int = 0
     engine: str = ""
+    first_result_s: float = 0.0  # start-up: listing, actor start and warmup, first batch
+    write_s: float = 0.0  # time spent writing Parquet parts on the driver
 
     @property
     def images_per_s(self) -> float:
@@ -99,10 +105,12 @@ def detect(ds, config: EngineConfig, options: ActorOptions | None = None):
     ds = ds.map_batches(_normalize, batch_format="pyarrow", batch_size=None)
     return ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"config": config.model_dump(mode="json")},
+        fn_constructor_kwargs={"config": config.model_dump(mode="json"), "decode_threads": options.decode_threads},
         batch_size=config.batch_size,
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=1, max_size=actors),
+        compute=ActorPoolStrategy(
+            min_size=1, max_size=actors, max_concurrent_calls_per_actor=max(1, options.calls_per_actor)
+        ),
         num_gpus=gpus,
         num_cpus=options.cpus_per_actor,
     )
@@ -162,6 +170,36 @@ def _check_job_file(fs, root: str, config: EngineConfig, sources: list[str]) -> 
         f.write(json.dumps(record, indent=1).encode())
 
 
+def _check_model(config: EngineConfig) -> None:
+    """Fail on the driver, before any actor starts, when the weights file is missing: an actor that dies in its
+    constructor makes Ray Data log a full stack trace and raise an ActorDiedError instead of a clear message.
+    Skipped under Ray Client (the path is resolved on the cluster, not here)."""
+    from ray.util.client import ray as client_ray
+
+    model = config.model
+    if "://" in model or not model.endswith(".pt") or os.path.isfile(model) or client_ray.is_connected():
+        return
+    raise JobError(
+        f"model weights {model} do not exist; pass --model with a .pt file, or a model YAML "
+        "such as yolov8n.yaml for random-weight speed tests"
+    )
+
+
+_USER_ERROR_LINE = re.compile(r"^(?:yoloray\.\S+\.)?(?:EngineError|ConfigError|JobError): (.+)$", re.M)
+
+
+def _actor_init_error(exc: BaseException) -> str | None:
+    """The user-facing message when the detector actor failed in its constructor (bad weights, bad config)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "actor_init_failed", False):
+            m = _USER_ERROR_LINE.search(str(exc))
+            return m.group(1).strip() if m else None
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def error_kind(message: str) -> str:
     """Group error messages into kinds for the summary (the full message stays in the row)."""
     m = message.lower()
@@ -184,13 +222,20 @@ def run_job(
     config: EngineConfig,
     options: ActorOptions | None = None,
     source_options: SourceOptions | None = None,
-    rows_per_part: int = ROWS_PER_PART,
+    rows_per_part: int | None = None,
 ) -> Summary:
-    """Run (or resume) detection over `sources` into the Parquet folder `out`. Needs ray initialised."""
+    """Run (or resume) detection over `sources` into the Parquet folder `out`. Needs ray initialised.
+
+    `rows_per_part` defaults to $YOLORAY_ROWS_PER_PART when set, else ROWS_PER_PART."""
     t0 = time.perf_counter()
+    if rows_per_part is None:
+        rows_per_part = int(os.environ.get(ROWS_PER_PART_ENV) or ROWS_PER_PART)
+    if rows_per_part < 1:
+        raise JobError(f"rows per part must be >= 1, got {rows_per_part}")
     fs, root = _fs(out)
     source_options = source_options or SourceOptions()
     units = list_units(sources, source_options)  # SourceError for missing / empty / unsupported inputs
+    _check_model(config)
     _check_job_file(fs, root, config, sources)
     done = frozenset(done_keys(out))
     summary = Summary(out=out, engine=config.key(), skipped_done=len(done))
@@ -210,11 +255,14 @@ def run_job(
         if not buffered:
             return
         table = pa.concat_tables(buffer)
+        tw = time.perf_counter()
         write_parquet_atomic(table, f"{root}/part-{run_id}-{seq:05d}.parquet", filesystem=fs)
+        summary.write_s += time.perf_counter() - tw
         seq += 1
         buffer, buffered = [], 0
 
-    for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+    def collect(batch: pa.Table):
+        nonlocal buffered
         keys = batch.column("key").to_pylist()
         fresh = [k not in written for k in keys]
         if not all(fresh):  # a retried task re-emitted rows: keep each key once
@@ -228,11 +276,24 @@ def run_job(
         buffered += batch.num_rows
         if buffered >= rows_per_part:
             flush()
+
+    try:
+        for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+            if not summary.first_result_s:
+                summary.first_result_s = time.perf_counter() - t0
+            collect(batch)
+    except Exception as e:
+        message = _actor_init_error(e)
+        if message is None:
+            raise
+        raise JobError(message) from e
     flush()
     summary.images = len(written)
     summary.errors = dict(errors)
     summary.detections_per_class = {str(k): int(v) for k, v in per_class.items()}
     summary.seconds = time.perf_counter() - t0
+    if not written and done:  # nothing to do: keep the record of the run that did the work
+        return summary
     with fs.open_output_stream(f"{root}/{SUMMARY_FILE}") as f:
         f.write(json.dumps({**asdict(summary), "images_per_s": summary.images_per_s}, indent=1).encode())
     return summary

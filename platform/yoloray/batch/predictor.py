@@ -14,10 +14,10 @@ from yoloray.data.sink import OUTPUT_SCHEMA, detections_to_table, error_table
 class Predictor:
     """Input rows (data/sources.py contract) -> output rows (data/sink.py OUTPUT_SCHEMA)."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, decode_threads: int | None = None):
         from yoloray.detector import Detector
 
-        self.detector = Detector(EngineConfig.model_validate(config)).warmup()
+        self.detector = Detector(EngineConfig.model_validate(config), decode_threads=decode_threads).warmup()
         self.engine = self.detector.key
 
     def __call__(self, batch: pa.Table) -> pa.Table:

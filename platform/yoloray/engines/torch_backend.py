@@ -99,6 +99,7 @@ class TorchEngine(Engine):
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static_in: torch.Tensor | None = None
         self._static_out: torch.Tensor | None = None
+        self._replayed: torch.cuda.Event | None = None
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         out = self._forward(x)
@@ -116,9 +117,15 @@ class TorchEngine(Engine):
             return self._run(x)
         if x.shape != self._static_in.shape:
             raise EngineError(f"CUDA graph was captured for {tuple(self._static_in.shape)}, got {tuple(x.shape)}")
+        stream = torch.cuda.current_stream(self.device)
+        if self._replayed is not None:  # the last replay (maybe on another thread's stream) is done with the buffers
+            stream.wait_event(self._replayed)
         self._static_in.copy_(x)
         self._graph.replay()
-        return self._static_out.clone()
+        out = self._static_out.clone()
+        self._replayed = torch.cuda.Event()
+        self._replayed.record(stream)
+        return out
 
     @torch.inference_mode()
     def warmup(self, batch_size: int, imgsz: tuple[int, int]) -> None:

@@ -49,17 +49,20 @@ def letterbox_cpu(img: np.ndarray, dst_hw: tuple[int, int], out: np.ndarray | No
     return out
 
 
-def letterbox_gpu(img, dst_hw: tuple[int, int], out) -> None:
-    """Letterbox one CHW uint8 RGB tensor into `out` (3, H, W) float in [0, 1], on its device (bilinear,
-    half-pixel centres like cv2 INTER_LINEAR; within 1/255 of the CPU path)."""
+def letterbox_gpu(imgs, dst_hw: tuple[int, int], out) -> None:
+    """Letterbox same-sized RGB uint8 images (N, 3, h, w) on their device into `out` (N, 3, H, W), values in
+    [0, 1] in out's dtype: one bilinear resize for the group (half-pixel centres like cv2 INTER_LINEAR; within
+    1/255 of the CPU path), then the 114 border."""
     import torch.nn.functional as F
 
-    p = placement(tuple(img.shape[1:]), dst_hw)
+    p = placement(tuple(imgs.shape[-2:]), dst_hw)
     out.fill_(PAD_VALUE / 255.0)
-    x = img.unsqueeze(0).float()
-    if (img.shape[1], img.shape[2]) != (p.new_h, p.new_w):
+    import torch
+
+    x = imgs.to(torch.float32 if out.dtype == torch.float32 else torch.float16)  # fp16: exact steps of 1/8 at 255
+    if tuple(imgs.shape[-2:]) != (p.new_h, p.new_w):
         x = F.interpolate(x, size=(p.new_h, p.new_w), mode="bilinear", align_corners=False, antialias=False)
-    out[:, p.top : p.top + p.new_h, p.left : p.left + p.new_w] = x[0].clamp_(0, 255).div_(255.0)
+    out[:, :, p.top : p.top + p.new_h, p.left : p.left + p.new_w] = x.clamp_(0, 255).div_(255.0)
 
 
 @dataclass

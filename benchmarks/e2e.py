@@ -1,0 +1,275 @@
+"""End-to-end throughput on one GPU: the bare model, the two usual peers, and `yoloray infer`, on the same data.
+
+    python benchmarks/e2e.py --images 10000 --out results/   (on the H200; see benchmarks/README.md)
+
+Data: `--unique` generated 1920x1080 inspection-line JPEGs (yoloray sample-data), written as WebDataset tar
+shards; the shards are copied until there are `--images` archive members (distinct keys, repeated pixels: the
+decoder and the model do the same work per member). All rows use the same YOLOv8s random weights, saved once
+as an ultralytics checkpoint. Rows:
+  (1) bare model ceiling: fp16 + channels_last + CUDA graph on ready GPU tensors (640x640 and 384x640)
+  (2) ultralytics `predict(files, batch=32, half=True)` over JPEG files
+  (3) the Ray Data docs pattern: `read_images` -> `map_batches(YOLO class, num_gpus=1)`
+  (4) `yoloray infer` configurations, archive -> Parquet on disk, actor start included (levers tried)
+plus a per-stage breakdown of the best (4) configuration. Prints a table last; writes JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+os.environ.setdefault("YOLO_OFFLINE", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import torch  # noqa: E402
+
+RESULTS: list[dict] = []
+GPU = torch.cuda.is_available()  # on a machine without one, everything runs small on the CPU (a dry run)
+DEVICE = "cuda" if GPU else "cpu"
+
+
+def row(name: str, images: int, seconds: float, **extra) -> dict:
+    r = {"row": name, "images": images, "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1), **extra}
+    RESULTS.append(r)
+    print(f"  -> {name}: {r['images_per_s']:,} images/s ({images} in {seconds:.1f} s) {extra or ''}", flush=True)
+    return r
+
+
+def make_data(root: Path, unique: int, images: int) -> tuple[Path, list[Path], Path]:
+    from yoloray.data.synthetic import generate
+
+    t = time.perf_counter()
+    data = generate(root / "gen", frames=unique, seed=11, formats=("folder", "tar"), shard_size=100)
+    shards = root / "shards"
+    shards.mkdir(exist_ok=True)
+    import tarfile
+
+    base = []
+    for s in sorted(data.tar_shards):
+        with tarfile.open(s) as tar:
+            base.append((s, sum(m.name.endswith(".jpg") for m in tar.getmembers())))
+    copies, n = 0, 0
+    while n < images:
+        for s, members in base:
+            if n >= images:
+                break
+            shutil.copyfile(s, shards / f"copy{copies:03d}-{s.name}")
+            n += members
+        copies += 1
+    files = sorted(Path(data.images_train).glob("*.jpg")) + sorted(Path(data.images_val).glob("*.jpg"))
+    print(f"data: {unique} unique frames, {n} tar members in {len(list(shards.iterdir()))} shards, {time.perf_counter() - t:.0f} s")
+    return shards, files, Path(data.images_train)
+
+
+def make_weights(path: Path, yaml: str) -> Path:
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    torch.save({"model": DetectionModel(yaml, verbose=False).eval(), "train_args": {}}, path)
+    return path
+
+
+def sync() -> None:
+    if GPU:
+        torch.cuda.synchronize()
+
+
+def bare_model(weights: Path) -> None:
+    from yoloray.config import EngineConfig
+    from yoloray.engines import build_engine
+
+    for shape, batch in (((640, 640), 64), ((384, 640), 128)):
+        cfg = EngineConfig(model=str(weights), precision="fp16" if GPU else "fp32", channels_last=True, cuda_graph=GPU,
+                           imgsz=shape, batch_size=batch if GPU else 4, device=DEVICE)
+        batch = cfg.batch_size
+        eng = build_engine(cfg, torch.device(DEVICE))
+        eng.warmup(batch, shape)
+        x = torch.rand((batch, 3, *shape), device=DEVICE, dtype=eng.dtype)
+        for _ in range(5 if GPU else 1):
+            eng(x)
+        sync()
+        iters = 40 if GPU else 2
+        t = time.perf_counter()
+        for _ in range(iters):
+            eng(x)
+        sync()
+        row(f"(1) bare model fp16+CL+graph {shape[0]}x{shape[1]} b{batch}", iters * batch, time.perf_counter() - t)
+
+
+def ultralytics_predict(weights: Path, files: list[Path], n: int) -> None:
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights))
+    model.predict([str(f) for f in files[:32]], batch=32, half=True, verbose=False)  # warm
+    subset = [str(f) for f in (files * (n // len(files) + 1))[:n]]
+    t = time.perf_counter()
+    count = sum(1 for _ in model.predict(subset, batch=32, half=True, stream=True, verbose=False))
+    row("(2) ultralytics predict(files, batch=32, half)", count, time.perf_counter() - t)
+
+
+class DocsPatternPredictor:
+    """The Ray Data docs' batch inference pattern with an ultralytics model."""
+
+    def __init__(self, weights: str):
+        from ultralytics import YOLO
+
+        self.model = YOLO(weights)
+
+    def __call__(self, batch):
+        results = self.model.predict(list(batch["image"]), half=True, verbose=False)
+        batch["n_boxes"] = [len(r.boxes) for r in results]
+        del batch["image"]
+        return batch
+
+
+def ray_docs_pattern(weights: Path, folder: list[Path], n: int) -> None:
+    import ray
+
+    t = time.perf_counter()
+    ds = ray.data.read_images([str(f) for f in folder]).limit(n)
+    ds = ds.map_batches(DocsPatternPredictor, fn_constructor_kwargs={"weights": str(weights)},
+                        compute=ray.data.ActorPoolStrategy(size=1), num_gpus=1 if GPU else 0, batch_size=32)
+    count = ds.count()
+    row("(3) Ray Data docs pattern (read_images -> map_batches YOLO)", count, time.perf_counter() - t)
+
+
+def yoloray_infer(name: str, weights: Path, shards: Path, out: Path, engine: dict, actor: dict) -> dict | None:
+    from yoloray.batch import ActorOptions, run_job
+    from yoloray.config import EngineConfig
+
+    cfg = EngineConfig(model=str(weights), **engine)
+    dest = out / name
+    shutil.rmtree(dest, ignore_errors=True)
+    t = time.perf_counter()
+    summary = run_job([str(shards)], str(dest), cfg, ActorOptions(**actor))
+    seconds = time.perf_counter() - t
+    run = seconds - summary.first_result_s
+    steady = summary.images / run if run > 1.0 else None  # after the first result: no start-up
+    return row(f"(4) yoloray infer {name}", summary.images, seconds, startup_s=round(summary.first_result_s, 1),
+               steady_images_per_s=round(steady, 1), write_s=round(summary.write_s, 2), errors=sum(summary.errors.values()),
+               engine=engine, actor=actor)
+
+
+def stage_breakdown(weights: Path, shards: Path, engine: dict, n: int = 2048) -> None:
+    """Per-stage time of the Detector alone (synchronized stages, so they add up), on archive bytes."""
+    import tarfile
+
+    from yoloray.config import EngineConfig
+    from yoloray.detector import Detector
+
+    datas = []
+    for s in sorted(shards.iterdir()):
+        with tarfile.open(s) as tar:
+            datas += [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg")]
+        if len(datas) >= n:
+            break
+    det = Detector(EngineConfig(model=str(weights), **engine), profile=True).warmup()
+    det.detect(datas[: engine["batch_size"]])
+    t = time.perf_counter()
+    dets = det.detect(datas[:n])
+    wall = time.perf_counter() - t
+    per = {k: round(1000 * v / n, 3) for k, v in dets.timings.items()}
+    RESULTS.append({"row": "stage breakdown (ms per image, stages synchronized)", "engine": engine, "ms_per_image": per,
+                    "images_per_s_synchronized": round(n / wall, 1)})
+    print(f"  -> stages ms/image: {per}; synchronized total {n / wall:,.0f} images/s", flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=10000)
+    p.add_argument("--unique", type=int, default=1000)
+    p.add_argument("--model", default="yolov8s.yaml")
+    p.add_argument("--work", default="/tmp/yoloray-bench")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--peer-images", type=int, default=1500, help="images for the slow peer rows (2) and (3)")
+    p.add_argument("--skip", default="", help="comma list of rows to skip: bare,predict,docs,infer,stages")
+    p.add_argument("--configs", default="all", help="comma list of (4) configuration names, or all")
+    a = p.parse_args()
+    skip = set(a.skip.split(","))
+    work, out = Path(a.work), Path(a.out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"device: {torch.cuda.get_device_name(0) if GPU else 'cpu (dry run)'}; CPUs: {os.cpu_count()}; torch {torch.__version__}", flush=True)
+    shards, files, _ = make_data(work, a.unique, a.images)
+    weights = make_weights(work / "yolov8s-random.pt", a.model)
+
+    import ray
+
+    t = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    print(f"ray.init {time.perf_counter() - t:.1f} s (not counted in any row)", flush=True)
+    fast = {"precision": "fp16", "channels_last": True, "cuda_graph": True, "imgsz": (384, 640), "batch_size": 64,
+            "device": "cuda"}
+    if not GPU:  # dry run: same code paths that exist on a CPU
+        fast = {"precision": "fp32", "imgsz": (384, 640), "batch_size": 8, "device": "cpu"}
+    configs = {
+        "cpu-reduced": ({**fast, "decode": "cpu", "reduced_decode": True}, {}),
+        "gpu-nvjpeg": ({**fast, "decode": "gpu"}, {}),
+        "hybrid": ({**fast, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.3}, {}),
+        "hybrid-2calls": ({**fast, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.3},
+                          {"calls_per_actor": 2}),
+        "hybrid-2actors": ({**fast, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.3},
+                           {"actors": 2, "gpus_per_actor": 0.5, "decode_threads": 8}),
+        "gpu-2calls-b128": ({**fast, "decode": "gpu", "batch_size": 128}, {"calls_per_actor": 2}),
+    }
+    if not GPU:
+        configs = {"cpu-reduced": configs["cpu-reduced"], "cpu-2calls": ({**fast, "reduced_decode": True}, {"calls_per_actor": 2})}
+    wanted = list(configs) if a.configs == "all" else a.configs.split(",")
+    steps = [
+        ("bare", lambda: bare_model(weights)),
+        ("predict", lambda: ultralytics_predict(weights, files, a.peer_images)),
+        ("docs", lambda: ray_docs_pattern(weights, files, a.peer_images)),
+    ] + [("infer", (lambda n=n: yoloray_infer(n, weights, shards, work / "out", *configs[n]))) for n in wanted]
+    for name, step in steps:
+        if name in skip:
+            continue
+        try:
+            step()
+        except Exception:
+            traceback.print_exc()
+            RESULTS.append({"row": name, "error": traceback.format_exc(limit=3)})
+        (out / "e2e.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+    infer_rows = [r for r in RESULTS if r["row"].startswith("(4)") and "images_per_s" in r]
+    if infer_rows and "stages" not in skip:
+        best = max(infer_rows, key=lambda r: r["images_per_s"])
+        try:
+            stage_breakdown(weights, shards, best["engine"])
+        except Exception:
+            traceback.print_exc()
+    (out / "e2e.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+    print_table(infer_rows)
+    return 0
+
+
+def print_table(infer_rows: list[dict]) -> None:
+    get: dict[str, dict] = {}
+    for r in RESULTS:
+        if "images_per_s" in r:
+            get.setdefault(r["row"][:3], r)  # the first (1) row is the square 640 ceiling
+    best = max(infer_rows, key=lambda r: r["images_per_s"]) if infer_rows else None
+    print("\n| row | images | s | images/s | steady images/s | startup s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in RESULTS:
+        if "images_per_s" in r:
+            print(f"| {r['row']} | {r['images']:,} | {r['seconds']} | {r['images_per_s']:,} | "
+                  f"{r.get('steady_images_per_s', '')} | {r.get('startup_s', '')} |")
+    if best:
+        print(f"\nbest (4): {best['row']} = {best['images_per_s']:,} images/s")
+        for tag in ("(1)", "(2)", "(3)"):
+            ref = get.get(tag)
+            if ref:
+                print(f"  ratio to {ref['row']}: {best['images_per_s'] / ref['images_per_s']:.2f}x")
+    for r in RESULTS:
+        if "ms_per_image" in r:
+            print(f"stage breakdown of best (ms/image, synchronized): {r['ms_per_image']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

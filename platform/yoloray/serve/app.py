@@ -1,0 +1,181 @@
+"""The detection service on Ray Serve: `build_app` (the serve config's import_path) and `yoloray serve`.
+
+    serve run    serve_configs/detector.yaml       # foreground, local Ray or RAY_ADDRESS
+    serve deploy serve_configs/detector.yaml       # to a running cluster (dashboard at :8265)
+    yoloray serve serve_configs/detector.yaml [--address auto] [--no-block]
+
+HTTP API (route_prefix `/` in the shipped config):
+
+    POST /detect[?conf=&iou=&max_det=]   body: the image bytes (Content-Type image/* or
+                                         application/octet-stream), or multipart/form-data with one or
+                                         more image files. Answer: {"results": [{"width", "height",
+                                         "detections": [{x1,y1,x2,y2,score,class_id,label}], "error"}],
+                                         "engine": EngineConfig.key(), "params": {conf, iou, max_det}}
+    GET  /healthz                        200 {"status": "ok"} when the engine runs, else 503
+    GET  /info                           model, engine config and key, version, batching, limits, stats
+
+Query parameters can only narrow what the engine returns (it ran at its own conf/iou/max_det):
+conf (0..1) filters boxes below it (a conf below the engine's returns nothing more); iou (0..1) runs a
+further class-aware NMS when stricter than the engine's (looser changes nothing); max_det (1..1000) keeps
+the highest-scoring boxes. `params` in the answer says what was applied.
+
+Status codes: 400 empty, undecodable or truncated image, malformed multipart; 413 image over
+max_image_bytes (or over the engine's max_pixels), body over max_request_bytes, too many images;
+415 Content-Type not image/*, application/octet-stream or multipart/form-data, or data in a non-image
+format (GIF, PDF, ZIP, video, text ...); 422 bad or unknown query parameters, a form field that is not a
+file; 503 overloaded: Serve's own back-pressure once `max_queued_requests` requests wait for a replica
+(plain-text body from Serve), or our JSON one once `max_queued_images` images wait on a replica. Every
+error body of ours is `{"error": "...", "status": N}`. A request with several images answers 200 and
+reports a bad image in that image's `error`, as the batch job's Parquet rows do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from yoloray.config import ConfigError, ServeConfig
+
+IMPORT_PATH = "yoloray.serve.app:build_app"
+DEPLOYMENT_NAME = "Detector"
+
+
+def parse_args(args: Any, source: str = "serve config args") -> ServeConfig:
+    """Validate a serve config's `args` (ConfigError naming each bad field)."""
+    if isinstance(args, ServeConfig):
+        return args
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise ConfigError(f"{source} must be a mapping of field: value, got {type(args).__name__}")
+    return ServeConfig.parse(args, source=source)
+
+
+def build_application(args: Any, **deployment_options):
+    """The Serve Application for `args`, with Ray deployment options (max_ongoing_requests,
+    autoscaling_config, ray_actor_options, ...) over the defaults in yoloray.serve.deployment."""
+    from yoloray.serve.deployment import DetectorDeployment
+
+    config = parse_args(args)
+    # The replica re-validates the mapping itself, so `model` (the bundled demo weights when left out)
+    # resolves on the node that runs it.
+    raw = args.model_dump(mode="json") if isinstance(args, ServeConfig) else dict(args or {})
+    deployment = DetectorDeployment.options(**deployment_options) if deployment_options else DetectorDeployment
+    del config  # validated here so a bad config fails where it is deployed, with the field named
+    return deployment.bind(raw)
+
+
+def build_app(args: dict):
+    """Serve config entry point (`import_path: yoloray.serve.app:build_app`). `args` is validated with
+    ServeConfig: {"engine": {EngineConfig fields}, "max_batch_size": int, "batch_wait_timeout_s": float,
+    "max_image_bytes", "max_request_bytes", "max_images_per_request", "max_queued_images"}."""
+    return build_application(args)
+
+
+# ------------------------------------------------------------------------------------ yoloray serve
+def load_serve_config(path: str | Path):
+    """Read and validate a Ray Serve config file; returns ray's ServeDeploySchema."""
+    import yaml
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    from yoloray.config import format_validation_error
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"serve config {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"serve config {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"serve config {path} must be a mapping with an `applications:` list")
+    try:
+        return ServeDeploySchema.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {format_validation_error(e)}") from None
+
+
+def applications_from(schema, source: str = "serve config") -> list[dict]:
+    """[{name, route_prefix, app}] for each yoloray application in a ServeDeploySchema, with the file's
+    deployment options applied. Validates every application before any is started."""
+    out = []
+    for a in schema.applications:
+        where = f"{source}: application {a.name!r}"
+        if a.import_path != IMPORT_PATH:
+            raise ConfigError(
+                f"{where} has import_path {a.import_path!r}; `yoloray serve` runs {IMPORT_PATH} only "
+                "(use `serve run` for other applications)"
+            )
+        options: dict = {}
+        for d in a.deployments:
+            if d.name != DEPLOYMENT_NAME:
+                raise ConfigError(f"{where}: unknown deployment {d.name!r}; this application has one: {DEPLOYMENT_NAME}")
+            options = d.model_dump(exclude_unset=True, exclude={"name"})
+        parse_args(a.args, source=f"{where} args")
+        out.append({"name": a.name, "route_prefix": a.route_prefix, "app": build_application(a.args, **options)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`yoloray serve CONFIG [--address auto] [--no-block]`: deploy the config's applications and block
+    until Ctrl-C (then shut them down)."""
+    p = argparse.ArgumentParser(prog="yoloray serve", description="Serve YOLO detection over HTTP (Ray Serve)")
+    p.add_argument("config", help="Ray Serve config file, e.g. serve_configs/detector.yaml")
+    p.add_argument("--address", help="Ray cluster to deploy to (auto, ray://HOST:10001); default: local Ray")
+    p.add_argument(
+        "--blocking", dest="blocking", action=argparse.BooleanOptionalAction, default=True,
+        help="stay in the foreground until Ctrl-C (default); --no-blocking (or --no-block) returns once deployed",
+    )
+    p.add_argument("--no-block", dest="blocking", action="store_false", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    try:
+        schema = load_serve_config(args.config)
+        apps = applications_from(schema, source=str(args.config))
+    except ConfigError as e:
+        print(f"yoloray serve: error: {e}", file=sys.stderr)
+        return 2
+
+    import ray
+    from ray import serve
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        if args.address:
+            ray.init(address=args.address, namespace="serve", log_to_driver=args.blocking)
+        else:
+            ray.init(namespace="serve", log_to_driver=args.blocking)
+    http = schema.http_options.model_dump(exclude_unset=True)
+    serve.start(http_options=http, proxy_location=schema.proxy_location)
+    names = []
+    try:
+        for a in apps:
+            serve.run(a["app"], name=a["name"], route_prefix=a["route_prefix"], blocking=False)
+            names.append(a["name"])
+            host, port = http.get("host", "127.0.0.1"), http.get("port", 8000)
+            print(f"yoloray serve: {a['name']} is up at http://{host}:{port}{(a['route_prefix'] or '').rstrip('/')}/detect")
+        if not args.blocking:
+            return 0
+        print("yoloray serve: Ctrl-C to stop")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("yoloray serve: shutting down")
+        return 0
+    except Exception as e:  # a deployment that failed to start (e.g. no GPU for device: cuda)
+        print(f"yoloray serve: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if args.blocking or names != [a["name"] for a in apps]:
+            for name in names:
+                serve.delete(name)
+            if started_ray:
+                serve.shutdown()
+                ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The search space of `yoloray tune`, built from the capability table (no Ray here).
+
+A space file is a YAML mapping `knob: [values]` (or `knob: value` to fix it); any other EngineConfig field
+except `model` and `device` may be fixed to one value (`conf: 0.3`). Values are checked against the
+capability table and EngineConfig; an error names the knob and the allowed values.
+
+Knobs are conditional: a knob never varies where it has no effect. `compile_mode` varies only for
+torch-compile, `cuda_graph` / `channels_last` / `workspace_gib` only where the backend honours them,
+`reduced_decode` only when the CPU decodes. The default space holds only what the device supports (on a
+CPU-only run: fp32/bf16, no CUDA graphs, CPU decode); CUDA-only values a user lists on a CPU-only run are kept
+and fail at trial start with the reason (see `Space.warnings`). A point is a dict of knob values that
+`EngineConfig.parse({**point, **fixed, "model": ..., "device": ...})` accepts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import ValidationError
+
+from yoloray.config import MAX_STRIDE, ConfigError, EngineConfig, parse_imgsz
+from yoloray.engines.capabilities import CAPABILITIES
+
+KNOBS = ("backend", "precision", "batch_size", "imgsz", "cuda_graph", "channels_last", "compile_mode",
+         "decode", "reduced_decode", "workspace_gib")
+NOT_SETTABLE = {"model": "the model is set with --model", "device": "the device follows --gpus (cuda or cpu)"}
+GPU_BATCHES = (1, 8, 16, 32, 64, 128, 256, 512)
+CPU_BATCHES = (1, 2, 4, 8, 16)
+# which capability flag makes a knob take effect (None: always), and the value it has where it does not
+_HONOURED = {"cuda_graph": ("cuda_graph", False), "channels_last": ("channels_last", False),
+             "compile_mode": ("compile", None), "workspace_gib": ("workspace", None)}
+
+
+def format_imgsz(value: Any) -> str:
+    h, w = parse_imgsz(value)
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def rect_imgsz(frame_size: tuple[int, int], long_side: int = 640) -> str:
+    """The stride-aligned letterbox input for frames of `frame_size` (width, height): 1920x1080 -> 384x640."""
+    w, h = frame_size
+    scale = long_side / max(w, h)
+    hh, ww = (math.ceil(h * scale / MAX_STRIDE) * MAX_STRIDE, math.ceil(w * scale / MAX_STRIDE) * MAX_STRIDE)
+    return format_imgsz((hh, ww))
+
+
+def literal_values(knob: str) -> tuple:
+    """The values a Literal field of EngineConfig allows (None excluded)."""
+
+    def flat(ann):
+        args = get_args(ann)
+        if not args:
+            return ()
+        if get_origin(ann) is Literal:
+            return args
+        return tuple(v for a in args for v in flat(a))
+
+    return flat(EngineConfig.model_fields[knob].annotation)
+
+
+def default_values(cuda: bool, frame_size: tuple[int, int] = (1920, 1080)) -> dict[str, tuple]:
+    """The default space: everything the capability table offers on this kind of device."""
+    precisions = tuple(p for p in literal_values("precision") if any(p in c.precisions for c in CAPABILITIES.values()))
+    return {
+        "backend": tuple(CAPABILITIES) if cuda else ("torch",),  # torch.compile on CPU: long builds, little gain
+        "precision": precisions if cuda else tuple(p for p in precisions if p != "fp16"),
+        "batch_size": GPU_BATCHES if cuda else CPU_BATCHES,
+        "imgsz": tuple(dict.fromkeys(("640", rect_imgsz(frame_size)))),
+        "cuda_graph": (False, True) if cuda else (False,),
+        "channels_last": (False, True),
+        "compile_mode": literal_values("compile_mode"),
+        "decode": literal_values("decode") if cuda else ("cpu",),
+        "reduced_decode": (False, True),
+        "workspace_gib": (None,),
+    }
+
+
+_LITERALS = ("backend", "precision", "decode", "compile_mode")
+
+
+def _validate(knob: str, value: Any, backend: str):
+    return EngineConfig.model_validate({"model": "check", "device": "auto", "backend": backend, knob: value})
+
+
+def _accepted(knob: str, value: Any) -> bool:
+    return any(_ok(knob, value, b) for b in CAPABILITIES)
+
+
+def _ok(knob: str, value: Any, backend: str) -> bool:
+    try:
+        _validate(knob, value, backend)
+        return True
+    except ValidationError:
+        return False
+
+
+def _check_value(knob: str, value: Any, source: str) -> Any:
+    """The normalized value if some backend accepts it, else ConfigError naming the knob and what is allowed."""
+    if isinstance(value, (list, dict)) and knob != "imgsz":
+        raise ConfigError(f"{source}: {knob}: {value!r} is not a single value")
+    error = None
+    for backend in CAPABILITIES:
+        try:
+            cfg = _validate(knob, value, backend)
+        except ValidationError as e:
+            error = error or e
+            continue
+        return format_imgsz(cfg.imgsz) if knob == "imgsz" else getattr(cfg, knob)
+    if knob in _LITERALS:
+        allowed = [v for v in literal_values(knob) if _accepted(knob, v)]
+        raise ConfigError(f"{source}: {knob}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+    if knob in _HONOURED and not any(getattr(c, _HONOURED[knob][0]) for c in CAPABILITIES.values()):
+        raise ConfigError(f"{source}: {knob} is not honoured by any backend today; leave it out")
+    msg = "; ".join(err["msg"].removeprefix("Value error, ") for err in error.errors())
+    raise ConfigError(f"{source}: {knob}: {value!r}: {msg}")
+
+
+def validate_mapping(data: Any, source: str = "space") -> dict[str, Any]:
+    """A user's space mapping, checked and normalized: knob -> list of values; fixed field -> value."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: must be a mapping of knob: [values] (knobs: {', '.join(KNOBS)})")
+    fixable = [f for f in EngineConfig.model_fields if f not in KNOBS and f not in NOT_SETTABLE]
+    out: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key in NOT_SETTABLE:
+            raise ConfigError(f"{source}: {key} cannot be set in a space file: {NOT_SETTABLE[key]}")
+        if key not in KNOBS and key not in fixable:
+            raise ConfigError(f"{source}: unknown knob {key!r}; knobs: {', '.join(KNOBS)}; "
+                              f"fixed fields: {', '.join(fixable)}")
+        values = raw if isinstance(raw, list) else [raw]  # imgsz: [384, 640] is two sizes; "384x640" one
+        if not values:
+            raise ConfigError(f"{source}: {key}: empty list; give at least one value")
+        if key not in KNOBS and len(values) > 1:
+            raise ConfigError(f"{source}: {key} is not searched; give one value, not {len(values)}")
+        checked = list(dict.fromkeys(_check_value(key, v, source) for v in values))
+        out[key] = checked if key in KNOBS else checked[0]
+    return out
+
+
+def load_space_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"space file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"space file {path} is not valid YAML: {e}") from None
+    return validate_mapping(data, source=str(path))
+
+
+@dataclass(frozen=True)
+class Space:
+    values: dict[str, tuple]  # knob -> candidate values
+    fixed: dict[str, Any] = field(default_factory=dict)  # other EngineConfig fields, the same for every trial
+    cuda: bool = False
+
+    @classmethod
+    def build(cls, mapping: dict[str, Any] | None, cuda: bool, frame_size=(1920, 1080)) -> Space:
+        mapping = validate_mapping(mapping or {})
+        values = default_values(cuda, frame_size)
+        values.update({k: tuple(v) for k, v in mapping.items() if k in KNOBS})
+        fixed = {k: v for k, v in mapping.items() if k not in KNOBS}
+        space = cls(values, fixed, cuda)
+        if not space.points():
+            raise ConfigError("space: no backend honours this combination of values; "
+                              f"precisions per backend: {', '.join(f'{b}: {c.precisions}' for b, c in CAPABILITIES.items())}")
+        return space
+
+    def options(self, backend: str) -> dict[str, tuple]:
+        """Knob -> the values that take effect for `backend` (one value where the knob has no effect)."""
+        cap = CAPABILITIES[backend]
+        out = {}
+        for knob in KNOBS[1:]:
+            vals = self.values[knob]
+            if knob == "precision":
+                vals = tuple(p for p in vals if p in cap.precisions)
+            elif knob in _HONOURED:
+                flag, inactive = _HONOURED[knob]
+                vals = vals if getattr(cap, flag) else (inactive,)
+            out[knob] = vals
+        return out
+
+    def backends(self) -> list[str]:
+        return [b for b in self.values["backend"] if self.options(b)["precision"]]
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every distinct valid point (grid order)."""
+        seen, out = set(), []
+        for backend in self.backends():
+            opts = self.options(backend)
+            for combo in itertools.product(*opts.values()):
+                point = {"backend": backend, **dict(zip(opts, combo))}
+                if point["decode"] == "gpu":
+                    point["reduced_decode"] = False  # nvJPEG decodes at full size
+                key = tuple(point.items())
+                if key not in seen:
+                    seen.add(key)
+                    out.append(point)
+        return out
+
+    def warnings(self) -> list[str]:
+        out = []
+        if not self.cuda:
+            points = self.points()
+            for knob, bad in (("precision", "fp16"), ("cuda_graph", True), ("decode", "gpu"), ("decode", "hybrid")):
+                if any(p[knob] == bad for p in points):
+                    out.append(f"{knob} {bad} needs CUDA: those trials will fail at start on this CPU-only run")
+        for knob, (flag, inactive) in _HONOURED.items():
+            if set(self.values[knob]) - {inactive} and not any(getattr(CAPABILITIES[b], flag) for b in self.backends()):
+                out.append(f"{knob} has no effect on backend(s) {', '.join(self.backends())}: it stays {inactive}")
+        return out
+
+    def describe(self) -> str:
+        varying = {k: v for k, v in self.values.items() if len(v) > 1}
+        return f"{len(self.points())} points; " + ", ".join(f"{k}={list(v)}" for k, v in varying.items())
+
+
+class OptunaSpace:
+    """Define-by-run space for OptunaSearch: conditional knobs are suggested only where they take effect.
+    A knob whose choices differ between backends gets one Optuna parameter per backend (`knob.backend`)."""
+
+    def __init__(self, space: Space):
+        self.space = space
+        self.names: dict[tuple[str, str], str] = {}
+        backends = space.backends()
+        for knob in KNOBS[1:]:
+            choices = {b: space.options(b)[knob] for b in backends}
+            varying = {b: c for b, c in choices.items() if len(c) > 1}
+            uniform = len({tuple(c) for c in varying.values()}) <= 1
+            for b in varying:
+                self.names[(knob, b)] = knob if uniform else f"{knob}.{b}"
+
+    def __call__(self, trial) -> dict[str, Any]:
+        backends = self.space.backends()
+        backend = trial.suggest_categorical("backend", backends) if len(backends) > 1 else backends[0]
+        point: dict[str, Any] = {"backend": backend}
+        for knob, vals in self.space.options(backend).items():
+            if knob == "reduced_decode" and point["decode"] == "gpu":
+                vals = (False,)
+            name = self.names.get((knob, backend))
+            point[knob] = trial.suggest_categorical(name, list(vals)) if name and len(vals) > 1 else vals[0]
+        return {"engine": point}

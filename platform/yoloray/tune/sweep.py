@@ -1,0 +1,271 @@
+"""`yoloray tune`: search the EngineConfig with the most images/s per GPU, on Ray Tune.
+
+    yoloray tune --model M [--space space.yaml] [--gpus N] [--budget-trials K | --budget-minutes T]
+        [--max-p99-ms X] [--max-gpu-mem-gib Y] [--min-fidelity Z] --out runs/NAME [--resume]
+
+One trial per point, one GPU per trial (CPU-only when the cluster has no GPU or --gpus 0). A space that fits
+the trial budget is searched as a grid; a larger one with Optuna (TPE, define-by-run so conditional knobs
+stay conditional) and ASHA, which stops trials whose images/s is clearly behind after a few windows.
+`--budget-minutes` bounds the sweep's wall time. Tune keeps its state in RUN/tune; `--resume` (or
+`--resume RUN`) restores it with `Tuner.restore`: finished trials are kept, interrupted ones run again,
+the settings come from RUN/sweep.yaml. The report (see `yoloray.tune.report`) is written at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from yoloray.config import ConfigError, TuneConfig, default_model
+
+DEFAULT_TRIALS = 32
+METRIC = "images_per_s"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class UserError(Exception):
+    """A mistake in the command line; printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="yoloray tune", description=__doc__.split("\n\n")[2].replace("\n", " "))
+    p.add_argument("--model", help="weights .pt or model YAML (default: the bundled demo detector)")
+    p.add_argument("--space", help="space YAML: knob: [values] or knob: value (default: the capability table)")
+    p.add_argument("--gpus", type=int, help="GPUs to use, one trial each (default: all in the cluster; 0 = CPU)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-trials", type=int, help=f"number of trials (default {DEFAULT_TRIALS})")
+    budget.add_argument("--budget-minutes", type=float, help="wall-time budget of the sweep")
+    p.add_argument("--max-p99-ms", type=float, help="winner's p99 batch latency limit")
+    p.add_argument("--max-gpu-mem-gib", type=float, help="winner's peak GPU memory limit")
+    p.add_argument("--min-fidelity", type=float, help="winner's minimum match rate vs the fp32 reference (0-1)")
+    p.add_argument("--out", help="run directory runs/NAME (report, engine.yaml, Tune state)")
+    p.add_argument("--resume", nargs="?", const=True, metavar="RUN", help="continue the sweep in RUN (or --out)")
+    p.add_argument("--images", help="folder of images to measure on (default: generated 1080p frames)")
+    p.add_argument("--frame-size", default="1920x1080", help="WxH of the generated frames (default 1920x1080)")
+    p.add_argument("--window-seconds", type=float, default=2.0, help="measurement window (default 2)")
+    p.add_argument("--max-windows", type=int, default=10, help="windows per trial at most (default 10)")
+    p.add_argument("--max-trial-seconds", type=float, default=120.0, help="measurement cap per trial")
+    p.add_argument("--cpus-per-trial", type=int, help="CPUs per trial (default: node CPUs / GPUs, 1 on CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--serve-config", help="where to write the winner's Serve config (default serve_configs/NAME.yaml)")
+    p.add_argument("--address", help="Ray address (auto, ray://host:10001); default: RAY_ADDRESS or a local Ray")
+    return p
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--frame-size {text!r} is not WxH (e.g. 1920x1080)") from None
+    if w < 32 or h < 32:
+        raise UserError(f"--frame-size {text!r}: width and height must be at least 32")
+    return w, h
+
+
+def _model(model: str | None) -> str:
+    model = model or default_model()
+    path = Path(model).expanduser()
+    if path.is_file():
+        return str(path.resolve())
+    if model.endswith((".yaml", ".yml")) and "/" not in model:
+        return model  # an ultralytics model definition such as yolov8n.yaml
+    raise UserError(f"--model {model}: no such file (give weights .pt or a model YAML such as yolov8n.yaml)")
+
+
+def settings_from_args(args) -> tuple[TuneConfig, bool]:
+    """(settings, resuming). A resumed sweep takes every setting from RUN/sweep.yaml."""
+    from yoloray.tune.space import load_space_file
+
+    out = args.resume if isinstance(args.resume, str) else args.out
+    if not out:
+        raise UserError("--out runs/NAME is required (or --resume runs/NAME)")
+    out = Path(out).expanduser().resolve()
+    saved = out / "sweep.yaml"
+    if args.resume:
+        if not saved.is_file():
+            raise UserError(f"nothing to resume: {saved} does not exist")
+        return TuneConfig.from_yaml(saved), True
+    if saved.is_file():
+        raise UserError(f"{out} already holds a sweep; add --resume to continue it, or choose another --out")
+    for flag in ("gpus", "budget_trials", "cpus_per_trial", "max_windows"):
+        if getattr(args, flag) is not None and getattr(args, flag) < (0 if flag == "gpus" else 1):
+            raise UserError(f"--{flag.replace('_', '-')} must be {'>= 0' if flag == 'gpus' else '>= 1'}")
+    if args.images and not Path(args.images).is_dir():
+        raise UserError(f"--images {args.images}: not a folder")
+    fields = {
+        "name": out.name, "out": str(out), "model": _model(args.model),
+        "space": load_space_file(args.space) if args.space else {},
+        "budget_trials": args.budget_trials, "budget_minutes": args.budget_minutes,
+        "max_p99_ms": args.max_p99_ms, "max_gpu_mem_gib": args.max_gpu_mem_gib, "min_fidelity": args.min_fidelity,
+        "window_s": args.window_seconds, "max_windows": args.max_windows, "max_trial_s": args.max_trial_seconds,
+        "images": str(Path(args.images).resolve()) if args.images else None,
+        "frame_size": _frame_size(args.frame_size), "seed": args.seed,
+        "serve_config": str(Path(args.serve_config).resolve()) if args.serve_config else None,
+    }
+    return TuneConfig.parse(fields, source="yoloray tune"), False
+
+
+def _resources(settings: TuneConfig, gpus: int | None, cpus: int | None) -> TuneConfig:
+    import ray
+
+    total = ray.cluster_resources()
+    gpus = int(total.get("GPU", 0)) if gpus is None else gpus
+    if cpus is None:
+        cpus = max(1, min(16, int(total.get("CPU", 1)) // gpus)) if gpus else 1
+    return settings.model_copy(update={"gpus": gpus, "cpus_per_trial": cpus})
+
+
+def load_inputs(settings: TuneConfig) -> list[bytes]:
+    """The measured images: RUN/inputs when present (resume), else a folder's images or generated frames."""
+    import cv2
+
+    folder = Path(settings.out) / "inputs"
+    if folder.is_dir() and any(folder.iterdir()):
+        return [p.read_bytes() for p in sorted(folder.iterdir())]
+    if settings.images:
+        files = sorted(p for p in Path(settings.images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"--images {settings.images}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        named = [(f"{i:04d}{p.suffix.lower()}", p.read_bytes()) for i, p in enumerate(files[: settings.n_images])]
+    else:
+        from yoloray.data.synthetic import render_frame
+
+        w, h = settings.frame_size
+        named = []
+        for i in range(settings.n_images):
+            img, _ = render_frame(settings.seed, i, w, h)
+            named.append((f"{i:04d}.jpg", cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in named:
+        (folder / name).write_bytes(data)
+    return [data for _, data in named]
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(settings: TuneConfig, images: list[bytes], resume: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from yoloray.tune.space import OptunaSpace, Space
+    from yoloray.tune.trial import run_trial
+
+    resources = {"cpu": settings.cpus_per_trial, "gpu": 1} if settings.gpus else {"cpu": settings.cpus_per_trial}
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, settings=settings.model_dump(mode="json"), images=images), resources)
+    exp_dir = Path(settings.out) / "tune"
+    if resume and tune.Tuner.can_restore(str(exp_dir)):
+        print(f"yoloray tune: resuming {exp_dir} (finished trials are kept)", file=sys.stderr)
+        return tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=False,
+                                  restart_errored=False), None
+    space = Space.build(settings.space, cuda=settings.gpus > 0, frame_size=settings.frame_size)
+    for line in space.warnings():
+        print(f"yoloray tune: warning: {line}", file=sys.stderr)
+    points = space.points()
+    budget = settings.budget_trials or DEFAULT_TRIALS
+    grid = len(points) <= budget
+    tune_config = dict(metric=METRIC, mode="max", max_concurrent_trials=settings.gpus or None,
+                       time_budget_s=settings.budget_minutes * 60 if settings.budget_minutes else None,
+                       reuse_actors=True, trial_dirname_creator=trial_dirname)
+    if grid:
+        param_space = {"engine": tune.grid_search(points)}
+        tune_config.update(num_samples=1)
+        how = f"grid over all {len(points)} points"
+    else:
+        param_space = {}
+        samples = settings.budget_trials or (len(points) if settings.budget_minutes else DEFAULT_TRIALS)
+        searcher = OptunaSearch(space=OptunaSpace(space), metric=METRIC, mode="max", seed=settings.seed)
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.max_windows,
+                                  grace_period=min(3, settings.max_windows), reduction_factor=3)
+        tune_config.update(num_samples=samples, search_alg=searcher, scheduler=scheduler)
+        how = f"Optuna + ASHA, {samples} trials of {len(points)} points"
+    print(f"yoloray tune: {space.describe()}; {how}; device {'cuda' if settings.gpus else 'cpu'}, "
+          f"{settings.gpus or 'no'} GPU(s)", file=sys.stderr)
+    run_config = tune.RunConfig(name="tune", storage_path=str(Path(settings.out)), verbose=0,
+                                callbacks=[_progress_callback()])
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(**tune_config),
+                      run_config=run_config), space
+
+
+def _progress_callback():
+    """A Tune callback that prints one line per finished trial."""
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            m, e = trial.last_result or {}, trial.config.get("engine", {})
+            knobs = " ".join(f"{k}={e[k]}" for k in ("backend", "precision", "batch_size", "imgsz") if k in e)
+            figures = f"{m.get('measured_images_per_s', 0):.1f} img/s, p99 {m.get('p99_ms', 0):.1f} ms"
+            reason = f" ({m['reason']})" if m.get("reason") else ""
+            print(f"  {trial.trial_id} {knobs}: {m.get('status', '?')}, {figures}{reason}", file=sys.stderr, flush=True)
+
+    return Progress()
+
+
+def _runtime_env() -> dict | None:
+    """Ship the package to the workers when it is not installed (`ray job submit --working-dir .`)."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("yoloray")
+        return None
+    except metadata.PackageNotFoundError:
+        import yoloray
+
+        return {"py_modules": [str(Path(yoloray.__file__).parent)]}
+
+
+def run(settings: TuneConfig, resume: bool, gpus: int | None = None, cpus: int | None = None,
+        address: str | None = None) -> int:
+    import ray
+
+    from yoloray.tune.report import write_report
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, runtime_env=_runtime_env(), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    try:
+        if not resume:
+            settings = _resources(settings, gpus, cpus)
+            Path(settings.out).mkdir(parents=True, exist_ok=True)
+        images = load_inputs(settings)
+        settings.to_yaml(Path(settings.out) / "sweep.yaml")
+        tuner, _ = build_tuner(settings, images, resume)
+        results = tuner.fit()
+        winner = write_report(results, settings)
+    finally:
+        if started:
+            ray.shutdown()
+    return 0 if winner is not None else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("YOLO_OFFLINE", "true")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        args = build_parser().parse_args(argv)
+        settings, resume = settings_from_args(args)
+        return run(settings, resume, gpus=args.gpus, cpus=args.cpus_per_trial, address=args.address)
+    except (UserError, ConfigError) as e:
+        print(f"yoloray tune: error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    except KeyboardInterrupt:
+        print("yoloray tune: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
