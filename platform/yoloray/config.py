@@ -237,6 +237,11 @@ class ServeConfig(_Model):
                 "every serve batch would be split into several engine calls; set max_batch_size <= "
                 "engine.batch_size (usually equal)"
             )
+        if self.max_images_per_request > self.max_queued_images:
+            raise ValueError(
+                f"max_images_per_request {self.max_images_per_request} is larger than max_queued_images "
+                f"{self.max_queued_images}: such a request could never be admitted"
+            )
         if self.max_image_bytes > self.max_request_bytes:
             raise ValueError(
                 f"max_image_bytes {self.max_image_bytes} is larger than max_request_bytes {self.max_request_bytes}"

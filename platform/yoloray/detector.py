@@ -104,6 +104,9 @@ class Detector:
             idx, boxes, scores, cls = batched_nms(raw, c.conf, c.iou, c.max_det, c.agnostic_nms)
         slots_t = torch.from_numpy(slots).to(raw.device)
         image = slots_t[idx]
+        if len(idx) and bool((slots[1:] < slots[:-1]).any()):  # rows not in input order: regroup by image
+            order = torch.sort(image, stable=True).indices
+            image, boxes, scores, cls = image[order], boxes[order], scores[order], cls[order]
         if len(idx):
             boxes = boxes_to_original(boxes, image, geom)
         image, boxes, scores, cls = (t.cpu() for t in (image, boxes, scores, cls))

@@ -112,3 +112,51 @@ def test_probe_rejects_unsupported_format():
     Image.new("RGB", (8, 8)).save(buf, "GIF")
     with pytest.raises(ImageError, match="unsupported image format GIF"):
         probe(buf.getvalue(), 10**6)
+
+
+def test_mixed_decode_routes_keep_each_image_its_own_boxes(held_out):
+    """Rows decoded by different routes (nvJPEG / CPU threads / arrays) are regrouped by input image. The
+    nvJPEG route is exercised with torchvision's decoder on the CPU device."""
+    from pathlib import Path
+
+    from yoloray.fidelity import compare
+
+    files = sorted(Path(held_out.images_val).glob("*.jpg"))[:8]
+    datas = [f.read_bytes() for f in files]
+    mixed = [datas[0], cv2.imdecode(np.frombuffer(datas[1], np.uint8), cv2.IMREAD_COLOR), *datas[2:]]
+    base = EngineConfig(device="cpu", imgsz=(384, 640), batch_size=8)
+    reference = Detector(base).detect(datas)
+    det = Detector(base)
+    det.config = base.model_copy(update={"decode": "hybrid", "hybrid_cpu_share": 0.5})  # bypasses the CUDA check
+    got = det.detect(mixed)
+    assert got.offsets[-1] > 20
+    assert compare(reference, got, iou=0.99, score_tol=1e-3).rate == 1.0
+
+
+def test_fast_jpeg_probe_agrees_with_pil(photos, held_out):
+    from pathlib import Path
+
+    from yoloray.vision.decode import _probe_jpeg
+
+    files = [photos[k] for k in ("bus", "zidane", "exif6", "cmyk", "fullhd")] + sorted(Path(held_out.images_val).glob("*.jpg"))[:3]
+    for f in files:
+        data = f.read_bytes()
+        fast = _probe_jpeg(data)
+        im = Image.open(io.BytesIO(data))
+        o = im.getexif().get(0x0112, 1)
+        w, h = im.size if o not in (5, 6, 7, 8) else im.size[::-1]
+        assert fast is not None and (fast.width, fast.height, fast.orientation) == (w, h, o), f
+
+
+def test_arrow_views_are_zero_copy_and_decode():
+    import pyarrow as pa
+
+    from yoloray.batch.predictor import encoded_views
+
+    payloads = [b"\xff\xd8abc\xff\xd9", None, b"xyz"]
+    for typ in (pa.binary(), pa.large_binary()):
+        arr = pa.array(payloads, typ).slice(0, 3)
+        views = encoded_views(pa.chunked_array([arr]))
+        assert [bytes(v) for v in views] == [b"\xff\xd8abc\xff\xd9", b"", b"xyz"]
+    with pytest.raises(TypeError, match="encoded bytes"):
+        encoded_views(pa.array([1, 2]))

@@ -101,6 +101,9 @@ def detect(ds, config: EngineConfig, options: ActorOptions | None = None):
     from ray.data import ActorPoolStrategy
 
     options = options or ActorOptions()
+    columns = ds.columns(fetch_if_missing=False)  # known without running anything (e.g. from_items)
+    if columns is not None:
+        _check_columns(columns)
     gpus, actors = _resources(options)
     ds = ds.map_batches(_normalize, batch_format="pyarrow", batch_size=None)
     return ds.map_batches(
@@ -116,9 +119,13 @@ def detect(ds, config: EngineConfig, options: ActorOptions | None = None):
     )
 
 
+def _check_columns(columns: list[str]) -> None:
+    if "image" not in columns or "key" not in columns:
+        raise JobError(f"input rows need 'key' and 'image' (encoded bytes) columns; got {columns}")
+
+
 def _normalize(batch: pa.Table) -> pa.Table:
-    if "image" not in batch.column_names or "key" not in batch.column_names:
-        raise JobError(f"input rows need 'key' and 'image' (encoded bytes) columns; got {batch.column_names}")
+    _check_columns(batch.column_names)
     n = batch.num_rows
     for name, typ in (("source", pa.string()), ("frame", pa.int64()), ("ts", pa.float64()), ("error", pa.string())):
         if name not in batch.column_names:

@@ -22,6 +22,7 @@ MAX_DET_LIMIT = 1000
 # Formats a client may send by mistake, recognized by their first bytes (PIL does not open them).
 _MAGIC = (
     (b"%PDF", "a PDF document"),
+    (b"GIF8", "a GIF image (GIF is not supported)"),
     (b"PK\x03\x04", "a ZIP archive"),
     (b"\x1f\x8b", "gzip data"),
     (b"\x1a\x45\xdf\xa3", "a Matroska/WebM video"),
@@ -257,7 +258,8 @@ def narrow(r: ImageResult, eff: dict, engine: dict, agnostic: bool) -> ImageResu
     """Apply the request's conf (a filter), iou (a further NMS, only when stricter than the engine's) and
     max_det (keep the highest scores). Unchanged when the request narrows nothing, so the boxes are then
     exactly the Detector's, in its order."""
-    if r.error is not None or len(r.scores) == 0:
+    narrows = eff["conf"] > engine["conf"] or eff["iou"] < engine["iou"] or len(r.scores) > eff["max_det"]
+    if r.error is not None or len(r.scores) == 0 or not narrows:
         return r
     boxes, scores, cls = r.boxes, r.scores, r.class_ids
     if eff["conf"] > engine["conf"]:

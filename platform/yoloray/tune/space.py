@@ -160,6 +160,7 @@ class Space:
     values: dict[str, tuple]  # knob -> candidate values
     fixed: dict[str, Any] = field(default_factory=dict)  # other EngineConfig fields, the same for every trial
     cuda: bool = False
+    given: tuple[str, ...] = ()  # knobs the user's space file set
 
     @classmethod
     def build(cls, mapping: dict[str, Any] | None, cuda: bool, frame_size=(1920, 1080)) -> Space:
@@ -167,10 +168,11 @@ class Space:
         values = default_values(cuda, frame_size)
         values.update({k: tuple(v) for k, v in mapping.items() if k in KNOBS})
         fixed = {k: v for k, v in mapping.items() if k not in KNOBS}
-        space = cls(values, fixed, cuda)
+        space = cls(values, fixed, cuda, tuple(k for k in mapping if k in KNOBS))
         if not space.points():
             raise ConfigError("space: no backend honours this combination of values; "
-                              f"precisions per backend: {', '.join(f'{b}: {c.precisions}' for b, c in CAPABILITIES.items())}")
+                              "precisions per backend: "
+                              + ", ".join(f"{b}: {'/'.join(c.precisions)}" for b, c in CAPABILITIES.items()))
         return space
 
     def options(self, backend: str) -> dict[str, tuple]:
@@ -213,13 +215,15 @@ class Space:
                 if any(p[knob] == bad for p in points):
                     out.append(f"{knob} {bad} needs CUDA: those trials will fail at start on this CPU-only run")
         for knob, (flag, inactive) in _HONOURED.items():
-            if set(self.values[knob]) - {inactive} and not any(getattr(CAPABILITIES[b], flag) for b in self.backends()):
+            honoured = any(getattr(CAPABILITIES[b], flag) for b in self.backends())
+            if knob in self.given and set(self.values[knob]) - {inactive} and not honoured:
                 out.append(f"{knob} has no effect on backend(s) {', '.join(self.backends())}: it stays {inactive}")
         return out
 
     def describe(self) -> str:
-        varying = {k: v for k, v in self.values.items() if len(v) > 1}
-        return f"{len(self.points())} points; " + ", ".join(f"{k}={list(v)}" for k, v in varying.items())
+        points = self.points()
+        seen = {k: list(dict.fromkeys(p[k] for p in points)) for k in KNOBS}
+        return f"{len(points)} points; " + ", ".join(f"{k}={v}" for k, v in seen.items() if len(v) > 1)
 
 
 class OptunaSpace:

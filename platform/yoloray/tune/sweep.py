@@ -14,9 +14,15 @@ the settings come from RUN/sweep.yaml. The report (see `yoloray.tune.report`) is
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
+
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
 
 from yoloray.config import ConfigError, TuneConfig, default_model
 
@@ -44,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--budget-minutes", type=float, help="wall-time budget of the sweep")
     p.add_argument("--max-p99-ms", type=float, help="winner's p99 batch latency limit")
     p.add_argument("--max-gpu-mem-gib", type=float, help="winner's peak GPU memory limit")
-    p.add_argument("--min-fidelity", type=float, help="winner's minimum match rate vs the fp32 reference (0-1)")
+    p.add_argument("--min-fidelity", type=float, default=0.9,
+                   help="minimum match rate vs the fp32 reference, 0-1 (default 0.9; 0 turns the check off)")
     p.add_argument("--out", help="run directory runs/NAME (report, engine.yaml, Tune state)")
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN", help="continue the sweep in RUN (or --out)")
     p.add_argument("--images", help="folder of images to measure on (default: generated 1080p frames)")
@@ -117,6 +124,9 @@ def _resources(settings: TuneConfig, gpus: int | None, cpus: int | None) -> Tune
 
     total = ray.cluster_resources()
     gpus = int(total.get("GPU", 0)) if gpus is None else gpus
+    if gpus > total.get("GPU", 0):
+        print(f"yoloray tune: warning: --gpus {gpus} but the cluster has {int(total.get('GPU', 0))} GPU(s) now; "
+              "trials wait for the autoscaler", file=sys.stderr)
     if cpus is None:
         cpus = max(1, min(16, int(total.get("CPU", 1)) // gpus)) if gpus else 1
     return settings.model_copy(update={"gpus": gpus, "cpus_per_trial": cpus})
@@ -152,17 +162,45 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+class DistinctOptunaSearch(OptunaSearch):
+    """OptunaSearch that never runs a point twice: a repeated suggestion is told to Optuna at once (with the
+    value already measured, or as pruned while that trial still runs) and Optuna is asked again."""
+
+    MAX_TRIES = 200
+
+    def suggest(self, trial_id: str):
+        seen = self.__dict__.setdefault("_points", {})  # point -> measured value (None while running)
+        for _ in range(self.MAX_TRIES):
+            config = super().suggest(trial_id)
+            key = json.dumps(config["engine"], sort_keys=True)
+            if key not in seen:
+                seen[key] = None
+                self.__dict__.setdefault("_keys", {})[trial_id] = key
+                return config
+            ot_trial = self._ot_trials.pop(trial_id)
+            if seen[key] is None:
+                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            else:
+                self._ot_study.tell(ot_trial, seen[key])
+        return Searcher.FINISHED  # every point of the space has been suggested
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
+        key = self.__dict__.get("_keys", {}).get(trial_id)
+        if key is not None and result and result.get(self.metric) is not None:
+            self._points[key] = result[self.metric]
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
 def build_tuner(settings: TuneConfig, images: list[bytes], resume: bool):
-    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from yoloray.tune.space import OptunaSpace, Space
     from yoloray.tune.trial import run_trial
 
     resources = {"cpu": settings.cpus_per_trial, "gpu": 1} if settings.gpus else {"cpu": settings.cpus_per_trial}
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, settings=settings.model_dump(mode="json"), images=images), resources)
+    weights = Path(settings.model).read_bytes() if Path(settings.model).is_file() else None  # for other nodes
+    trainable = tune.with_resources(tune.with_parameters(
+        run_trial, settings=settings.model_dump(mode="json"), images=images, weights=weights), resources)
     exp_dir = Path(settings.out) / "tune"
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         print(f"yoloray tune: resuming {exp_dir} (finished trials are kept)", file=sys.stderr)
@@ -184,7 +222,7 @@ def build_tuner(settings: TuneConfig, images: list[bytes], resume: bool):
     else:
         param_space = {}
         samples = settings.budget_trials or (len(points) if settings.budget_minutes else DEFAULT_TRIALS)
-        searcher = OptunaSearch(space=OptunaSpace(space), metric=METRIC, mode="max", seed=settings.seed)
+        searcher = DistinctOptunaSearch(space=OptunaSpace(space), metric=METRIC, mode="max", seed=settings.seed)
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.max_windows,
                                   grace_period=min(3, settings.max_windows), reduction_factor=3)
         tune_config.update(num_samples=samples, search_alg=searcher, scheduler=scheduler)
@@ -233,8 +271,8 @@ def run(settings: TuneConfig, resume: bool, gpus: int | None = None, cpus: int |
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, runtime_env=_runtime_env(), include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        local = {} if address or os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}
+        ray.init(address=address, runtime_env=_runtime_env(), log_to_driver=False, configure_logging=False, **local)
     try:
         if not resume:
             settings = _resources(settings, gpus, cpus)

@@ -22,6 +22,7 @@ import gc
 import hashlib
 import os
 import pickle
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,11 +46,21 @@ def engine_fields(point: dict[str, Any], settings: TuneConfig) -> dict[str, Any]
     return {**fixed, **point, "model": settings.model, "device": "cuda" if settings.gpus else "cpu"}
 
 
-def run_trial(config: dict, settings: dict, images: list[bytes]) -> None:
-    """The Tune function trainable (wrapped with tune.with_parameters / with_resources by the sweep)."""
+def run_trial(config: dict, settings: dict, images: list[bytes], weights: bytes | None = None) -> None:
+    """The Tune function trainable (wrapped with tune.with_parameters / with_resources by the sweep).
+    `weights`: the model file's bytes, used on a node where the driver's path does not exist."""
     from ray import tune
 
     cfg = TuneConfig.model_validate(settings)
+    if weights is not None and not Path(cfg.model).is_file():
+        digest = hashlib.sha256(weights).hexdigest()[:16]
+        local = Path(tempfile.gettempdir()) / "yoloray-weights" / digest / Path(cfg.model).name
+        if not local.is_file():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(weights)
+            os.replace(tmp, local)
+        cfg = cfg.model_copy(update={"model": str(local)})
     torch.set_num_threads(cfg.cpus_per_trial)
     measure(config["engine"], cfg, images, tune.report)
 
@@ -86,10 +97,11 @@ def reference_detections(cfg: EngineConfig, images: list[bytes], cache_dir: Path
         finally:
             detector.close()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(pickle.dumps(dets))
-        os.replace(tmp, path)
+        with contextlib.suppress(OSError):  # a node that cannot write RUN/ simply does not cache
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(pickle.dumps(dets))
+            os.replace(tmp, path)
     return dets
 
 
@@ -179,13 +191,13 @@ def measure(point: dict, settings: TuneConfig, images: list[bytes], report: Call
                 torch.cuda.reset_peak_memory_stats()
             detector = Detector(cfg, decode_threads=settings.cpus_per_trial).warmup()
         except (ConfigError, EngineError) as e:
-            return end("build_failed", str(e))
+            return end("build_failed", str(e).removeprefix("trial: ").removeprefix("config: "))
         except Exception as e:
             if _is_oom(e):
                 raise
             return end("build_failed", f"{type(e).__name__}: {e}")
         fid = compare(reference, detector.detect(fid_images), iou=FIDELITY_IOU, score_tol=FIDELITY_SCORE_TOL).rate
-        base["fidelity"] = fid
+        base["fidelity"] = fid = float(fid)
         if settings.min_fidelity is not None and fid < settings.min_fidelity:
             return end("constraint_violated: fidelity", f"fidelity {fid:.3f} < --min-fidelity {settings.min_fidelity}")
         batches = make_batches(images, detector.batch_size)

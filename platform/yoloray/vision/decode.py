@@ -8,6 +8,7 @@ CMYK / 16-bit / alpha converted to 3-channel 8-bit, EXIF orientation applied. Ev
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -49,6 +50,10 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
         raise ImageError(f"expected encoded image bytes, got {type(data).__name__}")
     if len(data) == 0:
         raise ImageError("empty input (0 bytes)")
+    if data[:2] == b"\xff\xd8":
+        info = _probe_jpeg(data)
+        if info is not None:
+            return _checked(info, data, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -57,10 +62,7 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
             w, h = im.size
             if fmt not in SUPPORTED_FORMATS:
                 raise ImageError(f"unsupported image format {fmt}; supported: JPEG, PNG, BMP, WebP, TIFF")
-            if w * h > max_pixels:
-                raise ImageError(
-                    f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} (max_pixels)"
-                )
+            _checked(ImageInfo(fmt, w, h, 1), data, max_pixels)  # before anything reads further
             orientation = 1
             if fmt in _EXIF_IN_HEADER:  # elsewhere (PNG) PIL would decode the whole image to find it
                 orientation = int(im.getexif().get(0x0112, 1) or 1)
@@ -71,11 +73,72 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
             f"not a decodable image ({len(data)} bytes, starts with {bytes(data[:8])!r}); "
             "supported: JPEG, PNG, BMP, WebP, TIFF"
         ) from None
-    if fmt in ("JPEG", "MPO") and b"\xff\xd9" not in bytes(data[-1024:]):
-        raise ImageError("truncated JPEG (no end-of-image marker); the file is incomplete")
     if orientation in _SWAPS_AXES:
         w, h = h, w
-    return ImageInfo(fmt, w, h, orientation)
+    return _checked(ImageInfo(fmt, w, h, orientation), data, max_pixels)
+
+
+def _checked(info: ImageInfo, data, max_pixels: int) -> ImageInfo:
+    if info.width * info.height > max_pixels:
+        raise ImageError(
+            f"image is {info.width}x{info.height} = {info.width * info.height:,} pixels, over the limit of "
+            f"{max_pixels:,} (max_pixels)"
+        )
+    if info.is_jpeg and b"\xff\xd9" not in bytes(data[-1024:]):
+        raise ImageError("truncated JPEG (no end-of-image marker); the file is incomplete")
+    return info
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _probe_jpeg(data) -> ImageInfo | None:
+    """Size and EXIF orientation from JPEG markers without PIL (the hot path probes thousands a second).
+    None when the stream is unusual; the caller then asks PIL."""
+    mv = memoryview(data)
+    n, pos, orientation = len(mv), 2, 1
+    while pos + 4 <= n:
+        if mv[pos] != 0xFF:
+            return None
+        marker = mv[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = (mv[pos + 2] << 8) | mv[pos + 3]
+        if marker in _SOF:
+            if pos + 9 > n:
+                return None
+            h, w = (mv[pos + 5] << 8) | mv[pos + 6], (mv[pos + 7] << 8) | mv[pos + 8]
+            if w == 0 or h == 0:
+                return None
+            if orientation in _SWAPS_AXES:
+                w, h = h, w
+            return ImageInfo("JPEG", w, h, orientation)
+        if marker == 0xE1 and bytes(mv[pos + 4 : pos + 10]) == b"Exif\x00\x00":
+            orientation = _exif_orientation(bytes(mv[pos + 10 : pos + 2 + length])) or orientation
+        if marker == 0xDA or length < 2:  # scan data before any frame header
+            return None
+        pos += 2 + length
+    return None
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """Orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return None
+    order = "<" if tiff[:2] == b"II" else ">"
+    (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+    if ifd + 2 > len(tiff):
+        return None
+    (count,) = struct.unpack_from(order + "H", tiff, ifd)
+    for k in range(count):
+        entry = ifd + 2 + 12 * k
+        if entry + 12 > len(tiff):
+            return None
+        tag, typ, _, value = struct.unpack_from(order + "HHIH", tiff, entry)
+        if tag == 0x0112 and typ == 3:
+            return int(value) if 1 <= value <= 8 else None
+    return None
 
 
 def reduction_factor(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
@@ -135,7 +198,9 @@ def decode_jpegs_gpu(datas: list[bytes], device) -> list:
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    with warnings.catch_warnings():  # read-only buffers: nvJPEG only reads them
+        warnings.simplefilter("ignore")
+        tensors = [torch.frombuffer(d, dtype=torch.uint8) for d in datas]
     try:
         return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
     except RuntimeError:

@@ -1,0 +1,206 @@
+"""ServeConfig validation, the shipped Serve config file, and the HTTP helpers of the service (no Ray cluster)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+
+from yoloray.config import ConfigError, EngineConfig, ServeConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+DETECTOR_YAML = ROOT / "serve_configs" / "detector.yaml"
+
+
+# ----------------------------------------------------------------------------------------- ServeConfig
+def test_defaults_follow_the_engine():
+    c = ServeConfig.parse({})
+    assert c.engine == EngineConfig()
+    assert c.max_batch_size == c.engine.batch_size
+    assert ServeConfig.parse({"engine": {"batch_size": 8}}).max_batch_size == 8
+    assert ServeConfig.parse({"engine": {"batch_size": 8}, "max_batch_size": 4}).max_batch_size == 4
+    assert c.max_image_bytes == 20 * 2**20
+
+
+def test_tune_contract_round_trips():
+    args = {"engine": {"imgsz": "384x640", "batch_size": 32, "device": "cpu"}, "max_batch_size": 32,
+            "batch_wait_timeout_s": 0.005}
+    c = ServeConfig.parse(args)
+    assert c.engine.imgsz == (384, 640) and c.max_batch_size == 32 and c.batch_wait_timeout_s == 0.005
+    assert ServeConfig.parse(c.model_dump(mode="json")) == c
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"engine": {"imgsz": 100}}, "engine.imgsz"),
+        ({"engine": {"precision": "fp8"}}, "engine.precision"),
+        ({"engine": {"nope": 1}}, "engine.nope"),
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"engine": {"batch_size": 4}, "max_batch_size": 8}, "max_batch_size"),
+        ({"batch_wait_timeout_s": -0.1}, "batch_wait_timeout_s"),
+        ({"max_image_bytes": 0}, "max_image_bytes"),
+        ({"max_image_bytes": 10, "max_request_bytes": 5}, "max_request_bytes"),
+        ({"max_images_per_request": 10, "max_queued_images": 5}, "max_queued_images"),
+    ],
+)
+def test_bad_args_name_the_field(args, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")) as e:
+        ServeConfig.parse(args, source="serve args")
+    assert str(e.value).startswith("serve args: ")
+
+
+def test_parse_args_rejects_non_mapping():
+    from yoloray.serve.app import parse_args
+
+    with pytest.raises(ConfigError, match="mapping"):
+        parse_args([1, 2])
+    assert parse_args(None) == ServeConfig()
+
+
+# ----------------------------------------------------------------------------------------- config file
+def test_detector_yaml_is_a_valid_serve_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    data = yaml.safe_load(DETECTOR_YAML.read_text())
+    schema = ServeDeploySchema.model_validate(data)
+    (app,) = schema.applications
+    assert app.name == "yoloray" and app.route_prefix == "/"
+    assert app.import_path == "yoloray.serve.app:build_app"
+    c = ServeConfig.parse(app.args)
+    assert c.engine.model == EngineConfig().model  # the bundled demo detector
+    assert c.engine.device == "auto"
+    (dep,) = app.deployments
+    assert dep.name == "Detector"
+    auto = dep.autoscaling_config
+    auto = auto if isinstance(auto, dict) else auto.model_dump()
+    assert auto["min_replicas"] == 1 and auto["max_replicas"] == 2 and auto["target_ongoing_requests"] > 0
+    assert dep.max_ongoing_requests >= c.max_batch_size
+    assert dep.ray_actor_options.num_cpus == 1
+
+
+def test_import_path_is_a_one_argument_builder():
+    from importlib import import_module
+
+    module, attr = ["yoloray.serve.app", "build_app"]
+    fn = getattr(import_module(module), attr)
+    assert len(inspect.signature(fn).parameters) == 1  # what Serve requires of an application builder
+
+
+def test_applications_from_applies_deployment_options():
+    from yoloray.serve.app import applications_from, load_serve_config
+
+    (a,) = applications_from(load_serve_config(DETECTOR_YAML))
+    assert a["name"] == "yoloray" and a["route_prefix"] == "/"
+    dep = a["app"]._bound_deployment
+    assert dep.name == "Detector"
+    assert dep.max_ongoing_requests == 64
+    assert dep._deployment_config.autoscaling_config.max_replicas == 2
+    assert dep.ray_actor_options["num_cpus"] == 1
+
+
+def test_main_refuses_bad_config_without_starting_ray(tmp_path, capsys):
+    import ray
+
+    from yoloray.serve.app import main
+
+    data = yaml.safe_load(DETECTOR_YAML.read_text())
+    data["applications"][0]["args"]["engine"]["imgsz"] = 650
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    assert main([str(bad), "--no-block"]) == 2
+    err = capsys.readouterr().err
+    assert "engine.imgsz" in err and "multiple of the model stride" in err
+    data["applications"][0]["deployments"][0]["name"] = "Other"
+    data["applications"][0]["args"]["engine"]["imgsz"] = 640
+    bad.write_text(yaml.safe_dump(data))
+    assert main([str(bad)]) == 2
+    assert "unknown deployment 'Other'" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.yaml")]) == 2
+    bad.write_text("applications: 3\n")
+    assert main([str(bad)]) == 2
+    assert "applications" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+# ----------------------------------------------------------------------------------------- HTTP helpers
+def test_multipart_round_trip_keeps_bytes():
+    from yoloray.serve.http import images_from_parts, media_type, parse_multipart
+
+    blobs = [bytes(range(256)) * 40, b"\r\n--tricky\r\n" * 10, b"\xff\xd8" + b"\x00" * 5000]
+    files = [("image", (f"{i}.jpg", b, "image/jpeg")) for i, b in enumerate(blobs)]
+    req = requests.Request("POST", "http://127.0.0.1/detect", files=files).prepare()
+    mtype, params = media_type(req.headers["Content-Type"])
+    assert mtype == "multipart/form-data"
+    datas, labels, errors = images_from_parts(parse_multipart(req.body, params["boundary"]))
+    assert datas == blobs and labels == ["0.jpg", "1.jpg", "2.jpg"] and errors == [None] * 3
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        (b"no boundary here", 400),
+        (b"--b\r\nContent-Disposition: form-data; name=x\r\n", 400),
+    ],
+)
+def test_malformed_multipart(body, status):
+    from yoloray.serve.http import ApiError, parse_multipart
+
+    with pytest.raises(ApiError) as e:
+        parse_multipart(body, "b")
+    assert e.value.status == status
+    with pytest.raises(ApiError):
+        parse_multipart(body, None)
+
+
+def test_query_params():
+    from yoloray.serve.http import ApiError, DetectParams
+
+    p = DetectParams.from_query([("conf", "0.5"), ("max_det", "10")])
+    assert p.conf == 0.5 and p.max_det == 10 and p.iou is None
+    for bad in ([("conf", "2")], [("iou", "x")], [("max_det", "1001")], [("max_det", "0")], [("top", "1")],
+                [("conf", "0.1"), ("conf", "0.2")]):
+        with pytest.raises(ApiError) as e:
+            DetectParams.from_query(bad)
+        assert e.value.status == 422
+
+
+def test_image_checks_pick_the_status(photos):
+    from yoloray.serve.http import check_content_type, check_image
+
+    bus = photos["bus"].read_bytes()
+    assert check_image(bus, 10**8, 10**8) is None
+    assert check_image(b"", 10**8, 10**8).status == 400
+    assert check_image(bus, 100, 10**8).status == 413
+    assert check_image(bus, 10**8, 100).status == 413  # over max_pixels
+    assert check_image(b"%PDF-1.4 ...", 10**8, 10**8).status == 415
+    assert check_image(b'{"image": "base64..."}', 10**8, 10**8).status == 415
+    assert check_image(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100, 10**8, 10**8).status == 415
+    assert check_image(bus[:-3000], 10**8, 10**8).status == 400
+    for ok in ("image/jpeg", "image/webp", "application/octet-stream", "multipart/form-data", ""):
+        check_content_type(ok)
+
+
+def test_narrow_only_narrows():
+    from yoloray.serve.http import DetectParams, ImageResult, effective_params, narrow
+
+    engine = {"conf": 0.25, "iou": 0.7, "max_det": 300}
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10]], np.float32)
+    r = ImageResult(100, 100, boxes, np.array([0.9, 0.5, 0.3, 0.8], np.float32), np.array([0, 0, 1, 1], np.int16))
+    same = narrow(r, effective_params(DetectParams(), **engine), engine, False)
+    assert same is r
+    eff = effective_params(DetectParams(conf=0.1, iou=0.9, max_det=500), **engine)
+    assert eff == engine and narrow(r, eff, engine, False) is r
+    hi = narrow(r, effective_params(DetectParams(conf=0.6), **engine), engine, False)
+    assert hi.scores.tolist() == pytest.approx([0.9, 0.8])
+    nms = narrow(r, effective_params(DetectParams(iou=0.5), **engine), engine, False)
+    assert nms.scores.tolist() == pytest.approx([0.9, 0.8, 0.3])  # box 1 overlaps box 0 (same class)
+    agn = narrow(r, effective_params(DetectParams(iou=0.5), **engine), engine, True)
+    assert agn.scores.tolist() == pytest.approx([0.9, 0.3])  # class-agnostic: box 3 goes too
+    top = narrow(r, effective_params(DetectParams(max_det=2), **engine), engine, False)
+    assert top.scores.tolist() == pytest.approx([0.9, 0.8])

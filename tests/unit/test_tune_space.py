@@ -1,0 +1,155 @@
+"""The `yoloray tune` search space (no Ray): default shape per device, conditional knobs, space file errors."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from yoloray.config import ConfigError, EngineConfig, TuneConfig
+from yoloray.engines.capabilities import CAPABILITIES
+from yoloray.tune.space import KNOBS, OptunaSpace, Space, load_space_file, rect_imgsz, validate_mapping
+from yoloray.tune.trial import engine_fields, is_stable, make_batches
+
+
+def _parse(point, device):
+    return EngineConfig.parse({**point, "model": "yolov8n.yaml", "device": device})
+
+
+def test_default_space_on_cpu_holds_only_what_the_cpu_runs():
+    space = Space.build(None, cuda=False)
+    points = space.points()
+    assert points and all(set(p) == set(KNOBS) for p in points)
+    assert {p["backend"] for p in points} == {"torch"}
+    assert {p["precision"] for p in points} == {"fp32", "bf16"}
+    assert {p["cuda_graph"] for p in points} == {False}
+    assert {p["decode"] for p in points} == {"cpu"}
+    assert {p["compile_mode"] for p in points} == {None}
+    assert {p["imgsz"] for p in points} == {"640", "384x640"}  # square and the 1080p-aligned rectangle
+    assert max(p["batch_size"] for p in points) <= 16
+    assert len({tuple(sorted(p.items(), key=str)) for p in points}) == len(points)  # no duplicates
+    for p in points:
+        _parse(p, "cpu")  # every point is a valid EngineConfig on the CPU
+    assert space.warnings() == []
+
+
+def test_default_space_on_cuda_and_its_conditional_knobs():
+    points = Space.build(None, cuda=True).points()
+    assert {p["backend"] for p in points} == set(CAPABILITIES)
+    assert {"fp16", "fp32", "bf16"} <= {p["precision"] for p in points}
+    assert {p["batch_size"] for p in points} == {1, 8, 16, 32, 64, 128, 256, 512}
+    assert "gpu" in {p["decode"] for p in points}
+    for p in points:
+        cap = CAPABILITIES[p["backend"]]
+        if not cap.compile:
+            assert p["compile_mode"] is None
+        if not cap.cuda_graph:
+            assert p["cuda_graph"] is False
+        if p["decode"] == "gpu":
+            assert p["reduced_decode"] is False  # nvJPEG decodes at full size
+        assert p["workspace_gib"] is None  # no backend honours it today
+        _parse(p, "cuda")
+    compiled = {p["compile_mode"] for p in points if p["backend"] == "torch-compile"}
+    assert compiled == {"default", "reduce-overhead", "max-autotune"}
+
+
+def test_rect_imgsz_is_stride_aligned():
+    assert rect_imgsz((1920, 1080)) == "384x640"
+    assert rect_imgsz((1080, 1920)) == "640x384"
+    assert rect_imgsz((640, 640)) == "640"
+
+
+def test_user_space_narrows_and_fixes():
+    space = Space.build({"backend": "torch", "precision": ["fp32"], "batch_size": [1, 4], "imgsz": [64, "96x160"],
+                         "channels_last": False, "reduced_decode": False, "conf": 0.3}, cuda=False)
+    points = space.points()
+    assert len(points) == 4
+    assert {p["imgsz"] for p in points} == {"64", "96x160"}
+    assert space.fixed == {"conf": 0.3}
+    settings = TuneConfig(name="t", out="/tmp/t", model="yolov8n.yaml", space={"conf": 0.3})
+    cfg = EngineConfig.parse(engine_fields(points[0], settings))
+    assert cfg.conf == 0.3 and cfg.device == "cpu"
+
+
+def test_cuda_only_values_on_a_cpu_run_are_kept_and_warned():
+    space = Space.build({"precision": ["fp32", "fp16"], "batch_size": 1, "imgsz": 64}, cuda=False)
+    assert "fp16" in {p["precision"] for p in space.points()}
+    assert any("fp16 needs CUDA" in w for w in space.warnings())
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        _parse(next(p for p in space.points() if p["precision"] == "fp16"), "cpu")
+
+
+def test_knob_without_effect_does_not_vary():
+    space = Space.build({"backend": "torch-compile", "cuda_graph": [False, True], "batch_size": 1, "imgsz": 64,
+                         "precision": "fp32", "decode": "cpu", "channels_last": False, "reduced_decode": False,
+                         "compile_mode": ["default", "max-autotune"]}, cuda=True)
+    points = space.points()
+    assert len(points) == 2 and {p["cuda_graph"] for p in points} == {False}
+    assert any("cuda_graph has no effect" in w for w in space.warnings())
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"fooz": [1]}, r"unknown knob 'fooz'; knobs: backend, precision"),
+    ({"precision": ["fp8"]}, r"precision: 'fp8' is not allowed; allowed: fp32, fp16, bf16"),
+    ({"precision": "int8"}, r"precision: 'int8' is not allowed"),
+    ({"backend": ["tensorrt-x"]}, r"backend: 'tensorrt-x' is not allowed; allowed: torch, torch-compile"),
+    ({"compile_mode": ["fast"]}, r"compile_mode: 'fast' is not allowed; allowed: default, reduce-overhead"),
+    ({"batch_size": []}, r"batch_size: empty list"),
+    ({"batch_size": [0]}, r"batch_size: 0: .*greater than or equal to 1"),
+    ({"batch_size": [2048]}, r"batch_size: 2048"),
+    ({"imgsz": [100]}, r"imgsz: 100: height 100 must be a positive multiple of the model stride 32"),
+    ({"workspace_gib": [4]}, r"workspace_gib is not honoured by any backend"),
+    ({"cuda_graph": ["maybe"]}, r"cuda_graph: 'maybe'"),
+    ({"model": "x.pt"}, r"model cannot be set in a space file"),
+    ({"device": "cuda"}, r"device cannot be set"),
+    ({"conf": [0.2, 0.3]}, r"conf is not searched; give one value"),
+    ([1, 2], r"must be a mapping"),
+])
+def test_space_validation_errors_name_the_knob(data, match):
+    with pytest.raises(ConfigError, match=match):
+        validate_mapping(data, "space.yaml")
+
+
+def test_space_file(tmp_path):
+    p = tmp_path / "space.yaml"
+    p.write_text(yaml.safe_dump({"precision": ["fp32", "bf16"], "batch_size": [1, 8], "imgsz": "384x640"}))
+    assert load_space_file(p) == {"precision": ["fp32", "bf16"], "batch_size": [1, 8], "imgsz": ["384x640"]}
+    p.write_text("precision: [fp32\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_space_file(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_space_file(tmp_path / "missing.yaml")
+
+
+class _FakeTrial:
+    """Records Optuna suggestions; picks the last choice."""
+
+    def __init__(self, pick=-1):
+        self.asked, self.pick = {}, pick
+
+    def suggest_categorical(self, name, choices):
+        self.asked[name] = list(choices)
+        return choices[self.pick]
+
+
+def test_optuna_space_suggests_conditional_knobs_only_where_they_apply():
+    space = Space.build(None, cuda=True)
+    define = OptunaSpace(space)
+    for pick in (0, -1):  # backend torch, then torch-compile
+        trial = _FakeTrial(pick)
+        point = define(trial)["engine"]
+        assert point in space.points()
+        if point["backend"] == "torch":
+            assert "compile_mode" not in trial.asked and "cuda_graph" in trial.asked
+        else:
+            assert "compile_mode" in trial.asked and "cuda_graph" not in trial.asked
+        if point["decode"] == "gpu":
+            assert "reduced_decode" not in trial.asked
+
+
+def test_trial_helpers():
+    imgs = [b"a", b"b", b"c"]
+    assert make_batches(imgs, 2, 2) == [[b"a", b"b"], [b"c", b"a"]]
+    w = {"measured_images_per_s": 100.0, "p99_ms": 10.0}
+    assert not is_stable([w, w], 0.1)
+    assert is_stable([w, w, {"measured_images_per_s": 105.0, "p99_ms": 10.5}], 0.1)
+    assert not is_stable([w, w, {"measured_images_per_s": 150.0, "p99_ms": 10.0}], 0.1)
