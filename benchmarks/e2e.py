@@ -179,6 +179,19 @@ def stage_breakdown(weights: Path, shards: Path, engine: dict, n: int = 2048) ->
     RESULTS.append({"row": "stage breakdown (ms per image, stages synchronized)", "engine": engine, "ms_per_image": per,
                     "images_per_s_synchronized": round(n / wall, 1)})
     print(f"  -> stages ms/image: {per}; synchronized total {n / wall:,.0f} images/s", flush=True)
+    # the Detector alone, unsynchronized, with 1-3 concurrent callers (what one actor could do without Ray Data)
+    from concurrent.futures import ThreadPoolExecutor
+
+    det.profile = False
+    b = engine["batch_size"]
+    chunks = [datas[i : i + b] for i in range(0, n, b)]
+    for callers in (1, 2, 3):
+        with ThreadPoolExecutor(callers) as pool:
+            list(pool.map(det.detect, chunks[:callers]))
+            t = time.perf_counter()
+            list(pool.map(det.detect, chunks))
+            wall = time.perf_counter() - t
+        row(f"Detector alone, {callers} concurrent caller(s), bytes in memory", n, wall)
 
 
 def main() -> int:
@@ -218,6 +231,13 @@ def main() -> int:
         "hybrid-2actors": ({**fast, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.3},
                            {"actors": 2, "gpus_per_actor": 0.5, "decode_threads": 8}),
         "gpu-2calls-b128": ({**fast, "decode": "gpu", "batch_size": 128}, {"calls_per_actor": 2}),
+        "gpu-3calls-b128": ({**fast, "decode": "gpu", "batch_size": 128}, {"calls_per_actor": 3}),
+        "hybrid-3calls-b128": ({**fast, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.3,
+                                "batch_size": 128}, {"calls_per_actor": 3}),
+        "hybrid.5-3calls-b128": ({**fast, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.5,
+                                  "batch_size": 128}, {"calls_per_actor": 3}),
+        "gpu-2actors-2calls-b128": ({**fast, "decode": "gpu", "batch_size": 128},
+                                    {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 8}),
     }
     if not GPU:
         configs = {"cpu-reduced": configs["cpu-reduced"], "cpu-2calls": ({**fast, "reduced_decode": True}, {"calls_per_actor": 2})}
