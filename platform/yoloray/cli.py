@@ -87,7 +87,7 @@ def init_ray(address: str | None):
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
 
@@ -96,7 +96,14 @@ def cmd_infer(args) -> int:
     from yoloray.batch import ActorOptions, run_job
     from yoloray.data.sources import SourceOptions
 
+    from yoloray.data.sources import list_units
+
     config = engine_config(args)
+    source_options = SourceOptions(video_stride=args.video_stride, video_fps=args.video_fps)
+    list_units(args.sources, source_options)  # missing / empty / unsupported inputs fail before Ray starts
+    model = Path(config.model)
+    if model.suffix == ".pt" and not model.is_file() and not args.address:
+        raise UserError(f"model weights {config.model} do not exist; pass --model with a .pt file")
     init_ray(args.address)
     summary = run_job(
         args.sources,
@@ -106,7 +113,7 @@ def cmd_infer(args) -> int:
             actors=args.actors, gpus_per_actor=args.gpus_per_actor, calls_per_actor=args.calls_per_actor,
             decode_threads=args.decode_threads,
         ),
-        SourceOptions(video_stride=args.video_stride, video_fps=args.video_fps),
+        source_options,
     )
     if summary.images == 0 and summary.skipped_done:
         print(f"nothing to do: all {summary.skipped_done:,} inputs already have results in {args.out}")
@@ -143,6 +150,18 @@ def cmd_eval(args) -> int:
     from yoloray.evaluate import main as eval_main
 
     return eval_main(args.rest)
+
+
+def cmd_tune(args) -> int:
+    from yoloray.tune.sweep import main as tune_main
+
+    return tune_main(args.rest)
+
+
+def cmd_serve(args) -> int:
+    from yoloray.serve.app import main as serve_main
+
+    return serve_main(args.rest)
 
 
 def cmd_backends(args) -> int:
@@ -207,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("rest", nargs=argparse.REMAINDER)
     e.set_defaults(func=cmd_eval)
 
+    t = sub.add_parser("tune", help="search the engine configuration with the most images/s under constraints (Ray Tune)",
+                       add_help=False)
+    t.add_argument("rest", nargs=argparse.REMAINDER)
+    t.set_defaults(func=cmd_tune)
+
+    v = sub.add_parser("serve", help="run a Ray Serve config (the tune winner or serve_configs/detector.yaml)",
+                       add_help=False)
+    v.add_argument("rest", nargs=argparse.REMAINDER)
+    v.set_defaults(func=cmd_serve)
+
     b = sub.add_parser("backends", help="print which engine knobs each backend honours")
     b.set_defaults(func=cmd_backends)
     return p
@@ -222,7 +251,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
+# subcommands with their own argument parser: everything after the name is theirs (including --help)
+DELEGATED = {"finetune": cmd_finetune, "eval": cmd_eval, "tune": cmd_tune, "serve": cmd_serve}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return int(DELEGATED[argv[0]](argparse.Namespace(rest=argv[1:])) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -234,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, ConfigError, EngineError, FileNotFoundError, *_user_errors()) as e:
+    except (UserError, ConfigError, EngineError, FileNotFoundError, ConnectionError, *_user_errors()) as e:
         if args.verbose:
             raise
         print(f"yoloray {args.command}: error: {e}", file=sys.stderr)
