@@ -94,9 +94,7 @@ def init_ray(address: str | None):
 
 def cmd_infer(args) -> int:
     from yoloray.batch import ActorOptions, run_job
-    from yoloray.data.sources import SourceOptions
-
-    from yoloray.data.sources import list_units
+    from yoloray.data.sources import SourceOptions, list_units
 
     config = engine_config(args)
     source_options = SourceOptions(video_stride=args.video_stride, video_fps=args.video_fps)
