@@ -22,8 +22,6 @@ On a CPU-only machine, a tiny run that proves the wiring:
         --option autoscaling_config.downscale_delay_s=5 --cooldown 40
 """
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 import json
@@ -47,7 +45,9 @@ HOST = "127.0.0.1"
 
 
 # ------------------------------------------------------------------------------------------- the docs pattern
-def docs_app(weights: str, imgsz: list[int], half: bool, conf: float, iou: float, max_det: int, options: dict):
+def docs_app(
+    weights: str, imgsz: list[int], half: bool, conf: float, iou: float, max_det: int, options: dict
+):
     """The Ray Serve tutorial's structure (APIIngress -> ObjectDetection), with ultralytics YOLO on our weights
     and image bytes in the POST body instead of an image URL."""
     from fastapi import FastAPI, Request
@@ -57,7 +57,9 @@ def docs_app(weights: str, imgsz: list[int], half: bool, conf: float, iou: float
 
     app = FastAPI()
 
-    @serve.deployment(num_replicas=1, max_ongoing_requests=1000)
+    # one ingress replica as in the tutorial; no CPU reserved so it never blocks the ObjectDetection scale-up,
+    # and no request cap of its own so the ingress is not what limits the pattern
+    @serve.deployment(num_replicas=1, max_ongoing_requests=100_000, ray_actor_options={"num_cpus": 0})
     @serve.ingress(app)
     class APIIngress:
         def __init__(self, object_detection_handle: DeploymentHandle):
@@ -77,7 +79,9 @@ def docs_app(weights: str, imgsz: list[int], half: bool, conf: float, iou: float
             self.cv2 = cv2
             self.model = YOLO(weights)
             device = 0 if torch.cuda.is_available() else "cpu"
-            self.kw = dict(imgsz=imgsz, half=half, conf=conf, iou=iou, max_det=max_det, device=device, verbose=False)
+            self.kw = dict(
+                imgsz=imgsz, half=half, conf=conf, iou=iou, max_det=max_det, device=device, verbose=False
+            )
             self.model.predict(np.zeros((1080, 1920, 3), np.uint8), **self.kw)  # load onto the device, warm
 
         def detect(self, data: bytes) -> dict:
@@ -85,21 +89,59 @@ def docs_app(weights: str, imgsz: list[int], half: bool, conf: float, iou: float
             r = self.model.predict(im, **self.kw)[0]
             b = r.boxes
             dets = [
-                {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": s, "class_id": int(c), "label": r.names[int(c)]}
+                {
+                    "x1": x1,
+                    "y1": y1,
+                    "x2": x2,
+                    "y2": y2,
+                    "score": s,
+                    "class_id": int(c),
+                    "label": r.names[int(c)],
+                }
                 for (x1, y1, x2, y2), s, c in zip(b.xyxy.tolist(), b.conf.tolist(), b.cls.tolist())
             ]
-            return {"results": [{"width": im.shape[1], "height": im.shape[0], "detections": dets, "error": None}]}
+            return {
+                "results": [{"width": im.shape[1], "height": im.shape[0], "detections": dets, "error": None}]
+            }
 
     return APIIngress.bind(ObjectDetection.bind())
 
 
 # ------------------------------------------------------------------------------------------- load
-async def load(url: str, frames: list[bytes], concurrency: int, duration: float, max_requests: int) -> dict:
+def make_bodies(frames: list[bytes], per_request: int) -> list[tuple[bytes, str, int]]:
+    """(body, content type, images) per request: the raw JPEG, or `per_request` JPEGs as multipart/form-data."""
+    if per_request <= 1:
+        return [(f, "image/jpeg", 1) for f in frames]
+    boundary = "yoloray-bench-boundary-7f3a"
+    out = []
+    for i in range(len(frames)):
+        parts = []
+        for j in range(per_request):
+            f = frames[(i + j) % len(frames)]
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{j}.jpg"\r\n'
+                f"Content-Type: image/jpeg\r\n\r\n".encode()
+                + f
+                + b"\r\n"
+            )
+        out.append(
+            (
+                b"".join(parts) + f"--{boundary}--\r\n".encode(),
+                f"multipart/form-data; boundary={boundary}",
+                per_request,
+            )
+        )
+    return out
+
+
+async def load(
+    url: str, bodies: list[tuple[bytes, str, int]], concurrency: int, duration: float, max_requests: int
+) -> dict:
     import aiohttp
 
     lat: list[float] = []
     codes: Counter = Counter()
-    sent = 0
+    sent = images = 0
     timeout = aiohttp.ClientTimeout(total=120)
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     t0 = time.perf_counter()
@@ -108,19 +150,20 @@ async def load(url: str, frames: list[bytes], concurrency: int, duration: float,
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def worker(w: int):
-            nonlocal sent
+            nonlocal sent, images
             i = w
             while time.perf_counter() < deadline and sent < max_requests:
                 sent += 1
-                data = frames[i % len(frames)]
+                data, ctype, k = bodies[i % len(bodies)]
                 i += concurrency
                 t = time.perf_counter()
                 try:
-                    async with session.post(url, data=data, headers={"Content-Type": "image/jpeg"}) as r:
+                    async with session.post(url, data=data, headers={"Content-Type": ctype}) as r:
                         await r.read()
                         codes[r.status] += 1
                         if r.status == 200:
                             lat.append(time.perf_counter() - t)
+                            images += k
                 except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                     codes[type(e).__name__] += 1
 
@@ -132,8 +175,10 @@ async def load(url: str, frames: list[bytes], concurrency: int, duration: float,
         "seconds": round(elapsed, 2),
         "requests": int(sum(codes.values())),
         "ok": len(lat),
+        "images": images,
+        "images_per_request": bodies[0][2],
         "statuses": {str(k): v for k, v in codes.items()},
-        "images_per_s": round(len(lat) / elapsed, 2),
+        "images_per_s": round(images / elapsed, 2),
         "p50_ms": round(float(np.percentile(ms, 50)), 1),
         "p99_ms": round(float(np.percentile(ms, 99)), 1),
         "mean_ms": round(float(ms.mean()), 1),
@@ -168,14 +213,26 @@ class ReplicaWatch(threading.Thread):
                     now = (states.get("RUNNING", 0), states.get("STARTING", 0))
                     if self._last.get((app, dep)) != now:
                         self._last[(app, dep)] = now
-                        ev = {"t": round(time.monotonic() - self.t0, 1), "app": app, "deployment": dep,
-                              "running": now[0], "starting": now[1], "phase": self.phase}
+                        ev = {
+                            "t": round(time.monotonic() - self.t0, 1),
+                            "app": app,
+                            "deployment": dep,
+                            "running": now[0],
+                            "starting": now[1],
+                            "phase": self.phase,
+                        }
                         self.events.append(ev)
-                        print(f"  [t+{ev['t']:6.1f}s] {app}/{dep}: {now[0]} running, {now[1]} starting ({self.phase})",
-                              flush=True)
+                        print(
+                            f"  [t+{ev['t']:6.1f}s] {app}/{dep}: {now[0]} running, {now[1]} starting ({self.phase})",
+                            flush=True,
+                        )
 
     def running(self, app: str) -> int:
         return next((v[0] for (a, _), v in self._last.items() if a == app), 0)
+
+    def replicas(self, app: str) -> int:
+        """Running plus starting."""
+        return next((sum(v) for (a, _), v in self._last.items() if a == app), 0)
 
     def stop(self):
         self._stop.set()
@@ -185,7 +242,9 @@ class ReplicaWatch(threading.Thread):
 def set_dotted(d: dict, dotted: str, value) -> None:
     keys = dotted.split(".")
     for k in keys[:-1]:
-        d = d.setdefault(k, {}) if d.get(k) is not None else d.setdefault(k, {}) or d.__setitem__(k, {}) or d[k]
+        if not isinstance(d.get(k), dict):
+            d[k] = {}
+        d = d[k]
     d[keys[-1]] = value
 
 
@@ -210,7 +269,10 @@ def make_frames(n: int, quality: int) -> list[bytes]:
 
     from yoloray.data.synthetic import render_frame
 
-    return [cv2.imencode(".jpg", render_frame(7, i)[0], [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes() for i in range(n)]
+    return [
+        cv2.imencode(".jpg", render_frame(7, i)[0], [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+        for i in range(n)
+    ]
 
 
 def wait_healthy(url: str, timeout: float = 600) -> None:
@@ -227,16 +289,21 @@ def wait_healthy(url: str, timeout: float = 600) -> None:
     raise TimeoutError(f"{url} not healthy after {timeout:.0f} s")
 
 
-def run_levels(name: str, url: str, frames, args, watch: ReplicaWatch, results: list) -> None:
-    asyncio.run(load(url, frames, max(args.concurrency), min(5.0, args.duration), 10 * max(args.concurrency)))  # warm
+def run_levels(name: str, url: str, bodies, args, watch: ReplicaWatch, results: list) -> None:
+    asyncio.run(
+        load(url, bodies, max(args.concurrency), min(5.0, args.duration), 10 * max(args.concurrency))
+    )  # warm
     for c in args.concurrency:
         watch.phase = f"{name} c={c}"
-        r = asyncio.run(load(url, frames, c, args.duration, args.max_requests))
+        r = asyncio.run(load(url, bodies, c, args.duration, args.max_requests))
         r["system"] = name
         r["replicas_at_end"] = watch.running(name)
         results.append(r)
-        print(f"  -> {name} c={c}: {r['images_per_s']} images/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-              f"statuses {r['statuses']}, replicas {r['replicas_at_end']}", flush=True)
+        print(
+            f"  -> {name} c={c}: {r['images_per_s']} images/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+            f"statuses {r['statuses']}, replicas {r['replicas_at_end']}",
+            flush=True,
+        )
 
 
 def cooldown(name: str, watch: ReplicaWatch, floor: int, seconds: float) -> float | None:
@@ -244,19 +311,19 @@ def cooldown(name: str, watch: ReplicaWatch, floor: int, seconds: float) -> floa
     watch.phase = f"{name} cooldown"
     t = time.monotonic()
     while time.monotonic() - t < seconds:
-        if watch.running(name) <= floor:
+        if watch.replicas(name) <= floor:
             return round(time.monotonic() - t, 1)
         time.sleep(1)
     return None
 
 
 def table(results: list[dict]) -> str:
-    head = f"{'system':<10} {'conc':>5} {'images/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'ok':>7} {'other statuses':<22} {'replicas':>8}"
+    head = f"{'system':<10} {'conc':>5} {'img/req':>7} {'images/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'ok':>7} {'other statuses':<22} {'replicas':>8}"
     lines = [head, "-" * len(head)]
     for r in results:
         other = {k: v for k, v in r["statuses"].items() if k != "200"}
         lines.append(
-            f"{r['system']:<10} {r['concurrency']:>5} {r['images_per_s']:>10.1f} {r['p50_ms']:>9.1f} {r['p99_ms']:>9.1f} "
+            f"{r['system']:<10} {r['concurrency']:>5} {r['images_per_request']:>7} {r['images_per_s']:>10.1f} {r['p50_ms']:>9.1f} {r['p99_ms']:>9.1f} "
             f"{r['ok']:>7} {json.dumps(other) if other else '-':<22} {r['replicas_at_end']:>8}"
         )
     return "\n".join(lines)
@@ -264,18 +331,42 @@ def table(results: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "serve_configs" / "detector.yaml"), help="Serve config (yoloray app)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config", default=str(ROOT / "serve_configs" / "detector.yaml"), help="Serve config (yoloray app)"
+    )
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load per concurrency level")
-    p.add_argument("--concurrency", default="1,8,32", help="comma-separated requests in flight, e.g. 1,8,32,128")
+    p.add_argument(
+        "--concurrency", default="1,8,32", help="comma-separated requests in flight, e.g. 1,8,32,128"
+    )
     p.add_argument("--max-requests", type=int, default=200_000, help="cap on requests per level")
     p.add_argument("--frames", type=int, default=16, help="distinct 1920x1080 JPEGs to cycle through")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the generated frames")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override the app's args, dotted (engine.imgsz=384x640, max_batch_size=32)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="override the Detector deployment options, dotted (ray_actor_options.num_gpus=1)")
-    p.add_argument("--cooldown", type=float, default=120.0, help="seconds to watch for scale-down after the load")
+    p.add_argument(
+        "--images-per-request",
+        type=int,
+        default=1,
+        help="yoloray only: send N images per request as multipart/form-data (the docs pattern takes one)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the app's args, dotted (engine.imgsz=384x640, max_batch_size=32)",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the Detector deployment options, dotted (ray_actor_options.num_gpus=1)",
+    )
+    p.add_argument(
+        "--cooldown", type=float, default=120.0, help="seconds to watch for scale-down after the load"
+    )
     p.add_argument("--systems", default="yoloray,docs", help="which systems to run: yoloray,docs")
     p.add_argument("--address", help="Ray address (default: a local Ray)")
     p.add_argument("--out", default="serve_load.json", help="JSON results path")
@@ -295,19 +386,28 @@ def main(argv=None) -> int:
     app_args["engine"] = dict(app_args.get("engine") or {})
     for k, v in parse_sets(args.set):
         set_dotted(app_args, k, v)
-    options = app_schema.deployments[0].model_dump(exclude_unset=True, exclude={"name"}) if app_schema.deployments else {}
+    options = (
+        app_schema.deployments[0].model_dump(exclude_unset=True, exclude={"name"})
+        if app_schema.deployments
+        else {}
+    )
     for k, v in parse_sets(args.option):
         set_dotted(options, k, v)
     cfg = ServeConfig.parse(app_args, source="benchmark app args")
     eng = cfg.engine
     auto = options.get("autoscaling_config") or {}
     floor = int(auto.get("min_replicas", 1))
-    print(f"engine: {eng.model} {eng.backend} {eng.precision} imgsz {eng.imgsz} batch {eng.batch_size} "
-          f"device {eng.device}; serve batch {cfg.max_batch_size} / {cfg.batch_wait_timeout_s}s; options {options}",
-          flush=True)
+    print(
+        f"engine: {eng.model} {eng.backend} {eng.precision} imgsz {eng.imgsz} batch {eng.batch_size} "
+        f"device {eng.device}; serve batch {cfg.max_batch_size} / {cfg.batch_wait_timeout_s}s; options {options}",
+        flush=True,
+    )
 
     frames = make_frames(args.frames, args.quality)
-    print(f"{len(frames)} frames of 1920x1080, {np.mean([len(f) for f in frames]) / 1024:.0f} KiB each on average", flush=True)
+    print(
+        f"{len(frames)} frames of 1920x1080, {np.mean([len(f) for f in frames]) / 1024:.0f} KiB each on average",
+        flush=True,
+    )
 
     started = not ray.is_initialized()
     if started:
@@ -323,25 +423,59 @@ def main(argv=None) -> int:
     try:
         if "yoloray" in systems:
             watch.phase = "yoloray deploy"
-            serve.run(build_application(app_args, **options), name="yoloray", route_prefix="/yoloray", blocking=False)
+            serve.run(
+                build_application(app_args, **options),
+                name="yoloray",
+                route_prefix="/yoloray",
+                blocking=False,
+            )
             wait_healthy(base + "/yoloray/healthz")
-            run_levels("yoloray", base + "/yoloray/detect", frames, args, watch, results)
+            run_levels(
+                "yoloray",
+                base + "/yoloray/detect",
+                make_bodies(frames, args.images_per_request),
+                args,
+                watch,
+                results,
+            )
             import requests
 
             info = requests.get(base + "/yoloray/info", timeout=10).json()
-            scale["yoloray"] = {"peak": max((e["running"] for e in watch.events if e["app"] == "yoloray"), default=0),
-                                "back_to_min_after_s": cooldown("yoloray", watch, floor, args.cooldown),
-                                "one_replica_stats": info.get("stats"), "device": info.get("device"), "key": info.get("key")}
+            back = cooldown("yoloray", watch, floor, args.cooldown)
+            scale["yoloray"] = {
+                "peak": max((e["running"] for e in watch.events if e["app"] == "yoloray"), default=0),
+                "back_to_min_after_s": back,
+                "one_replica_stats": info.get("stats"),
+                "device": info.get("device"),
+                "key": info.get("key"),
+            }
             serve.delete("yoloray")
         if "docs" in systems:
             watch.phase = "docs deploy"
-            docs_options = {k: v for k, v in options.items() if k in ("ray_actor_options", "autoscaling_config")}
-            docs_options["autoscaling_config"] = {**auto, "min_replicas": floor, "max_replicas": auto.get("max_replicas", 2)}
-            app = docs_app(eng.model, list(eng.imgsz), eng.precision == "fp16", eng.conf, eng.iou, eng.max_det, docs_options)
+            docs_options = {
+                k: v for k, v in options.items() if k in ("ray_actor_options", "autoscaling_config")
+            }
+            docs_options["autoscaling_config"] = {
+                **auto,
+                "min_replicas": floor,
+                "max_replicas": auto.get("max_replicas", 2),
+            }
+            app = docs_app(
+                eng.model,
+                list(eng.imgsz),
+                eng.precision == "fp16",
+                eng.conf,
+                eng.iou,
+                eng.max_det,
+                docs_options,
+            )
             serve.run(app, name="docs", route_prefix="/docs-pattern", blocking=False)
-            run_levels("docs", base + "/docs-pattern/detect", frames, args, watch, results)
-            scale["docs"] = {"peak": max((e["running"] for e in watch.events if e["app"] == "docs"), default=0),
-                             "back_to_min_after_s": cooldown("docs", watch, floor, args.cooldown)}
+            run_levels("docs", base + "/docs-pattern/detect", make_bodies(frames, 1), args, watch, results)
+            back = cooldown("docs", watch, floor, args.cooldown)
+            scale["docs"] = {
+                "peak": max((e["running"] for e in watch.events if e["app"] == "docs"), default=0),
+                "back_to_min_after_s": back,
+            }
             serve.delete("docs")
     finally:
         watch.stop()
@@ -351,11 +485,19 @@ def main(argv=None) -> int:
 
     print("\nreplica timeline (serve.status, changes only):")
     for e in watch.events:
-        print(f"  t+{e['t']:6.1f}s  {e['app']:<8} {e['running']} running, {e['starting']} starting   during {e['phase']}")
+        print(
+            f"  t+{e['t']:6.1f}s  {e['app']:<8} {e['running']} running, {e['starting']} starting   during {e['phase']}"
+        )
     print("\n" + table(results))
     for name, s in scale.items():
-        print(f"{name}: peak {s['peak']} replicas; back to {floor} after cooldown: "
-              f"{'%s s' % s['back_to_min_after_s'] if s['back_to_min_after_s'] is not None else 'not within --cooldown'}")
+        print(
+            f"{name}: peak {s['peak']} replicas; back to {floor} after cooldown: "
+            + (
+                f"{s['back_to_min_after_s']} s"
+                if s["back_to_min_after_s"] is not None
+                else "not within --cooldown"
+            )
+        )
     out = {
         "args": {k: v for k, v in vars(args).items()},
         "engine": eng.model_dump(mode="json"),

@@ -62,7 +62,11 @@ def service(tmp_path_factory, demo_model):
                         "name": "Detector",
                         "max_ongoing_requests": 32,
                         "max_queued_requests": 64,
-                        "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 64},
+                        "autoscaling_config": {
+                            "min_replicas": 1,
+                            "max_replicas": 2,
+                            "target_ongoing_requests": 64,
+                        },
                         "ray_actor_options": {"num_cpus": 0.5},
                     }
                 ],
@@ -77,6 +81,7 @@ def service(tmp_path_factory, demo_model):
             {"engine": {**ENGINE, "model": demo_model}, "max_batch_size": 4, "batch_wait_timeout_s": 0.5},
             max_ongoing_requests=1,
             max_queued_requests=1,
+            backpressure_config={"status_code": 503, "retry_after_s": 1},
             autoscaling_config=None,
             num_replicas=1,
             ray_actor_options={"num_cpus": 0.5},
@@ -108,8 +113,12 @@ def assert_same(row: dict, ref: dict):
     assert row["error"] is None and ref["error"] is None
     assert (row["width"], row["height"]) == (ref["width"], ref["height"])
     assert len(row["detections"]) == len(ref["detections"])
-    got = np.array([[d["x1"], d["y1"], d["x2"], d["y2"], d["score"]] for d in row["detections"]]).reshape(-1, 5)
-    exp = np.array([[d["x1"], d["y1"], d["x2"], d["y2"], d["score"]] for d in ref["detections"]]).reshape(-1, 5)
+    got = np.array([[d["x1"], d["y1"], d["x2"], d["y2"], d["score"]] for d in row["detections"]]).reshape(
+        -1, 5
+    )
+    exp = np.array([[d["x1"], d["y1"], d["x2"], d["y2"], d["score"]] for d in ref["detections"]]).reshape(
+        -1, 5
+    )
     np.testing.assert_allclose(got[:, :4], exp[:, :4], atol=1e-2)
     np.testing.assert_allclose(got[:, 4], exp[:, 4], atol=1e-4)
     assert [d["label"] for d in row["detections"]] == [d["label"] for d in ref["detections"]]
@@ -214,7 +223,9 @@ def test_client_errors(service, images):
     assert_error(post(url, bus, params={"max_det": 0}), 422, "max_det")
     assert_error(post(url, bus, params={"max_det": 1001}), 422, "max_det")
     assert_error(post(url, bus, params={"confidence": 0.5}), 422, "unknown")
-    form = requests.post(url + "/detect", data={"conf": "0.5"}, files={"image": ("a.jpg", bus)}, timeout=TIMEOUT)
+    form = requests.post(
+        url + "/detect", data={"conf": "0.5"}, files={"image": ("a.jpg", bus)}, timeout=TIMEOUT
+    )
     assert_error(form, 422, "not a file")
     many = [("image", (f"{i}.jpg", bus, "image/jpeg")) for i in range(5)]
     assert_error(requests.post(url + "/detect", files=many, timeout=TIMEOUT), 413, "limit is 4")
@@ -228,10 +239,12 @@ def test_overload_answers_503_never_500(service, images):
     """max_ongoing_requests=1 and max_queued_requests=1 with a 0.5 s batch wait: a burst is shed by Serve."""
     url = service["url"] + "/flood"
     with ThreadPoolExecutor(8) as ex:
-        codes = list(ex.map(lambda _: post(url, images["bus"]).status_code, range(8)))
-    counts = Counter(codes)
+        answers = list(ex.map(lambda _: post(url, images["bus"]), range(8)))
+    counts = Counter(r.status_code for r in answers)
     assert set(counts) <= {200, 503}, counts
     assert counts[503] >= 1 and counts[200] >= 1, counts
+    shed = next(r for r in answers if r.status_code == 503)
+    assert shed.headers.get("Retry-After") == "1"  # backpressure_config from the deployment options
     assert post(url, images["bus"]).status_code == 200  # and it recovers
 
 
@@ -283,7 +296,9 @@ def test_metrics_exported(service, images):
     batched = errors = False
     while time.monotonic() < deadline:
         s = _series(_prometheus(port), "ray_yoloray_serve_", "yoloray")
-        batched = s.get("ray_yoloray_serve_batch_size_count", 0) > s.get('ray_yoloray_serve_batch_size_bucket[le="1.0"]', 0)
+        batched = s.get("ray_yoloray_serve_batch_size_count", 0) > s.get(
+            'ray_yoloray_serve_batch_size_bucket[le="1.0"]', 0
+        )
         errors = s.get('ray_yoloray_serve_errors_total[route="/detect",status="400"]', 0) >= 1
         if batched and errors:
             break

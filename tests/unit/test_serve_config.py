@@ -27,8 +27,11 @@ def test_defaults_follow_the_engine():
 
 
 def test_tune_contract_round_trips():
-    args = {"engine": {"imgsz": "384x640", "batch_size": 32, "device": "cpu"}, "max_batch_size": 32,
-            "batch_wait_timeout_s": 0.005}
+    args = {
+        "engine": {"imgsz": "384x640", "batch_size": 32, "device": "cpu"},
+        "max_batch_size": 32,
+        "batch_wait_timeout_s": 0.005,
+    }
     c = ServeConfig.parse(args)
     assert c.engine.imgsz == (384, 640) and c.max_batch_size == 32 and c.batch_wait_timeout_s == 0.005
     assert ServeConfig.parse(c.model_dump(mode="json")) == c
@@ -163,8 +166,14 @@ def test_query_params():
 
     p = DetectParams.from_query([("conf", "0.5"), ("max_det", "10")])
     assert p.conf == 0.5 and p.max_det == 10 and p.iou is None
-    for bad in ([("conf", "2")], [("iou", "x")], [("max_det", "1001")], [("max_det", "0")], [("top", "1")],
-                [("conf", "0.1"), ("conf", "0.2")]):
+    for bad in (
+        [("conf", "2")],
+        [("iou", "x")],
+        [("max_det", "1001")],
+        [("max_det", "0")],
+        [("top", "1")],
+        [("conf", "0.1"), ("conf", "0.2")],
+    ):
         with pytest.raises(ApiError) as e:
             DetectParams.from_query(bad)
         assert e.value.status == 422
@@ -191,7 +200,9 @@ def test_narrow_only_narrows():
 
     engine = {"conf": 0.25, "iou": 0.7, "max_det": 300}
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10]], np.float32)
-    r = ImageResult(100, 100, boxes, np.array([0.9, 0.5, 0.3, 0.8], np.float32), np.array([0, 0, 1, 1], np.int16))
+    r = ImageResult(
+        100, 100, boxes, np.array([0.9, 0.5, 0.3, 0.8], np.float32), np.array([0, 0, 1, 1], np.int16)
+    )
     same = narrow(r, effective_params(DetectParams(), **engine), engine, False)
     assert same is r
     eff = effective_params(DetectParams(conf=0.1, iou=0.9, max_det=500), **engine)
@@ -204,3 +215,29 @@ def test_narrow_only_narrows():
     assert agn.scores.tolist() == pytest.approx([0.9, 0.3])  # class-agnostic: box 3 goes too
     top = narrow(r, effective_params(DetectParams(max_det=2), **engine), engine, False)
     assert top.scores.tolist() == pytest.approx([0.9, 0.8])
+
+
+def test_a_failing_image_does_not_fail_its_batch():
+    from yoloray.results import Detections
+    from yoloray.serve.deployment import detect_isolated
+
+    class Fake:
+        names = {0: "a"}
+
+        def __init__(self, broken_engine=False):
+            self.broken = broken_engine
+
+        def detect(self, datas):
+            if self.broken or b"poison" in datas:
+                raise RuntimeError("boom")
+            d = Detections.empty(len(datas), self.names)
+            d.widths[:] = 7
+            return d
+
+    out = detect_isolated(Fake(), [b"x", b"poison", b"y"], b"probe")
+    assert [r.error is None for r in out] == [True, False, True]
+    assert "RuntimeError: boom" in out[1].error and out[0].width == 7
+    with pytest.raises(
+        RuntimeError, match="boom"
+    ):  # the engine itself fails: a server error, not the images'
+        detect_isolated(Fake(broken_engine=True), [b"x"], b"probe")

@@ -31,7 +31,9 @@ def serve_metrics() -> dict:
             "yoloray_serve_requests_total", "HTTP requests answered by a replica", tag_keys=("route",)
         ),
         "errors": Counter(
-            "yoloray_serve_errors_total", "HTTP requests answered with an error status", tag_keys=("route", "status")
+            "yoloray_serve_errors_total",
+            "HTTP requests answered with an error status",
+            tag_keys=("route", "status"),
         ),
         "latency": Histogram(
             "yoloray_serve_request_latency_seconds",

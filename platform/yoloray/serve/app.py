@@ -32,6 +32,7 @@ reports a bad image in that image's `error`, as the batch job's Parquet rows do.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,7 +64,9 @@ def build_application(args: Any, **deployment_options):
     # The replica re-validates the mapping itself, so `model` (the bundled demo weights when left out)
     # resolves on the node that runs it.
     raw = args.model_dump(mode="json") if isinstance(args, ServeConfig) else dict(args or {})
-    deployment = DetectorDeployment.options(**deployment_options) if deployment_options else DetectorDeployment
+    deployment = (
+        DetectorDeployment.options(**deployment_options) if deployment_options else DetectorDeployment
+    )
     del config  # validated here so a bad config fails where it is deployed, with the field named
     return deployment.bind(raw)
 
@@ -113,21 +116,30 @@ def applications_from(schema, source: str = "serve config") -> list[dict]:
         options: dict = {}
         for d in a.deployments:
             if d.name != DEPLOYMENT_NAME:
-                raise ConfigError(f"{where}: unknown deployment {d.name!r}; this application has one: {DEPLOYMENT_NAME}")
+                raise ConfigError(
+                    f"{where}: unknown deployment {d.name!r}; this application has one: {DEPLOYMENT_NAME}"
+                )
             options = d.model_dump(exclude_unset=True, exclude={"name"})
         parse_args(a.args, source=f"{where} args")
-        out.append({"name": a.name, "route_prefix": a.route_prefix, "app": build_application(a.args, **options)})
+        out.append(
+            {"name": a.name, "route_prefix": a.route_prefix, "app": build_application(a.args, **options)}
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """`yoloray serve CONFIG [--address auto] [--no-block]`: deploy the config's applications and block
     until Ctrl-C (then shut them down)."""
-    p = argparse.ArgumentParser(prog="yoloray serve", description="Serve YOLO detection over HTTP (Ray Serve)")
+    p = argparse.ArgumentParser(
+        prog="yoloray serve", description="Serve YOLO detection over HTTP (Ray Serve)"
+    )
     p.add_argument("config", help="Ray Serve config file, e.g. serve_configs/detector.yaml")
     p.add_argument("--address", help="Ray cluster to deploy to (auto, ray://HOST:10001); default: local Ray")
     p.add_argument(
-        "--blocking", dest="blocking", action=argparse.BooleanOptionalAction, default=True,
+        "--blocking",
+        dest="blocking",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="stay in the foreground until Ctrl-C (default); --no-blocking (or --no-block) returns once deployed",
     )
     p.add_argument("--no-block", dest="blocking", action="store_false", help=argparse.SUPPRESS)
@@ -143,37 +155,45 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     started_ray = not ray.is_initialized()
+    # Serve itself is shut down on exit only when it lives in a Ray this command started on this machine;
+    # on a cluster only this config's applications are deleted.
+    local = started_ray and not args.address and not os.environ.get("RAY_ADDRESS")
     if started_ray:
-        if args.address:
-            ray.init(address=args.address, namespace="serve", log_to_driver=args.blocking)
-        else:
-            ray.init(namespace="serve", log_to_driver=args.blocking)
+        ray.init(address=args.address, namespace="serve", log_to_driver=args.blocking)
     http = schema.http_options.model_dump(exclude_unset=True)
     serve.start(http_options=http, proxy_location=schema.proxy_location)
     names = []
+    ok = False
     try:
         for a in apps:
             serve.run(a["app"], name=a["name"], route_prefix=a["route_prefix"], blocking=False)
             names.append(a["name"])
             host, port = http.get("host", "127.0.0.1"), http.get("port", 8000)
-            print(f"yoloray serve: {a['name']} is up at http://{host}:{port}{(a['route_prefix'] or '').rstrip('/')}/detect")
+            route = (a["route_prefix"] or "").rstrip("/")
+            print(f"yoloray serve: {a['name']} is up at http://{host}:{port}{route}/detect", flush=True)
+        ok = True
         if not args.blocking:
+            if local:
+                print(
+                    "yoloray serve: --no-block on a local Ray: the service ends with this process", flush=True
+                )
             return 0
-        print("yoloray serve: Ctrl-C to stop")
+        print("yoloray serve: Ctrl-C to stop", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("yoloray serve: shutting down")
+        print("yoloray serve: shutting down", flush=True)
         return 0
     except Exception as e:  # a deployment that failed to start (e.g. no GPU for device: cuda)
         print(f"yoloray serve: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     finally:
-        if args.blocking or names != [a["name"] for a in apps]:
+        if args.blocking or not ok:
             for name in names:
                 serve.delete(name)
-            if started_ray:
+            if local:
                 serve.shutdown()
+            if started_ray:
                 ray.shutdown()
 
 

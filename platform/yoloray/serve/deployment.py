@@ -1,13 +1,13 @@
 """The Ray Serve deployment: one warmed `Detector` per replica behind a FastAPI ingress.
 
 Each request may carry several images; every image is one item of the `@serve.batch` method, so images of
-concurrent requests share engine calls, and each request gathers its own back. The engine runs in one
-worker thread (the Detector is not re-entrant), so the event loop keeps accepting and batching requests
-while a batch runs. Build and warmup happen in `__init__`: no request pays for a build, compile or capture.
+concurrent requests share engine calls, and each request gathers its own back. Batches run one at a time in
+a worker thread (the Detector's own decode threads work inside it), so the event loop keeps accepting and
+batching requests while a batch runs. Build, warmup and one call through the whole path happen in
+`__init__`: no request pays for a build, compile or graph capture.
 
 Routes: POST /detect, GET /healthz, GET /info (see yoloray.serve.app for the API).
 """
-
 
 import asyncio
 import logging
@@ -114,6 +114,47 @@ def _tiny_jpeg() -> bytes:
     return cv2.imencode(".jpg", im)[1].tobytes()
 
 
+def split_detections(dets) -> list[ImageResult]:
+    out = []
+    for i in range(len(dets)):
+        a, b = int(dets.offsets[i]), int(dets.offsets[i + 1])
+        out.append(
+            ImageResult(
+                int(dets.widths[i]),
+                int(dets.heights[i]),
+                dets.boxes[a:b],
+                dets.scores[a:b],
+                dets.class_ids[a:b],
+                dets.errors[i],
+            )
+        )
+    return out
+
+
+def detect_isolated(detector, datas: list[bytes], probe_image: bytes) -> list[ImageResult]:
+    """One engine call for the batch. Should it raise, the engine is checked on a known-good image: if that
+    fails too the engine is broken (re-raised: a server error, and check_health restarts the replica);
+    otherwise some image broke the call, so each is run alone and the one(s) that raise get an error of
+    their own, and the other requests of the batch are still answered."""
+    try:
+        return split_detections(detector.detect(datas))
+    except Exception as batch_error:
+        try:
+            probe = detector.detect([probe_image])
+        except Exception:
+            raise batch_error from None
+        if probe.errors[0] is not None:
+            raise batch_error from None
+        out = []
+        for d in datas:
+            try:
+                out.extend(split_detections(detector.detect([d])))
+            except Exception as e:
+                out.append(ImageResult(error=f"could not process this image ({type(e).__name__}: {e})"))
+        log.warning("a batch of %d failed (%s); answered image by image", len(datas), batch_error)
+        return out
+
+
 def _deployment_info() -> dict:
     """The live deployment options of this replica (what Serve applied from the config)."""
     try:
@@ -128,7 +169,13 @@ def _deployment_info() -> dict:
             "max_queued_requests": dc.max_queued_requests,
             "num_replicas": dc.num_replicas,
             "autoscaling_config": auto.model_dump(
-                include={"min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s", "downscale_delay_s"}
+                include={
+                    "min_replicas",
+                    "max_replicas",
+                    "target_ongoing_requests",
+                    "upscale_delay_s",
+                    "downscale_delay_s",
+                }
             )
             if auto is not None
             else None,
@@ -290,8 +337,11 @@ class DetectorDeployment:
         self._waiting -= len(items)
         set_queue_depth(self._waiting)
         loop = asyncio.get_running_loop()
+        datas = [it.data for it in items]
         try:
-            dets = await loop.run_in_executor(self._executor, self.detector.detect, [it.data for it in items])
+            out = await loop.run_in_executor(
+                self._executor, detect_isolated, self.detector, datas, self._health_image
+            )
         except Exception as e:
             self._failure = f"{type(e).__name__}: {e}"
             raise
@@ -304,17 +354,4 @@ class DetectorDeployment:
         s["max_batch"] = max(s["max_batch"], n)
         s["batch_sizes"][n] += 1
         record_batch(n)
-        out = []
-        for i in range(n):
-            a, b = int(dets.offsets[i]), int(dets.offsets[i + 1])
-            out.append(
-                ImageResult(
-                    int(dets.widths[i]),
-                    int(dets.heights[i]),
-                    dets.boxes[a:b],
-                    dets.scores[a:b],
-                    dets.class_ids[a:b],
-                    dets.errors[i],
-                )
-            )
         return out

@@ -69,7 +69,9 @@ class DetectParams(BaseModel):
             return cls.model_validate(seen)
         except ValidationError as e:
             msg = format_validation_error(e).replace("Extra inputs are not permitted", "unknown parameter")
-            raise ApiError(422, f"bad query parameters: {msg} (allowed: conf 0..1, iou 0..1, max_det 1..{MAX_DET_LIMIT})") from None
+            raise ApiError(
+                422, f"bad query parameters: {msg} (allowed: conf 0..1, iou 0..1, max_det 1..{MAX_DET_LIMIT})"
+            ) from None
 
 
 # ------------------------------------------------------------------------------------ bodies
@@ -133,7 +135,10 @@ def parse_multipart(body: bytes, boundary: str | None) -> list[Part]:
     """Split a multipart/form-data body into its parts (RFC 7578), bytes untouched."""
     if not boundary:
         raise ApiError(400, f"{MULTIPART} without a boundary parameter")
-    delim = b"--" + boundary.encode("latin-1")
+    try:
+        delim = b"--" + boundary.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"multipart boundary {boundary!r} is not latin-1 text") from None
     start = body.find(delim)
     if start < 0:
         raise ApiError(400, "malformed multipart body: the boundary does not occur in it")
@@ -196,7 +201,9 @@ def check_image(data: bytes, max_bytes: int, max_pixels: int) -> ApiError | None
     if len(data) == 0:
         return ApiError(400, "empty image (0 bytes)")
     if len(data) > max_bytes:
-        return ApiError(413, f"image of {len(data):,} bytes is over the limit of {max_bytes:,} bytes (max_image_bytes)")
+        return ApiError(
+            413, f"image of {len(data):,} bytes is over the limit of {max_bytes:,} bytes (max_image_bytes)"
+        )
     try:
         probe(data, max_pixels)
     except ImageError as e:
@@ -226,7 +233,7 @@ def sniff_non_image(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
         return "an AVI video"
     head = data[:64].lstrip()
-    if head[:1] in (b"{", b"[") or head[:5].lower() in (b"<?xml", b"<html", b"<!doc"):
+    if head[:1] in (b"{", b"[") or head[:5].lower() in (b"<?xml", b"<html", b"<!doc", b"<svg ", b"<svg>"):
         return "text (JSON, HTML or XML)"
     return None
 
@@ -269,7 +276,11 @@ def narrow(r: ImageResult, eff: dict, engine: dict, agnostic: bool) -> ImageResu
         import torch
         from torchvision.ops import batched_nms
 
-        idx = torch.zeros(len(scores), dtype=torch.int64) if agnostic else torch.from_numpy(cls.astype(np.int64))
+        idx = (
+            torch.zeros(len(scores), dtype=torch.int64)
+            if agnostic
+            else torch.from_numpy(cls.astype(np.int64))
+        )
         keep = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), idx, eff["iou"]).numpy()
         boxes, scores, cls = boxes[keep], scores[keep], cls[keep]
     if len(scores) > eff["max_det"]:
