@@ -185,10 +185,10 @@ class Detector:
             except ImageError as e:
                 errors[i] = str(e)
                 continue
-            if info.is_jpeg:
+            if info.is_jpeg and info.orientation == 1:
                 jpeg_idx.append(i)
                 infos[i] = info
-            else:
+            else:  # not JPEG, or EXIF-rotated (torchvision's batched nvJPEG ignores EXIF): the CPU applies it
                 cpu_jobs[i] = self._pool.submit(self._prepare_cpu, images[i], i, geom)
         decoded = decode_jpegs_gpu([images[i] for i in jpeg_idx], self.device) if jpeg_idx else []
         by_shape: dict[tuple, list] = {}

@@ -14,15 +14,11 @@ the settings come from RUN/sweep.yaml. The report (see `yoloray.tune.report`) is
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-from optuna.trial import TrialState
 from ray import tune
-from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from yoloray.config import ConfigError, TuneConfig, default_model
 
@@ -162,35 +158,6 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-class DistinctOptunaSearch(OptunaSearch):
-    """OptunaSearch that never runs a point twice: a repeated suggestion is told to Optuna at once (with the
-    value already measured, or as pruned while that trial still runs) and Optuna is asked again."""
-
-    MAX_TRIES = 200
-
-    def suggest(self, trial_id: str):
-        seen = self.__dict__.setdefault("_points", {})  # point -> measured value (None while running)
-        for _ in range(self.MAX_TRIES):
-            config = super().suggest(trial_id)
-            key = json.dumps(config["engine"], sort_keys=True)
-            if key not in seen:
-                seen[key] = None
-                self.__dict__.setdefault("_keys", {})[trial_id] = key
-                return config
-            ot_trial = self._ot_trials.pop(trial_id)
-            if seen[key] is None:
-                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-            else:
-                self._ot_study.tell(ot_trial, seen[key])
-        return Searcher.FINISHED  # every point of the space has been suggested
-
-    def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
-        key = self.__dict__.get("_keys", {}).get(trial_id)
-        if key is not None and result and result.get(self.metric) is not None:
-            self._points[key] = result[self.metric]
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-
 def build_tuner(settings: TuneConfig, images: list[bytes], resume: bool):
     from ray.tune.schedulers import ASHAScheduler
 
@@ -222,6 +189,8 @@ def build_tuner(settings: TuneConfig, images: list[bytes], resume: bool):
     else:
         param_space = {}
         samples = settings.budget_trials or (len(points) if settings.budget_minutes else DEFAULT_TRIALS)
+        from yoloray.tune.optuna_search import DistinctOptunaSearch  # optuna only when it searches
+
         searcher = DistinctOptunaSearch(space=OptunaSpace(space), metric=METRIC, mode="max", seed=settings.seed)
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.max_windows,
                                   grace_period=min(3, settings.max_windows), reduction_factor=3)
