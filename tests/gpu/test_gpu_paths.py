@@ -51,15 +51,27 @@ def exact(frames):
 
 
 def test_nvjpeg_decode_close_to_libjpeg(images):
-    datas = images[1]
+    datas = [d for d in images[1] if probe(d, 10**9).orientation == 1]  # EXIF-rotated ones: next test
     for d, t in zip(datas, decode_jpegs_gpu(datas, torch.device("cuda"))):
         assert t is not None
         cpu = decode_cpu(d, probe(d, 10**9))[..., ::-1]  # BGR -> RGB
         g = t.permute(1, 2, 0).cpu().numpy()
-        assert g.shape == cpu.shape  # EXIF orientation applied on the GPU too
+        assert g.shape == cpu.shape
         diff = np.abs(g.astype(int) - cpu.astype(int))
         # nvJPEG upsamples chroma differently from libjpeg: measured mean ~1 level, p99 up to 11 on a small image
         assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 16
+
+
+def test_exif_rotated_jpeg_with_gpu_decode(photos):
+    """torchvision's batched nvJPEG ignores EXIF orientation, so the Detector decodes such files on the CPU:
+    same size and boxes as the exact path."""
+    data = photos["exif6"].read_bytes()
+    assert probe(data, 10**9).orientation == 6
+    base = EngineConfig(imgsz=SHAPE, device="cuda", conf=0.05)
+    exact = Detector(base).detect([data])
+    gpu = Detector(base.model_copy(update={"decode": "gpu"})).detect([data])
+    assert (gpu.widths[0], gpu.heights[0]) == (exact.widths[0], exact.heights[0]) == (720, 1280)
+    assert compare(exact, gpu, iou=0.99, score_tol=1e-3).rate == 1.0
 
 
 def test_gpu_letterbox_within_one_level_of_cpu(images):
