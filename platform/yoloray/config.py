@@ -51,18 +51,23 @@ def parse_imgsz(value: Any) -> tuple[int, int]:
     raise ValueError(f"imgsz {value!r} is not an int, 'HxW' or [h, w]")
 
 
+def load_yaml(path: str | Path, what: str = "file"):
+    """YAML from a file, with errors a user can act on (missing file, bad syntax) as ConfigError."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     @classmethod
     def from_yaml(cls, path: str | Path):
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        data = load_yaml(path, "config file") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of field: value")
         return cls.parse(data, source=str(path))

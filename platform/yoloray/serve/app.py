@@ -81,19 +81,13 @@ def build_app(args: dict):
 # ------------------------------------------------------------------------------------ yoloray serve
 def load_serve_config(path: str | Path):
     """Read and validate a Ray Serve config file; returns ray's ServeDeploySchema."""
-    import yaml
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
-    from yoloray.config import format_validation_error
+    from yoloray.config import format_validation_error, load_yaml
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"serve config {path} does not exist") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"serve config {path} is not valid YAML: {e}") from None
+    data = load_yaml(path, "serve config")
     if not isinstance(data, dict):
         raise ConfigError(f"serve config {path} must be a mapping with an `applications:` list")
     try:

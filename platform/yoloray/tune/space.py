@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import yaml
 from pydantic import ValidationError
 
-from yoloray.config import MAX_STRIDE, ConfigError, EngineConfig, parse_imgsz
+from yoloray.config import MAX_STRIDE, ConfigError, EngineConfig, load_yaml, parse_imgsz
 from yoloray.engines.capabilities import CAPABILITIES
 
 KNOBS = ("backend", "precision", "batch_size", "imgsz", "cuda_graph", "channels_last", "compile_mode",
@@ -145,14 +144,7 @@ def validate_mapping(data: Any, source: str = "space") -> dict[str, Any]:
 
 
 def load_space_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"space file {path} does not exist") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"space file {path} is not valid YAML: {e}") from None
-    return validate_mapping(data, source=str(path))
+    return validate_mapping(load_yaml(path, "space file"), source=str(path))
 
 
 @dataclass(frozen=True)
