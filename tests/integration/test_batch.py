@@ -287,6 +287,15 @@ def test_resume_after_killed_driver(many, tmp_path):
     after = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.iterdir()}
     assert after == before, "a finished job's rerun must write nothing"
 
+    # a part lost after the job finished (deleted, or an object store that dropped it): the rerun redoes it
+    lost = parts(out)[0]
+    lost_keys = set(pq.read_table(lost, columns=["key"]).column("key").to_pylist())
+    lost.unlink()
+    fourth = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert f"{len(lost_keys):,} new" in fourth.stdout
+    assert_exactly_once(out, many_keys())
+
 
 # ------------------------------------------------------------------------- 4. exactly once after a killed actor
 def _alive_detector_actor_pids() -> list[int]:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 JOB_FILE = "_job.json"
 SUMMARY_FILE = "_summary.json"
+COMPLETE_FILE = "_complete.json"  # unit ids of a run that finished; a rerun over the same units returns at once
 ROWS_PER_PART = 4096
 ROWS_PER_PART_ENV = "YOLORAY_ROWS_PER_PART"  # overrides the default rows per part (tests, small outputs)
 
@@ -246,6 +247,10 @@ def run_job(
     _check_job_file(fs, root, config, sources)
     done = frozenset(done_keys(out))
     summary = Summary(out=out, engine=config.key(), skipped_done=len(done))
+    unit_ids = sorted(u["unit_id"] for u in units)
+    if done and _completed(fs, root) == {"units": unit_ids, "rows": len(done)}:  # finished, same inputs, all rows
+        summary.seconds = time.perf_counter() - t0
+        return summary
     ds = read_units(units, source_options)
     if done:
         ds = ds.map_batches(_drop_done, batch_format="pyarrow", batch_size=None, fn_kwargs={"done": done})
@@ -299,8 +304,19 @@ def run_job(
     summary.errors = dict(errors)
     summary.detections_per_class = {str(k): int(v) for k, v in per_class.items()}
     summary.seconds = time.perf_counter() - t0
+    with fs.open_output_stream(f"{root}/{COMPLETE_FILE}") as f:  # every unit read and written
+        f.write(json.dumps({"units": unit_ids, "rows": len(done) + len(written)}).encode())
     if not written and done:  # nothing to do: keep the record of the run that did the work
         return summary
     with fs.open_output_stream(f"{root}/{SUMMARY_FILE}") as f:
         f.write(json.dumps({**asdict(summary), "images_per_s": summary.images_per_s}, indent=1).encode())
     return summary
+
+
+def _completed(fs: pafs.FileSystem, root: str) -> dict | None:
+    """Unit ids and row count of the last run that finished, if one did."""
+    path = f"{root}/{COMPLETE_FILE}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
