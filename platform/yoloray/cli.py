@@ -98,10 +98,7 @@ def cmd_infer(args) -> int:
 
     config = engine_config(args)
     source_options = SourceOptions(video_stride=args.video_stride, video_fps=args.video_fps)
-    list_units(args.sources, source_options)  # missing / empty / unsupported inputs fail before Ray starts
-    model = Path(config.model)
-    if model.suffix == ".pt" and not model.is_file() and not args.address:
-        raise UserError(f"model weights {config.model} do not exist; pass --model with a .pt file")
+    units = list_units(args.sources, source_options)  # missing / empty / unsupported inputs fail before Ray starts
     init_ray(args.address)
     summary = run_job(
         args.sources,
@@ -112,6 +109,7 @@ def cmd_infer(args) -> int:
             decode_threads=args.decode_threads,
         ),
         source_options,
+        units=units,
     )
     if summary.images == 0 and summary.skipped_done:
         print(f"nothing to do: all {summary.skipped_done:,} inputs already have results in {args.out}")

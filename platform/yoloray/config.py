@@ -163,14 +163,20 @@ class EngineConfig(_Model):
             raise ValueError(
                 f"compile_mode is only honoured by backend 'torch-compile', not {self.backend!r}"
             )
-        if self.device == "cpu":
-            if self.cuda_graph:
-                raise ValueError("cuda_graph needs a CUDA device; set device to cuda or auto, or cuda_graph: false")
-            if self.decode != "cpu":
-                raise ValueError(f"decode {self.decode!r} (nvJPEG) needs a CUDA device; use decode: cpu")
-            if self.precision == "fp16":
-                raise ValueError("precision fp16 needs a CUDA device; on CPU use fp32 or bf16")
+        if self.device == "cpu" and (reasons := self.cuda_only()):
+            raise ValueError(reasons[0])
         return self
+
+    def cuda_only(self) -> list[str]:
+        """Why these settings cannot run on a CPU (empty when they can)."""
+        reasons = []
+        if self.cuda_graph:
+            reasons.append("cuda_graph needs a CUDA device; set device to cuda or auto, or cuda_graph: false")
+        if self.decode != "cpu":
+            reasons.append(f"decode {self.decode!r} (nvJPEG) needs a CUDA device; use decode: cpu")
+        if self.precision == "fp16":
+            reasons.append("precision fp16 needs a CUDA device; on CPU use fp32 or bf16")
+        return reasons
 
     @property
     def rect(self) -> bool:

@@ -54,10 +54,8 @@ class Detector:
     def __init__(self, config: EngineConfig | None = None, decode_threads: int | None = None, profile: bool = False):
         self.config = config or EngineConfig()
         self.device = resolve_device(self.config.device)
-        if self.device.type == "cpu":
-            for field, bad in (("cuda_graph", True), ("decode", "gpu"), ("decode", "hybrid"), ("precision", "fp16")):
-                if getattr(self.config, field) == bad:
-                    raise ConfigError(f"{field}={bad!r} needs a CUDA device, but this Detector runs on the CPU")
+        if self.device.type == "cpu" and (reasons := self.config.cuda_only()):
+            raise ConfigError(f"{reasons[0]} (this Detector runs on the CPU)")
         self.engine = build_engine(self.config, self.device)
         self.names = self.engine.names
         self.imgsz = self.config.imgsz

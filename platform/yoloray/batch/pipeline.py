@@ -231,10 +231,12 @@ def run_job(
     options: ActorOptions | None = None,
     source_options: SourceOptions | None = None,
     rows_per_part: int | None = None,
+    units: list[dict] | None = None,
 ) -> Summary:
     """Run (or resume) detection over `sources` into the Parquet folder `out`. Needs ray initialised.
 
-    `rows_per_part` defaults to $YOLORAY_ROWS_PER_PART when set, else ROWS_PER_PART."""
+    `rows_per_part` defaults to $YOLORAY_ROWS_PER_PART when set, else ROWS_PER_PART; `units` are the
+    sources' `list_units` when the caller has listed them already."""
     t0 = time.perf_counter()
     if rows_per_part is None:
         rows_per_part = int(os.environ.get(ROWS_PER_PART_ENV) or ROWS_PER_PART)
@@ -242,7 +244,8 @@ def run_job(
         raise JobError(f"rows per part must be >= 1, got {rows_per_part}")
     fs, root = _fs(out)
     source_options = source_options or SourceOptions()
-    units = list_units(sources, source_options)  # SourceError for missing / empty / unsupported inputs
+    if units is None:  # SourceError for missing / empty / unsupported inputs
+        units = list_units(sources, source_options)
     _check_model(config)
     _check_job_file(fs, root, config, sources)
     done = frozenset(done_keys(out))
