@@ -140,11 +140,15 @@ def ray_docs_pattern(weights: Path, folder: list[Path], n: int) -> None:
     row("(3) Ray Data docs pattern (read_images -> map_batches YOLO)", count, time.perf_counter() - t)
 
 
-def yoloray_infer(name: str, weights: Path, shards: Path, out: Path, engine: dict, actor: dict) -> dict | None:
+def yoloray_infer(name: str, weights: Path, shards: Path, out: Path, engine: dict, actor: dict, gpus: int = 1) -> dict | None:
+    """One (4) row: `run_job` (what `yoloray infer` runs) from the shards to Parquet. `actor` is per GPU; the
+    pool gets `gpus` times its actors (fractional actors pack onto as few GPUs as they fill)."""
     from yoloray.batch import ActorOptions, run_job
     from yoloray.config import EngineConfig
 
     cfg = EngineConfig(model=str(weights), **engine)
+    actor = {**actor, "actors": actor.get("actors", 1) * gpus}
+    actor.setdefault("gpus_per_actor", 1.0 if GPU else 0.0)
     dest = out / name
     shutil.rmtree(dest, ignore_errors=True)
     t = time.perf_counter()
@@ -152,9 +156,65 @@ def yoloray_infer(name: str, weights: Path, shards: Path, out: Path, engine: dic
     seconds = time.perf_counter() - t
     run = seconds - summary.first_result_s
     steady = summary.images / run if run > 1.0 else None  # after the first result: no start-up
-    return row(f"(4) yoloray infer {name}", summary.images, seconds, startup_s=round(summary.first_result_s, 1),
-               steady_images_per_s=round(steady, 1), write_s=round(summary.write_s, 2), errors=sum(summary.errors.values()),
-               engine=engine, actor=actor)
+    shutil.rmtree(dest, ignore_errors=True)  # keep the disk for the next row
+    return row(f"(4) yoloray infer {name}" + (f" on {gpus} GPUs" if gpus > 1 else ""), summary.images, seconds,
+               startup_s=round(summary.first_result_s, 1), steady_images_per_s=round(steady, 1) if steady else None,
+               write_s=round(summary.write_s, 2), errors=sum(summary.errors.values()), engine=engine, actor=actor,
+               gpus=gpus)
+
+
+def scaling(name: str, weights: Path, shards: Path, out: Path, config: tuple) -> None:
+    """The configuration on one GPU (its row from this run), then on every GPU of the machine: efficiency is
+    (images/s on N GPUs) / (N x images/s on one)."""
+    import ray
+
+    one = next((r for r in RESULTS if r["row"] == f"(4) yoloray infer {name}"), None)
+    if one is None:
+        one = yoloray_infer(name, weights, shards, out, *config)
+    ray.shutdown()
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus < 2:
+        print("  -> scaling: this machine has fewer than 2 GPUs; skipped", flush=True)
+        return
+    many = yoloray_infer(name, weights, shards, out, *config, gpus=gpus)
+    eff = many["images_per_s"] / (gpus * one["images_per_s"])
+    steady = (many["steady_images_per_s"] or 0) / (gpus * (one["steady_images_per_s"] or 1))
+    RESULTS.append({"row": f"scaling {name}: 1 -> {gpus} GPUs", "efficiency": round(eff, 3),
+                    "steady_efficiency": round(steady, 3)})
+    print(f"  -> scaling 1 -> {gpus} GPUs: {eff:.1%} of linear end to end, {steady:.1%} steady", flush=True)
+
+
+def actor_startup(weights: Path, engine: dict) -> None:
+    """Where a detector actor's start-up goes: process start (Ray worker, imports of ray), torch and
+    ultralytics imports, engine build (load, convert), warmup (CUDA graph capture)."""
+    import ray
+
+    @ray.remote(num_gpus=1 if GPU else 0, num_cpus=1)
+    class StartupProbe:
+        def run(self, engine: dict) -> dict:
+            t0 = time.perf_counter()
+            import torch  # noqa: F401
+            import ultralytics  # noqa: F401
+
+            t1 = time.perf_counter()
+            from yoloray.config import EngineConfig
+            from yoloray.detector import Detector
+
+            det = Detector(EngineConfig(**engine))
+            t2 = time.perf_counter()
+            det.warmup()
+            t3 = time.perf_counter()
+            return {"imports_s": round(t1 - t0, 2), "build_s": round(t2 - t1, 2), "warmup_s": round(t3 - t2, 2)}
+
+    t = time.perf_counter()
+    probe = StartupProbe.remote()
+    ray.get(probe.__ray_ready__.remote())
+    started = time.perf_counter() - t
+    parts = ray.get(probe.run.remote({**engine, "model": str(weights)}))
+    ray.kill(probe)
+    RESULTS.append({"row": "actor start-up (s)", "process_start_s": round(started, 2), **parts, "engine": engine})
+    print(f"  -> actor start-up: process {started:.2f} s, {parts}", flush=True)
 
 
 def stage_breakdown(weights: Path, shards: Path, engine: dict, n: int = 2048) -> None:
@@ -202,8 +262,9 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/yoloray-bench")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--peer-images", type=int, default=1500, help="images for the slow peer rows (2) and (3)")
-    p.add_argument("--skip", default="", help="comma list of rows to skip: bare,predict,docs,infer,stages")
+    p.add_argument("--skip", default="", help="comma list of rows to skip: startup,bare,predict,docs,infer,stages")
     p.add_argument("--configs", default="all", help="comma list of (4) configuration names, or all")
+    p.add_argument("--scaling", help="a (4) configuration to run again on all GPUs of the machine (scaling row)")
     a = p.parse_args()
     skip = set(a.skip.split(","))
     work, out = Path(a.work), Path(a.out)
@@ -216,28 +277,32 @@ def main() -> int:
     import ray
 
     t = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    one_gpu = 1 if a.scaling and GPU else None  # scaling run: every row but the last sees one GPU
+    ray.init(num_gpus=one_gpu, include_dashboard=False, log_to_driver=False, configure_logging=False)
     print(f"ray.init {time.perf_counter() - t:.1f} s (not counted in any row)", flush=True)
     fast = {"precision": "fp16", "channels_last": True, "cuda_graph": True, "imgsz": (384, 640), "batch_size": 64,
             "device": "cuda"}
     if not GPU:  # dry run: same code paths that exist on a CPU
         fast = {"precision": "fp32", "imgsz": (384, 640), "batch_size": 8, "device": "cpu"}
-    configs = {
+    b128 = {**fast, "batch_size": 128}
+    configs = {  # name -> (engine fields, actor options per GPU)
         "cpu-reduced": ({**fast, "decode": "cpu", "reduced_decode": True}, {}),
         "gpu-nvjpeg": ({**fast, "decode": "gpu"}, {}),
-        "hybrid": ({**fast, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.3}, {}),
-        "hybrid-2calls": ({**fast, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.3},
-                          {"calls_per_actor": 2}),
-        "hybrid-2actors": ({**fast, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.3},
-                           {"actors": 2, "gpus_per_actor": 0.5, "decode_threads": 8}),
-        "gpu-2calls-b128": ({**fast, "decode": "gpu", "batch_size": 128}, {"calls_per_actor": 2}),
-        "gpu-3calls-b128": ({**fast, "decode": "gpu", "batch_size": 128}, {"calls_per_actor": 3}),
-        "hybrid-3calls-b128": ({**fast, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.3,
-                                "batch_size": 128}, {"calls_per_actor": 3}),
-        "hybrid.5-3calls-b128": ({**fast, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.5,
-                                  "batch_size": 128}, {"calls_per_actor": 3}),
-        "gpu-2actors-2calls-b128": ({**fast, "decode": "gpu", "batch_size": 128},
+        "gpu-1actor-3calls-b128": ({**b128, "decode": "gpu"}, {"calls_per_actor": 3}),
+        "gpu-2actors-2calls-b128": ({**b128, "decode": "gpu"},
                                     {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 8}),
+        "gpu-3actors-2calls-b128": ({**b128, "decode": "gpu"},
+                                    {"actors": 3, "gpus_per_actor": 0.33, "calls_per_actor": 2, "decode_threads": 5}),
+        "gpu-4actors-2calls-b128": ({**b128, "decode": "gpu"},
+                                    {"actors": 4, "gpus_per_actor": 0.25, "calls_per_actor": 2, "decode_threads": 4}),
+        "gpu-2actors-2calls-b256": ({**fast, "batch_size": 256, "decode": "gpu"},
+                                    {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 8}),
+        "hybrid.3-2actors-2calls-b128": ({**b128, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.3},
+                                         {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 4}),
+        "hybrid.45-2actors-2calls-b128": ({**b128, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.45},
+                                          {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 4}),
+        "hybrid.3-3actors-2calls-b128": ({**b128, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.3},
+                                         {"actors": 3, "gpus_per_actor": 0.33, "calls_per_actor": 2, "decode_threads": 4}),
     }
     if not GPU:
         configs = {"cpu-reduced": configs["cpu-reduced"], "cpu-2calls": ({**fast, "reduced_decode": True}, {"calls_per_actor": 2})}
@@ -247,6 +312,9 @@ def main() -> int:
         ("predict", lambda: ultralytics_predict(weights, files, a.peer_images)),
         ("docs", lambda: ray_docs_pattern(weights, files, a.peer_images)),
     ] + [("infer", (lambda n=n: yoloray_infer(n, weights, shards, work / "out", *configs[n]))) for n in wanted]
+    steps.insert(0, ("startup", lambda: actor_startup(weights, configs[wanted[0]][0])))
+    if a.scaling:
+        steps.append(("scaling", lambda: scaling(a.scaling, weights, shards, work / "out", configs[a.scaling])))
     for name, step in steps:
         if name in skip:
             continue
@@ -256,7 +324,7 @@ def main() -> int:
             traceback.print_exc()
             RESULTS.append({"row": name, "error": traceback.format_exc(limit=3)})
         (out / "e2e.json").write_text(json.dumps(RESULTS, indent=1, default=str))
-    infer_rows = [r for r in RESULTS if r["row"].startswith("(4)") and "images_per_s" in r]
+    infer_rows = [r for r in RESULTS if r["row"].startswith("(4)") and "images_per_s" in r and r.get("gpus") == 1]
     if infer_rows and "stages" not in skip:
         best = max(infer_rows, key=lambda r: r["images_per_s"])
         try:
@@ -287,6 +355,10 @@ def print_table(infer_rows: list[dict]) -> None:
             if ref:
                 print(f"  ratio to {ref['row']}: {best['images_per_s'] / ref['images_per_s']:.2f}x")
     for r in RESULTS:
+        if "efficiency" in r:
+            print(f"{r['row']}: {r['efficiency']:.1%} of linear end to end ({r['steady_efficiency']:.1%} steady)")
+        if "process_start_s" in r:
+            print(f"actor start-up: {r}")
         if "ms_per_image" in r:
             print(f"stage breakdown of best (ms/image, synchronized): {r['ms_per_image']}")
 

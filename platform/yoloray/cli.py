@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("sources", nargs="+", metavar="SOURCE", help="folders, globs, .tar/.zip/.parquet, videos; local or s3:// gs:// file://")
     i.add_argument("--out", required=True, help="output folder of Parquet parts (rerun the same command to resume)")
     _engine_args(i)
-    i.add_argument("--actors", type=int, help="max detector actors (default: one per GPU, 1 on CPU)")
+    i.add_argument("--actors", type=int, help="detector actors (default: as many as the GPUs hold at --gpus-per-actor, 1 on CPU)")
     i.add_argument("--gpus-per-actor", type=float, dest="gpus_per_actor", help="GPUs per actor; 0.5 puts two on a GPU")
     i.add_argument("--calls-per-actor", type=int, default=1, dest="calls_per_actor",
                    help="concurrent batches per actor, to overlap decode with inference (default 1)")

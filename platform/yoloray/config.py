@@ -109,7 +109,8 @@ class EngineConfig(_Model):
     channels_last: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None
     decode: Literal["cpu", "gpu", "hybrid"] = Field(
-        "cpu", description="cpu: OpenCV threads; gpu: nvJPEG; hybrid: CPU threads take hybrid_cpu_share of each batch"
+        "cpu", description="cpu: OpenCV threads; gpu: nvJPEG; hybrid: the CPU takes hybrid_cpu_share of the images (in a batch "
+        "job, Ray tasks before the actors; elsewhere the Detector's threads) and nvJPEG the rest"
     )
     hybrid_cpu_share: float = Field(0.3, ge=0.0, le=1.0)
     reduced_decode: bool = Field(

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -20,16 +20,10 @@ import torch
 from yoloray.config import ConfigError, EngineConfig
 from yoloray.engines import EngineError, build_engine
 from yoloray.results import Detections
-from yoloray.vision.decode import (
-    ImageError,
-    check_array,
-    decode_cpu,
-    decode_jpegs_gpu,
-    probe,
-    reduction_factor,
-)
-from yoloray.vision.letterbox import Geometry, boxes_to_original, letterbox_cpu, letterbox_gpu
+from yoloray.vision.decode import ImageError, decode_jpegs_gpu, probe
+from yoloray.vision.letterbox import Geometry, boxes_to_original, letterbox_gpu
 from yoloray.vision.nms import batched_nms, end2end_filter
+from yoloray.vision.prepare import Prepared, prepare_cpu
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +72,9 @@ class Detector:
         self.warm = True
         return self
 
-    def detect(self, images: Sequence[bytes | np.ndarray]) -> Detections:
-        """One result per input, in order: boxes in original pixels, or an error for that image."""
+    def detect(self, images: Sequence[bytes | np.ndarray | Prepared]) -> Detections:
+        """One result per input, in order: boxes in original pixels, or an error for that image.
+        Inputs: encoded bytes, decoded BGR arrays, or images already letterboxed to this imgsz (Prepared)."""
         parts = [self._detect_batch(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
         return Detections.concat(parts) if parts else Detections.empty(0, self.names)
 
@@ -130,7 +125,12 @@ class Detector:
         geom = Geometry.allocate(n)
         errors: list[str | None] = [None] * n
         to_gpu = self._gpu_candidates(images)
-        cpu_jobs = {i: self._pool.submit(self._prepare_cpu, images[i], i, geom) for i in range(n) if i not in to_gpu}
+        cpu_jobs = {}
+        for i in range(n):
+            if isinstance(images[i], Prepared):
+                cpu_jobs[i] = _resolved(self._record(images[i], i, geom))  # letterboxed upstream
+            elif i not in to_gpu:
+                cpu_jobs[i] = self._pool.submit(self._prepare_cpu, images[i], i, geom)
         probes = {i: self._pool.submit(probe, images[i], self.config.max_pixels) for i in to_gpu}
         gpu_rows, gpu_slots = self._decode_gpu(images, probes, geom, errors, cpu_jobs)
         cpu_slots, cpu_arrays = [], []
@@ -168,7 +168,7 @@ class Detector:
         mode = self.config.decode
         if mode == "cpu":
             return set()
-        encoded = [i for i, im in enumerate(images) if not isinstance(im, np.ndarray)]
+        encoded = [i for i, im in enumerate(images) if not isinstance(im, (np.ndarray, Prepared))]
         if mode == "hybrid":
             encoded = encoded[round(len(encoded) * self.config.hybrid_cpu_share) :]
         return set(encoded)
@@ -226,18 +226,15 @@ class Detector:
 
     def _prepare_cpu(self, item, i: int, geom: Geometry) -> np.ndarray:
         """Decode (reduced where allowed) and letterbox one image on the CPU; runs in a worker thread."""
-        if isinstance(item, np.ndarray):
-            im = check_array(item, self.config.max_pixels)
-            orig_hw = im.shape[:2]
-        else:
-            info = probe(item, self.config.max_pixels)
-            orig_hw = (info.height, info.width)
-            factor = reduction_factor(orig_hw, self.imgsz) if self.config.reduced_decode and info.is_jpeg else 1
-            im = decode_cpu(item, info, factor)
-            if factor == 1 and im.shape[:2] != orig_hw:  # EXIF says one thing, the pixels another: trust pixels
-                orig_hw = im.shape[:2]
-        geom.set(i, im.shape[:2], self.imgsz, orig_hw)
-        return letterbox_cpu(im, self.imgsz)
+        c = self.config
+        return self._record(prepare_cpu(item, self.imgsz, c.max_pixels, c.reduced_decode), i, geom)
+
+    def _record(self, prepared: Prepared, i: int, geom: Geometry) -> np.ndarray:
+        """Record where image i sits in the input; its letterboxed pixels."""
+        if prepared.pixels.shape != (*self.imgsz, 3):
+            raise ValueError(f"prepared image of shape {prepared.pixels.shape} does not fit imgsz {self.imgsz}")
+        geom.set(i, prepared.decoded_hw, self.imgsz, prepared.orig_hw)
+        return prepared.pixels
 
     def _sync_time(self) -> float:
         if self.profile and self.device.type == "cuda":
@@ -250,6 +247,12 @@ class Detector:
             f"Detector(model={c.model}, backend={c.backend}, precision={c.precision}, imgsz={c.imgsz}, "
             f"batch={c.batch_size}, device={self.device}, key={self.key})"
         )
+
+
+def _resolved(value) -> Future:
+    done: Future = Future()
+    done.set_result(value)
+    return done
 
 
 __all__ = ["Detector", "EngineError", "ImageError", "resolve_device"]

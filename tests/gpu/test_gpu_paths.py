@@ -117,3 +117,29 @@ def test_cuda_graph_pads_short_batches(frames):
     eager = Detector(cfg.model_copy(update={"cuda_graph": False})).warmup()
     imgs = frames[:5]  # 5 < batch 8: padded
     assert compare(eager.detect(imgs), det.detect(imgs), iou=0.99, score_tol=1e-3).rate >= 0.99
+
+
+def test_batch_job_with_upstream_cpu_decode_and_concurrent_calls(held_out, tmp_path):
+    """`decode: hybrid` in a batch job: Ray tasks letterbox half the frames on the CPU, the actor nvJPEG-decodes
+    the rest, two calls run at once in the actor. Every frame gets a row; mAP within 0.01 of the exact path."""
+    import ray
+
+    from yoloray.batch import ActorOptions, run_job
+
+    fast = {"precision": "fp16", "channels_last": True, "cuda_graph": True, "decode": "hybrid",
+            "reduced_decode": True, "hybrid_cpu_share": 0.5}
+    base = EngineConfig(imgsz=SHAPE, device="cuda", batch_size=8, conf=0.001)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        summary = run_job([str(held_out.images_val)], str(tmp_path / "hybrid"), EngineConfig.parse({**base.model_dump(), **fast}),
+                          ActorOptions(calls_per_actor=2, gpus_per_actor=1))
+    finally:
+        if started:
+            ray.shutdown()
+    frames = sorted(Path(held_out.images_val).glob("*.jpg"))
+    assert summary.images == len(frames) and not summary.errors
+    m_fast = evaluate(tmp_path / "hybrid", held_out.labels_val)["map50_95"]
+    m_exact = _map(Detector(base), held_out, tmp_path)
+    assert abs(m_exact - m_fast) <= 0.01, (m_exact, m_fast)

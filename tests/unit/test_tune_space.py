@@ -23,33 +23,60 @@ def test_default_space_on_cpu_holds_only_what_the_cpu_runs():
     assert {p["precision"] for p in points} == {"fp32", "bf16"}
     assert {p["cuda_graph"] for p in points} == {False}
     assert {p["decode"] for p in points} == {"cpu"}
+    assert {p["reduced_decode"] for p in points} == {True}  # the CPU decodes: DCT-reduced
     assert {p["compile_mode"] for p in points} == {None}
-    assert {p["imgsz"] for p in points} == {"640", "384x640"}  # square and the 1080p-aligned rectangle
+    assert {p["imgsz"] for p in points} == {"384x640"}  # the 1080p-aligned rectangle, not square 640
     assert max(p["batch_size"] for p in points) <= 16
+    assert len(points) == 2 * 5 * 2  # precision x batch x channels_last
     assert len({tuple(sorted(p.items(), key=str)) for p in points}) == len(points)  # no duplicates
     for p in points:
         _parse(p, "cpu")  # every point is a valid EngineConfig on the CPU
     assert space.warnings() == []
 
 
-def test_default_space_on_cuda_and_its_conditional_knobs():
-    points = Space.build(None, cuda=True).points()
-    assert {p["backend"] for p in points} == set(CAPABILITIES)
-    assert {"fp16", "fp32", "bf16"} <= {p["precision"] for p in points}
-    assert {p["batch_size"] for p in points} == {1, 8, 16, 32, 64, 128, 256, 512}
-    assert "gpu" in {p["decode"] for p in points}
+def _expected_cuda_points() -> int:
+    """precision (fp16, bf16) x batch (32-256) x cuda_graph where honoured x decode (gpu, hybrid), torch only."""
+    return 2 * 4 * (2 if CAPABILITIES["torch"].cuda_graph else 1) * 2
+
+
+def test_default_space_on_cuda_is_small_enough_for_a_grid_and_conditional():
+    space = Space.build(None, cuda=True)
+    points = space.points()
+    assert len(points) == _expected_cuda_points() == 32
+    assert len({tuple(sorted(p.items(), key=str)) for p in points}) == len(points)
+    assert {p["backend"] for p in points} == {"torch"}  # torch-compile: listed in a space file
+    assert {p["precision"] for p in points} == {"fp16", "bf16"}  # fp32: the reference, not a contender
+    assert {p["batch_size"] for p in points} == {32, 64, 128, 256}
+    assert {p["imgsz"] for p in points} == {"384x640"}
+    assert {p["channels_last"] for p in points} == {True}
+    assert {p["decode"] for p in points} == {"gpu", "hybrid"}
     for p in points:
         cap = CAPABILITIES[p["backend"]]
-        if not cap.compile:
-            assert p["compile_mode"] is None
+        assert p["compile_mode"] == ("default" if cap.compile else None)
         if not cap.cuda_graph:
             assert p["cuda_graph"] is False
-        if p["decode"] == "gpu":
-            assert p["reduced_decode"] is False  # nvJPEG decodes at full size
+        assert p["reduced_decode"] is (p["decode"] == "hybrid")  # nvJPEG decodes at full size
         assert p["workspace_gib"] is None  # no backend honours it today
         _parse(p, "cuda")
-    compiled = {p["compile_mode"] for p in points if p["backend"] == "torch-compile"}
-    assert compiled == {"default", "reduce-overhead", "max-autotune"}
+    graphs = {p["cuda_graph"] for p in points if p["backend"] == "torch"}
+    assert graphs == {False, True}
+    # square frames: the rectangle is square 640, still one input shape
+    assert {p["imgsz"] for p in Space.build(None, cuda=True, frame_size=(640, 640)).points()} == {"640"}
+    assert {p["imgsz"] for p in Space.build(None, cuda=True, frame_size=(1080, 1920)).points()} == {"640x384"}
+
+
+def test_values_left_out_of_the_default_space_can_still_be_listed():
+    space = Space.build({"backend": ["torch", "torch-compile"], "precision": ["fp32", "fp16"],
+                         "compile_mode": ["default", "max-autotune"],
+                         "batch_size": [512], "imgsz": [640, "384x640"], "decode": ["cpu"]}, cuda=True)
+    points = space.points()
+    assert {p["precision"] for p in points} == {"fp32", "fp16"}
+    assert {p["compile_mode"] for p in points if p["backend"] == "torch-compile"} == {"default", "max-autotune"}
+    assert {p["batch_size"] for p in points} == {512}
+    assert {p["imgsz"] for p in points} == {"640", "384x640"}
+    assert {(p["decode"], p["reduced_decode"]) for p in points} == {("cpu", True)}
+    for p in points:
+        _parse(p, "cuda")
 
 
 def test_rect_imgsz_is_stride_aligned():
@@ -131,19 +158,42 @@ class _FakeTrial:
         return choices[self.pick]
 
 
-def test_optuna_space_suggests_conditional_knobs_only_where_they_apply():
-    space = Space.build(None, cuda=True)
+@pytest.mark.parametrize("mapping", [{"backend": ["torch", "torch-compile"]},
+                                     {"backend": ["torch", "torch-compile"], "compile_mode": ["default", "max-autotune"]}])
+def test_optuna_space_suggests_conditional_knobs_only_where_they_apply(mapping):
+    space = Space.build(mapping, cuda=True)
     define = OptunaSpace(space)
     for pick in (0, -1):  # backend torch, then torch-compile
         trial = _FakeTrial(pick)
         point = define(trial)["engine"]
         assert point in space.points()
+        assert "channels_last" not in trial.asked  # fixed on CUDA by default
         if point["backend"] == "torch":
             assert "compile_mode" not in trial.asked and "cuda_graph" in trial.asked
         else:
-            assert "compile_mode" in trial.asked and "cuda_graph" not in trial.asked
-        if point["decode"] == "gpu":
-            assert "reduced_decode" not in trial.asked
+            assert ("compile_mode" in trial.asked) is ("compile_mode" in mapping)  # one mode by default: not asked
+            assert "cuda_graph" not in trial.asked
+        assert "reduced_decode" not in trial.asked  # fixed true where the CPU decodes, false for nvJPEG
+
+
+def test_default_budget_searches_the_default_cuda_space_with_optuna(tmp_path):
+    from yoloray.tune import sweep
+    from yoloray.tune.sweep import DEFAULT_TRIALS, search_plan
+
+    def settings(*flags):
+        args = sweep.build_parser().parse_args(["--model", "yolov8n.yaml", "--out", str(tmp_path / "run"), *flags])
+        return sweep.settings_from_args(args)[0]
+
+    default = settings()
+    assert (default.budget_trials, default.budget_minutes) == (DEFAULT_TRIALS, sweep.DEFAULT_MINUTES)
+    assert settings("--budget-trials", "5").budget_minutes is None  # a trial count alone has no time cap
+    assert settings("--budget-minutes", "3").budget_trials is None
+    cuda = len(Space.build(None, cuda=True).points())
+    assert cuda > DEFAULT_TRIALS
+    assert search_plan(cuda, default) == (False, DEFAULT_TRIALS)  # Optuna + ASHA, not the full grid
+    assert search_plan(cuda, settings("--budget-trials", str(cuda))) == (True, cuda)  # the exhaustive grid
+    assert search_plan(cuda, settings("--budget-minutes", "30")) == (False, cuda)  # as many as fit
+    assert search_plan(8, default) == (True, 8)  # a space smaller than the budget is a grid
 
 
 def test_trial_helpers():

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from yoloray.batch.predecode import predecode
 from yoloray.batch.predictor import Predictor
 from yoloray.config import EngineConfig
 from yoloray.data.sink import OUTPUT_SCHEMA, write_parquet_atomic
@@ -42,7 +43,7 @@ class JobError(ValueError):
 
 @dataclass
 class ActorOptions:
-    actors: int | None = None  # max actors in the pool (default: one per GPU, or 1 on CPU)
+    actors: int | None = None  # actors in the pool (default: as many as the GPUs hold, or 1 on CPU)
     gpus_per_actor: float | None = None  # default 1 when the cluster has GPUs, else 0; fractions share a GPU
     cpus_per_actor: float = 1.0
     calls_per_actor: int = 1  # concurrent batches inside one actor (overlaps decode with inference)
@@ -87,6 +88,11 @@ def _resources(options: ActorOptions) -> tuple[float, int]:
         raise JobError(f"--gpus-per-actor {gpus} asked for, but the Ray cluster has no GPUs")
     if options.actors is not None:
         actors = options.actors
+        if actors < 1:
+            raise JobError(f"--actors must be >= 1, got {actors}")
+        if gpus and actors * gpus > cluster_gpus + 1e-9:
+            raise JobError(f"{actors} actors x {gpus} GPU need {actors * gpus:g} GPUs; the Ray cluster has "
+                           f"{cluster_gpus:g}: lower --actors or --gpus-per-actor")
     elif gpus:
         actors = max(1, int(cluster_gpus / gpus))
     else:
@@ -107,14 +113,22 @@ def detect(ds, config: EngineConfig, options: ActorOptions | None = None):
         _check_columns(columns)
     gpus, actors = _resources(options)
     ds = ds.map_batches(_normalize, batch_format="pyarrow", batch_size=None)
+    predecoded = config.decode == "hybrid"
+    if predecoded:  # the CPU share is decoded in Ray tasks (fused with the reads), not by threads in the actor
+        ds = ds.map_batches(predecode, batch_format="pyarrow", batch_size=None, fn_kwargs={
+            "imgsz": config.imgsz, "max_pixels": config.max_pixels, "reduced_decode": config.reduced_decode,
+            "share": config.hybrid_cpu_share})
     return ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"config": config.model_dump(mode="json"), "decode_threads": options.decode_threads},
+        fn_constructor_kwargs={"config": config.model_dump(mode="json"), "decode_threads": options.decode_threads,
+                               "predecoded": predecoded},
         batch_size=config.batch_size,
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(
-            min_size=1, max_size=actors, max_concurrent_calls_per_actor=max(1, options.calls_per_actor)
-        ),
+        # A fixed pool: every actor starts (and warms) at once, instead of the pool growing from one mid-job.
+        # Ray Data runs one call of a class at a time per actor unless true multi-threading is on; the Detector
+        # is thread-safe (a CUDA stream per thread), so concurrent calls really overlap.
+        compute=ActorPoolStrategy(size=actors, max_concurrent_calls_per_actor=max(1, options.calls_per_actor),
+                                  enable_true_multi_threading=options.calls_per_actor > 1),
         num_gpus=gpus,
         num_cpus=options.cpus_per_actor,
     )

@@ -27,11 +27,16 @@ def encoded_views(column: pa.ChunkedArray | pa.Array) -> list:
 class Predictor:
     """Input rows (data/sources.py contract) -> output rows (data/sink.py OUTPUT_SCHEMA)."""
 
-    def __init__(self, config: dict, decode_threads: int | None = None):
+    def __init__(self, config: dict, decode_threads: int | None = None, predecoded: bool = False):
+        """`predecoded`: a `decode: hybrid` job whose CPU share was decoded upstream (batch/predecode.py); the
+        actor's Detector nvJPEG-decodes the rest. Rows keep the engine key of the configuration as given."""
         from yoloray.detector import Detector
 
-        self.detector = Detector(EngineConfig.model_validate(config), decode_threads=decode_threads).warmup()
-        self.engine = self.detector.key
+        engine = EngineConfig.model_validate(config)
+        self.engine = engine.key()
+        if predecoded:
+            engine = engine.model_copy(update={"decode": "gpu"})
+        self.detector = Detector(engine, decode_threads=decode_threads).warmup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from yoloray.observe.metrics import record_batch
@@ -49,7 +54,9 @@ class Predictor:
         timings: dict[str, float] = {}
         errors = int(unreadable.sum())
         if batch.num_rows:
-            images = encoded_views(batch.column("image"))
+            from yoloray.batch.predecode import prepared_inputs
+
+            images = prepared_inputs(batch, self.detector.imgsz)
             dets = self.detector.detect(images)
             timings = dets.timings
             errors += sum(e is not None for e in dets.errors)

@@ -6,9 +6,11 @@
 One trial per point, one GPU per trial (CPU-only when the cluster has no GPU or --gpus 0). A space that fits
 the trial budget is searched as a grid; a larger one with Optuna (TPE, define-by-run so conditional knobs
 stay conditional) and ASHA, which stops trials whose images/s is clearly behind after a few windows.
-`--budget-minutes` bounds the sweep's wall time. Tune keeps its state in RUN/tune; `--resume` (or
-`--resume RUN`) restores it with `Tuner.restore`: finished trials are kept, interrupted ones run again,
-the settings come from RUN/sweep.yaml. The report (see `yoloray.tune.report`) is written at the end.
+`--budget-minutes` bounds the sweep's wall time. With neither budget flag a sweep runs at most 16 trials and
+stops after 10 minutes (the default CUDA space has 32 points: Optuna + ASHA). Tune keeps its state in
+RUN/tune; `--resume` (or `--resume RUN`) restores it with `Tuner.restore`: finished trials are kept,
+interrupted ones run again, the settings come from RUN/sweep.yaml. The report (see `yoloray.tune.report`)
+is written at the end.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from ray import tune
 
 from yoloray.config import ConfigError, TuneConfig, default_model
 
-DEFAULT_TRIALS = 32
+DEFAULT_TRIALS = 16  # half the default CUDA space (32 points); a YOLOv8s trial takes ~10 s on an H200
+# with DEFAULT_TRIALS when neither budget flag is given: a sweep on one GPU ends well within 15 minutes
+DEFAULT_MINUTES = 10.0
 METRIC = "images_per_s"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -42,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", help="space YAML: knob: [values] or knob: value (default: the capability table)")
     p.add_argument("--gpus", type=int, help="GPUs to use, one trial each (default: all in the cluster; 0 = CPU)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget-trials", type=int, help=f"number of trials (default {DEFAULT_TRIALS})")
-    budget.add_argument("--budget-minutes", type=float, help="wall-time budget of the sweep")
+    budget.add_argument("--budget-trials", type=int, help=f"number of trials, no time limit (default: "
+                        f"{DEFAULT_TRIALS} trials and at most {DEFAULT_MINUTES:g} minutes)")
+    budget.add_argument("--budget-minutes", type=float, help="wall-time budget of the sweep; as many trials as fit "
+                        f"(default: {DEFAULT_MINUTES:g} minutes and at most {DEFAULT_TRIALS} trials)")
     p.add_argument("--max-p99-ms", type=float, help="winner's p99 batch latency limit")
     p.add_argument("--max-gpu-mem-gib", type=float, help="winner's peak GPU memory limit")
     p.add_argument("--min-fidelity", type=float, default=0.9,
@@ -105,7 +111,7 @@ def settings_from_args(args) -> tuple[TuneConfig, bool]:
     fields = {
         "name": out.name, "out": str(out), "model": _model(args.model),
         "space": load_space_file(args.space) if args.space else {},
-        "budget_trials": args.budget_trials, "budget_minutes": args.budget_minutes,
+        **default_budget(args.budget_trials, args.budget_minutes),
         "max_p99_ms": args.max_p99_ms, "max_gpu_mem_gib": args.max_gpu_mem_gib, "min_fidelity": args.min_fidelity,
         "window_s": args.window_seconds, "max_windows": args.max_windows, "max_trial_s": args.max_trial_seconds,
         "images": str(Path(args.images).resolve()) if args.images else None,
@@ -154,6 +160,21 @@ def load_inputs(settings: TuneConfig) -> list[bytes]:
     return [data for _, data in named]
 
 
+def default_budget(trials: int | None, minutes: float | None) -> dict:
+    """Both budgets when neither is given (a trial count and a wall-time cap); else what was given."""
+    if trials is None and minutes is None:
+        return {"budget_trials": DEFAULT_TRIALS, "budget_minutes": DEFAULT_MINUTES}
+    return {"budget_trials": trials, "budget_minutes": minutes}
+
+
+def search_plan(n_points: int, settings: TuneConfig) -> tuple[bool, int]:
+    """(grid, trials): a grid over every point when they fit the trial budget, else that many Optuna trials
+    (every point, until the time budget ends, when only --budget-minutes is given)."""
+    if n_points <= (settings.budget_trials or DEFAULT_TRIALS):
+        return True, n_points
+    return False, settings.budget_trials or (n_points if settings.budget_minutes else DEFAULT_TRIALS)
+
+
 def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -177,8 +198,7 @@ def build_tuner(settings: TuneConfig, images: list[bytes], resume: bool):
     for line in space.warnings():
         print(f"yoloray tune: warning: {line}", file=sys.stderr)
     points = space.points()
-    budget = settings.budget_trials or DEFAULT_TRIALS
-    grid = len(points) <= budget
+    grid, samples = search_plan(len(points), settings)
     tune_config = dict(metric=METRIC, mode="max", max_concurrent_trials=settings.gpus or None,
                        time_budget_s=settings.budget_minutes * 60 if settings.budget_minutes else None,
                        reuse_actors=True, trial_dirname_creator=trial_dirname)
@@ -188,7 +208,6 @@ def build_tuner(settings: TuneConfig, images: list[bytes], resume: bool):
         how = f"grid over all {len(points)} points"
     else:
         param_space = {}
-        samples = settings.budget_trials or (len(points) if settings.budget_minutes else DEFAULT_TRIALS)
         from yoloray.tune.optuna_search import DistinctOptunaSearch  # optuna only when it searches
 
         searcher = DistinctOptunaSearch(space=OptunaSpace(space), metric=METRIC, mode="max", seed=settings.seed)
