@@ -213,10 +213,10 @@ class ServeConfig(_Model):
 
     engine: EngineConfig = Field(default_factory=EngineConfig)
     max_batch_size: int = Field(
-        None, ge=1, le=1024, description="images per @serve.batch call (default: engine.batch_size)"
+        None, ge=1, le=1024, description="images per engine call of a replica (default: engine.batch_size)"
     )  # type: ignore[assignment]  # filled from engine.batch_size when left out
     batch_wait_timeout_s: float = Field(
-        0.01, ge=0.0, le=10.0, description="longest wait for a batch to fill once its first image arrived"
+        0.01, ge=0.0, le=10.0, description="while the engine is idle, longest wait for a batch to fill once its first image arrived"
     )
     max_image_bytes: int = Field(20 * 2**20, ge=1, le=2**30, description="larger images are refused (413)")
     max_request_bytes: int = Field(

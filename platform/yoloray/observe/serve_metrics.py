@@ -42,7 +42,7 @@ def serve_metrics() -> dict:
             tag_keys=("route",),
         ),
         "batch_size": Histogram(
-            "yoloray_serve_batch_size", "Images per engine call (@serve.batch)", boundaries=BATCH_BOUNDARIES
+            "yoloray_serve_batch_size", "Images per engine call of a replica", boundaries=BATCH_BOUNDARIES
         ),
         "images": Counter("yoloray_serve_images_total", "Images run through the engine"),
         "queue": Gauge("yoloray_serve_queue_depth", "Images admitted to the replica and waiting for a batch"),
