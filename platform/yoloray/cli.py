@@ -94,7 +94,8 @@ def init_ray(address: str | None):
 
 def cmd_infer(args) -> int:
     from yoloray.batch import ActorOptions, run_job
-    from yoloray.data.sources import SourceOptions, list_units
+    from yoloray.data.inputs import SourceOptions
+    from yoloray.data.units import list_units
 
     config = engine_config(args)
     source_options = SourceOptions(video_stride=args.video_stride, video_fps=args.video_fps)
@@ -240,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Error types of the subcommands that mean 'fix your input', imported only if already loaded."""
     found = []
-    for module, name in (("yoloray.data.sources", "SourceError"), ("yoloray.batch.pipeline", "JobError")):
+    for module, name in (("yoloray.data.inputs", "SourceError"), ("yoloray.batch.pipeline", "JobError")):
         mod = sys.modules.get(module)
         if mod is not None:
             found.append(getattr(mod, name))

@@ -28,8 +28,8 @@ from PIL import Image
 from yoloray.batch import JobError, detect, run_job
 from yoloray.batch.pipeline import JOB_FILE, SUMMARY_FILE, error_kind
 from yoloray.config import EngineConfig
+from yoloray.data.inputs import SourceOptions
 from yoloray.data.sink import OUTPUT_SCHEMA
-from yoloray.data.sources import SourceOptions
 from yoloray.data.synthetic import CLASS_NAMES, generate
 
 W, H = 320, 192  # generated frame size

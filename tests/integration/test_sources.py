@@ -14,15 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from yoloray.data import sources
-from yoloray.data.sources import (
-    INPUT_COLUMNS,
-    SourceError,
-    SourceOptions,
-    list_units,
-    read_sources,
-    read_unit,
-)
+from yoloray.data.inputs import INPUT_COLUMNS, SourceError, SourceOptions
+from yoloray.data.readers import read_unit
+from yoloray.data.sources import read_sources
+from yoloray.data.units import list_units
 
 W, H, N_FRAMES, FPS = 64, 48, 10, 10.0
 
@@ -215,7 +210,7 @@ def test_video(ray_local, data, monkeypatch):
     assert half == [0, 2, 4, 6, 8]
 
     # chunked units (seek) give the same frames as one sequential pass, stride applied to absolute indices
-    monkeypatch.setattr(sources, "VIDEO_FRAMES_PER_UNIT", 3)
+    monkeypatch.setattr("yoloray.data.units.VIDEO_FRAMES_PER_UNIT", 3)
     units = list_units([str(video)], SourceOptions(video_stride=2))
     assert len(units) == 4 and len({u["unit_id"] for u in units}) == 4
     chunked = sorted(_rows([video], SourceOptions(video_stride=2)), key=lambda r: r["frame"])

@@ -7,7 +7,7 @@ import pytest
 
 from yoloray.batch.predecode import PIXELS, SIZE_COLUMNS, chosen, predecode, prepared_inputs
 from yoloray.config import EngineConfig
-from yoloray.data.sources import INPUT_SCHEMA
+from yoloray.data.inputs import INPUT_SCHEMA
 from yoloray.detector import Detector
 from yoloray.vision.prepare import Prepared
 

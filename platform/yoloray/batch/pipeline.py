@@ -25,8 +25,10 @@ import pyarrow.parquet as pq
 from yoloray.batch.predecode import predecode
 from yoloray.batch.predictor import Predictor
 from yoloray.config import EngineConfig
+from yoloray.data.inputs import SourceOptions
 from yoloray.data.sink import OUTPUT_SCHEMA, write_parquet_atomic
-from yoloray.data.sources import SourceOptions, list_units, read_units
+from yoloray.data.sources import read_units
+from yoloray.data.units import list_units
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ def encoded_views(column: pa.ChunkedArray | pa.Array) -> list:
 
 
 class Predictor:
-    """Input rows (data/sources.py contract) -> output rows (data/sink.py OUTPUT_SCHEMA)."""
+    """Input rows (data/inputs.py contract) -> output rows (data/sink.py OUTPUT_SCHEMA)."""
 
     def __init__(self, config: dict, decode_threads: int | None = None, predecoded: bool = False):
         """`predecoded`: a `decode: hybrid` job whose CPU share was decoded upstream (batch/predecode.py); the

@@ -1,0 +1,99 @@
+"""The input contract shared by listing (data/units.py) and reading (data/readers.py): the row schema, the
+options, the user-error type, input kinds by file extension, and path resolution (DESIGN.md "Data contract").
+
+Row columns (`INPUT_COLUMNS`, Arrow types in `INPUT_SCHEMA`):
+
+    key     string        unique, stable across runs:
+                            folder / glob   path relative to the given root       images/val/frame_000001.jpg
+                            tar / zip       <archive>::<member>                  shard-000000.tar::frame_000001.jpg
+                            parquet         <file>::<key column value | row #>   images.parquet::17
+                            video           <file>#frame=<index>                 clip.mp4#frame=120
+                          where <archive>/<file> is the path relative to the given root (its basename when the
+                          archive itself was given).
+    image   large_binary  ENCODED image bytes, exactly as stored (null only when `error` is set). Video frames
+                          are decoded by the reader (data/readers.py) and re-encoded losslessly as PNG (compression
+                          level 1), so every row has the same shape - "bytes the detector decodes" - and the detector
+                          needs no second input path. (A tensor column mixed with nulls/ragged shapes is brittle in
+                          Ray Data/Arrow, and raw pixels would need a shape column; PNG costs some CPU in the reader
+                          tasks only.)
+                          GPU (nvJPEG) decode must fall back to CPU for these PNG frames.
+    source  string        the file the row came from: the archive/video/parquet path, or the image file path
+                          (the given folder/glob root + key), spelled as the user gave it (URIs stay URIs)
+    frame   int64         video frame index; null for still images
+    ts      float64       video timestamp in seconds = frame / native fps; null for images or unknown fps
+    error   string        null, or why this input could not be READ (unreadable member, video that stopped
+                          decoding mid-way, archive that is not a tar/zip, null value in a parquet image column)
+
+Paths are local paths or any URI `pyarrow.fs.FileSystem.from_uri` understands (file://, s3://, gs://, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+KIND_EXTS = {
+    "image": IMAGE_EXTS,
+    "tar": (".tar", ".tar.gz", ".tgz"),
+    "zip": (".zip",),
+    "parquet": (".parquet", ".pq"),
+    "video": (".mp4", ".mkv", ".avi", ".mov"),
+}
+
+INPUT_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string()),
+        pa.field("image", pa.large_binary()),
+        pa.field("source", pa.string()),
+        pa.field("frame", pa.int64()),
+        pa.field("ts", pa.float64()),
+        pa.field("error", pa.string()),
+    ]
+)
+INPUT_COLUMNS: tuple[str, ...] = tuple(INPUT_SCHEMA.names)
+
+
+class SourceError(ValueError):
+    """bad user input: missing path, empty archive, unsupported type — message says what and what to do"""
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    video_stride: int = 1
+    video_fps: float | None = None
+    image_column: str | None = None
+    files_per_task: int = 64
+
+
+def kind_of(name: str) -> str | None:
+    low = name.lower()
+    for kind, exts in KIND_EXTS.items():
+        if low.endswith(exts):
+            return kind
+    return None
+
+
+def resolve_path(path: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in path:
+        try:
+            return pafs.FileSystem.from_uri(path)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+            raise SourceError(f"cannot open {path!r}: {e}. Use a local path or a URI pyarrow supports") from e
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def join_path(root: str, rel: str) -> str:
+    if not root:
+        return rel
+    return root + rel if root.endswith("/") else f"{root}/{rel}"
+
+
+def locate(unit: dict) -> tuple[pafs.FileSystem, str]:
+    """Filesystem + path of an archive/parquet/video unit. The root is resolved, then the (decoded) relative path
+    joined, so names with spaces etc. work under URIs."""
+    fs, root = resolve_path(unit["root"])
+    return fs, join_path(root, unit["prefix"])

@@ -1,0 +1,286 @@
+"""One read unit (from `list_units`, data/units.py) -> INPUT_SCHEMA rows, in a deterministic order.
+
+Bad image BYTES are not detected here (readers only read bytes); the detector decodes and reports them.
+Rows are never dropped: anything that cannot be read becomes a row with `error` set.
+
+tar/zip/parquet are streamed through pyarrow's filesystem with nothing extracted to disk. OpenCV needs a local
+path, so a video on a remote filesystem is copied to a local temp file by the task reading it. Video frames kept:
+every frame, every `video_stride`-th, or resampled to `video_fps` - frame i is kept when
+floor(i * video_fps / native_fps) changes; every frame when the container reports no fps. A unit's rows come out
+in tables of at most ~32 MB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from yoloray.data.inputs import (
+    INPUT_COLUMNS,
+    INPUT_SCHEMA,
+    SourceOptions,
+    join_path,
+    kind_of,
+    locate,
+    resolve_path,
+)
+
+_FLUSH_ROWS, _FLUSH_BYTES = 512, 32 << 20
+READ_ERRORS = (
+    OSError,
+    EOFError,
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    zlib.error,
+    RuntimeError,
+    NotImplementedError,
+)
+
+
+class _RandomAccess(io.RawIOBase):
+    """pyarrow random-access file as a Python raw file: seeks before the start raise OSError (zipfile relies on
+    that), and wrapped in a BufferedReader so zipfile's many small header reads don't each hit the store."""
+
+    def __init__(self, f: pa.NativeFile):
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        return self._f.readinto(b)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        try:
+            return self._f.seek(offset, whence)
+        except pa.ArrowInvalid as e:
+            raise OSError(str(e)) from e
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+@contextlib.contextmanager
+def open_zip(fs: pafs.FileSystem, path: str) -> Iterator[zipfile.ZipFile]:
+    with io.BufferedReader(_RandomAccess(fs.open_input_file(path)), 1 << 16) as f, zipfile.ZipFile(f) as zf:
+        yield zf
+
+
+def _row(key: str, image: bytes | None, source: str, frame=None, ts=None, error=None) -> dict:
+    return {"key": key, "image": image, "source": source, "frame": frame, "ts": ts, "error": error}
+
+
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _read_files(unit: dict, options: SourceOptions) -> Iterator[dict]:
+    fs, root = resolve_path(unit["root"])
+    for key in unit["keys"]:
+        source = join_path(unit["source_root"], key)
+        try:
+            with fs.open_input_stream(join_path(root, key), compression=None) as f:
+                data = f.read()
+        except READ_ERRORS as e:
+            yield _row(key, None, source, error=f"cannot read file: {_err(e)}")
+            continue
+        yield _row(key, data, source)
+
+
+def read_tar(unit: dict, options: SourceOptions | None = None) -> Iterator[dict]:
+    prefix, source = unit["prefix"], unit["source"]
+    fs, path = locate(unit)
+    key = prefix
+    try:
+        with (
+            fs.open_input_stream(path, compression=None, buffer_size=1 << 20) as raw,
+            tarfile.open(fileobj=raw, mode="r|*") as tf,
+        ):
+            for m in tf:
+                if not m.isfile() or kind_of(m.name) != "image":
+                    continue
+                key = f"{prefix}::{m.name}"
+                f = tf.extractfile(m)
+                data = f.read() if f is not None else b""
+                yield _row(key, data, source)
+                key = prefix
+    except READ_ERRORS as e:
+        what = "tar archive" if key == prefix else "tar member"
+        yield _row(key, None, source, error=f"cannot read {what}: {_err(e)}")
+
+
+def zip_member_ok(info: zipfile.ZipInfo) -> bool:
+    return (
+        not info.is_dir() and not info.filename.startswith("__MACOSX/") and kind_of(info.filename) == "image"
+    )
+
+
+def _read_zip(unit: dict, options: SourceOptions) -> Iterator[dict]:
+    prefix, source = unit["prefix"], unit["source"]
+    fs, path = locate(unit)
+    try:
+        with open_zip(fs, path) as zf:
+            for info in zf.infolist():
+                if not zip_member_ok(info):
+                    continue
+                key = f"{prefix}::{info.filename}"
+                try:
+                    data = zf.read(info)
+                except READ_ERRORS as e:
+                    yield _row(key, None, source, error=f"cannot read zip member: {_err(e)}")
+                    continue
+                yield _row(key, data, source)
+    except READ_ERRORS as e:
+        yield _row(prefix, None, source, error=f"cannot read zip archive: {_err(e)}")
+
+
+def _keep_frame(i: int, fps: float | None, options: SourceOptions) -> bool:
+    if options.video_fps is not None and fps and options.video_fps < fps:
+        r = options.video_fps / fps
+        return i == 0 or math.floor(i * r + 1e-9) != math.floor((i - 1) * r + 1e-9)
+    return i % options.video_stride == 0
+
+
+def _read_video(unit: dict, options: SourceOptions) -> Iterator[dict]:
+    import cv2
+
+    prefix, source, start, stop = unit["prefix"], unit["source"], unit["start"], unit["stop"]
+    fs, path = locate(unit)
+    tmp = None
+    try:
+        if not isinstance(fs, pafs.LocalFileSystem):  # OpenCV needs a local path
+            fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1], prefix="yoloray-video-")
+            with os.fdopen(fd, "wb") as out, fs.open_input_stream(path, compression=None) as src:
+                shutil.copyfileobj(src, out, 8 << 20)
+        cap = cv2.VideoCapture(tmp or path)
+        if not cap.isOpened():
+            yield _row(prefix, None, source, error="cannot open video (unsupported codec or corrupt file)")
+            return
+        fps = float(cap.get(cv2.CAP_PROP_FPS)) or unit.get("fps") or None
+        i = 0
+        if start and cap.set(cv2.CAP_PROP_POS_FRAMES, start):
+            i = start
+        while stop is None or i < stop:
+            keep = i >= start and _keep_frame(i, fps, options)
+            ok = cap.grab()
+            frame = cap.retrieve()[1] if ok and keep else None
+            if not ok or (keep and frame is None):
+                if stop is None and not ok:
+                    if i == 0:
+                        yield _row(prefix, None, source, error="video has no decodable frames")
+                    break  # end of stream
+                end = stop if not ok else i + 1
+                for j in range(max(i, start), end):
+                    if _keep_frame(j, fps, options):
+                        yield _row(
+                            f"{prefix}#frame={j}",
+                            None,
+                            source,
+                            j,
+                            j / fps if fps else None,
+                            f"cannot decode video frame {j} (stream ended or is corrupt)",
+                        )
+                if not ok:
+                    break
+            elif keep:
+                ok, buf = cv2.imencode(".png", frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+                err = None if ok else f"cannot encode video frame {i} as PNG"
+                image = buf.tobytes() if ok else None
+                yield _row(f"{prefix}#frame={i}", image, source, i, i / fps if fps else None, err)
+            i += 1
+        cap.release()
+    except READ_ERRORS as e:
+        yield _row(prefix, None, source, error=f"cannot read video: {_err(e)}")
+    finally:
+        if tmp:
+            os.unlink(tmp)
+
+
+def _parquet_tables(unit: dict, options: SourceOptions) -> Iterator[pa.Table]:
+    prefix, source = unit["prefix"], unit["source"]
+    image_col, key_col = unit["image_column"], unit["key_column"]
+    n = unit["num_rows"]
+    index = pa.array(range(unit["row_offset"], unit["row_offset"] + n), pa.int64()).cast(pa.string())
+    fs, path = locate(unit)
+    try:
+        with fs.open_input_file(path) as f:
+            columns = [image_col] + ([key_col] if key_col else [])
+            t = pq.ParquetFile(f).read_row_group(unit["row_group"], columns=columns)
+        img = t.column(image_col).combine_chunks()
+        if pa.types.is_struct(img.type):
+            img = pc.struct_field(img, "bytes")
+        img = img.cast(pa.large_binary())
+        ids = pc.coalesce(t.column(key_col).combine_chunks().cast(pa.string()), index) if key_col else index
+        null = pa.scalar(None, pa.string())
+        error = pc.if_else(pc.is_null(img), pa.scalar(f"null value in image column {image_col!r}"), null)
+    except (OSError, pa.ArrowException) as e:  # unreadable row group: one error row per row, keyed by index
+        img, ids = pa.nulls(n, pa.large_binary()), index
+        error = pa.array([f"cannot read parquet row group {unit['row_group']}: {_err(e)}"] * n, pa.string())
+    keys = pc.binary_join_element_wise(pa.scalar(prefix), ids, "::")
+    cols = [
+        keys,
+        img,
+        pa.array([source] * n, pa.string()),
+        pa.nulls(n, pa.int64()),
+        pa.nulls(n, pa.float64()),
+        error,
+    ]
+    table = pa.Table.from_arrays(cols, schema=INPUT_SCHEMA)
+    for i in range(0, n, _FLUSH_ROWS):
+        yield table.slice(i, _FLUSH_ROWS)
+
+
+_ROW_READERS = {"files": _read_files, "tar": read_tar, "zip": _read_zip, "video": _read_video}
+
+
+def read_tables(unit: dict, options: SourceOptions) -> Iterator[pa.Table]:
+    """Rows of one unit as INPUT_SCHEMA tables of at most ~32 MB."""
+    if unit["kind"] == "parquet":
+        yield from _parquet_tables(unit, options)
+        return
+    cols: dict[str, list[Any]] = {c: [] for c in INPUT_COLUMNS}
+    size = total = 0
+    for row in _ROW_READERS[unit["kind"]](unit, options):
+        for c in INPUT_COLUMNS:
+            cols[c].append(row[c])
+        size += len(row["image"] or b"")
+        total += 1
+        if len(cols["key"]) >= _FLUSH_ROWS or size >= _FLUSH_BYTES:
+            yield pa.Table.from_pydict(cols, schema=INPUT_SCHEMA)
+            cols, size = {c: [] for c in INPUT_COLUMNS}, 0
+    if total == 0 and unit["kind"] in ("tar", "zip"):
+        cols = {
+            c: [v]
+            for c, v in _row(
+                unit["prefix"], None, unit["source"], error="archive has no image members"
+            ).items()
+        }
+    if cols["key"]:
+        yield pa.Table.from_pydict(cols, schema=INPUT_SCHEMA)
+
+
+def read_unit(unit: dict, options: SourceOptions) -> Iterator[dict]:
+    """Yield the rows (dicts with INPUT_COLUMNS) of one unit, in a deterministic order."""
+    for table in read_tables(unit, options):
+        yield from table.to_pylist()
