@@ -50,6 +50,8 @@ class Detector:
         self.device = resolve_device(self.config.device)
         if self.device.type == "cpu" and (reasons := self.config.cuda_only()):
             raise ConfigError(f"{reasons[0]} (this Detector runs on the CPU)")
+        if self.device.type == "cuda":  # create the CUDA context while the model loads on the CPU
+            threading.Thread(target=torch.cuda.init, name="cuda-init", daemon=True).start()
         self.engine = build_engine(self.config, self.device)
         self.names = self.engine.names
         self.imgsz = self.config.imgsz
