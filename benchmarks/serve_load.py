@@ -338,7 +338,7 @@ def free_port() -> int:
 def make_frames(n: int, quality: int) -> list[bytes]:
     import cv2
 
-    from yoloray.data.synthetic import render_frame
+    from yoloray.data.scene import render_frame
 
     return [
         cv2.imencode(".jpg", render_frame(7, i)[0], [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()

@@ -29,8 +29,9 @@ from yoloray.batch import JobError, detect, run_job
 from yoloray.batch.pipeline import JOB_FILE, SUMMARY_FILE, error_kind
 from yoloray.config import EngineConfig
 from yoloray.data.inputs import SourceOptions
+from yoloray.data.scene import CLASS_NAMES
 from yoloray.data.sink import OUTPUT_SCHEMA
-from yoloray.data.synthetic import CLASS_NAMES, generate
+from yoloray.data.synthetic import generate
 
 W, H = 320, 192  # generated frame size
 FRAMES, SHARD, VIDEO_FRAMES = 12, 6, 10

@@ -138,7 +138,7 @@ def images(photos):
     out = {k: photos[k].read_bytes() for k in ("bus", "zidane", "gray_png", "webp", "fullhd")}
     import cv2
 
-    from yoloray.data.synthetic import render_frame
+    from yoloray.data.scene import render_frame
 
     out["frame"] = cv2.imencode(".jpg", render_frame(0, 4)[0])[1].tobytes()  # the demo detector's own domain
     return out

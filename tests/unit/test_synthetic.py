@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from yoloray.data import scene as R
 from yoloray.data import synthetic as S
 
 W, H = 640, 360
@@ -26,58 +27,58 @@ def _boxes_px(labels: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def _plain_scene(seed: int, index: int):
     """A still's scene without shadows and blur, so every changed pixel belongs to an object."""
-    scene = S._make_scene(np.random.default_rng([seed, 0, index]), W, H)
+    scene = R._make_scene(np.random.default_rng([seed, 0, index]), W, H)
     scene.shadow, scene.blur = 0.0, ("none", 0)
     return scene
 
 
 def _render(scene, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    return S._draw(scene, W, H, 0, np.random.default_rng(seed))
+    return R._draw(scene, W, H, 0, np.random.default_rng(seed))
 
 
 def _changed(scene) -> np.ndarray:
     img, _ = _render(scene)
-    empty = S._Scene(**{**scene.__dict__, "parts": [], "cracks": []})
+    empty = R._Scene(**{**scene.__dict__, "parts": [], "cracks": []})
     bg, labels = _render(empty)
     assert len(labels) == 0
     return np.abs(img.astype(int) - bg.astype(int)).max(-1) > 12
 
 
 def test_render_frame_is_deterministic():
-    img, labels = S.render_frame(3, 5, 320, 180)
-    img2, labels2 = S.render_frame(3, 5, 320, 180)
+    img, labels = R.render_frame(3, 5, 320, 180)
+    img2, labels2 = R.render_frame(3, 5, 320, 180)
     assert img.shape == (180, 320, 3) and img.dtype == np.uint8
     assert labels.dtype == np.float32 and labels.shape[1] == 5
     assert np.array_equal(img, img2) and np.array_equal(labels, labels2)
-    assert not np.array_equal(img, S.render_frame(4, 5, 320, 180)[0])
-    assert not np.array_equal(img, S.render_frame(3, 6, 320, 180)[0])
+    assert not np.array_equal(img, R.render_frame(4, 5, 320, 180)[0])
+    assert not np.array_equal(img, R.render_frame(3, 6, 320, 180)[0])
 
 
 def test_labels_are_valid_and_cover_every_class():
     seen = set()
     for i in range(30):
-        img, labels = S.render_frame(1, i, W, H)
+        img, labels = R.render_frame(1, i, W, H)
         cls = labels[:, 0]
-        assert np.array_equal(cls, np.round(cls)) and ((cls >= 0) & (cls < len(S.CLASS_NAMES))).all()
+        assert np.array_equal(cls, np.round(cls)) and ((cls >= 0) & (cls < len(R.CLASS_NAMES))).all()
         assert ((labels[:, 1:] >= 0) & (labels[:, 1:] <= 1)).all()
-        assert (labels[:, 3] * W >= S.MIN_BOX_PX - 1e-3).all() and (labels[:, 4] * H >= S.MIN_BOX_PX - 1e-3).all()
+        assert (labels[:, 3] * W >= R.MIN_BOX_PX - 1e-3).all() and (labels[:, 4] * H >= R.MIN_BOX_PX - 1e-3).all()
         x1, y1, x2, y2 = _boxes_px(labels, W, H).T
         assert (x1 >= 0).all() and (y1 >= 0).all() and (x2 <= W).all() and (y2 <= H).all()
         seen.update(int(c) for c in cls)
-    assert seen == set(range(len(S.CLASS_NAMES)))
-    assert S.CLASS_NAMES == ("bolt", "nut", "washer", "gear", "bracket", "crack")
+    assert seen == set(range(len(R.CLASS_NAMES)))
+    assert R.CLASS_NAMES == ("bolt", "nut", "washer", "gear", "bracket", "crack")
 
 
 @pytest.mark.parametrize("cls", range(6))
 def test_single_object_box_matches_drawn_pixels(cls):
     scene = _plain_scene(7, cls)
     if cls == 5:  # a crack on the bare belt
-        crack = scene.cracks[0] if scene.cracks else S._make_scene(np.random.default_rng(99), W, H).cracks[0]
+        crack = scene.cracks[0] if scene.cracks else R._make_scene(np.random.default_rng(99), W, H).cracks[0]
         crack.host, crack.x, crack.y = -1, W / 2, H / 2
         scene.parts, scene.cracks = [], [crack]
     else:
         part = scene.parts[0]
-        part.cls, part.x, part.y, part.size = cls, W / 2, H / 2, float(np.mean(S._SIZES[cls])) * H / 1080
+        part.cls, part.x, part.y, part.size = cls, W / 2, H / 2, float(np.mean(R._SIZES[cls])) * H / 1080
         scene.parts, scene.cracks = [part], []
     _, labels = _render(scene)
     assert len(labels) == 1 and int(labels[0, 0]) == cls
@@ -104,9 +105,9 @@ def test_boxes_are_tight_in_busy_frames():
 
 
 def test_video_frames_form_a_continuous_scene():
-    a, la = S.render_video_frame(2, 10, W, H, 20)
-    b, lb = S.render_video_frame(2, 11, W, H, 20)
-    speed = S._video_scene(2, W, H, 20).speed
+    a, la = R.render_video_frame(2, 10, W, H, 20)
+    b, lb = R.render_video_frame(2, 11, W, H, 20)
+    speed = R._video_scene(2, W, H, 20).speed
     assert speed > 0 and len(la) and len(lb)
     moved = np.abs(b[:, speed:].astype(int) - a[:, : W - speed].astype(int)).mean()
     still = np.abs(b.astype(int) - a.astype(int)).mean()
@@ -131,7 +132,7 @@ def test_generate_writes_every_format_consistently(tmp_path):
 
     spec = yaml.safe_load(out.dataset_yaml.read_text())
     assert spec["path"] == str(out.root) and spec["train"] == "images/train" and spec["val"] == "images/val"
-    assert spec["names"] == dict(enumerate(S.CLASS_NAMES))
+    assert spec["names"] == dict(enumerate(R.CLASS_NAMES))
 
     assert [p.name for p in out.tar_shards] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     members = []
@@ -178,17 +179,17 @@ def test_worker_count_does_not_change_output(tmp_path):
     tree_one.pop("clip.mp4"), tree_two.pop("clip.mp4")  # the container may embed a timestamp
     assert tree_one == tree_two and len(tree_one) > 12
     assert one.zip_path is None and one.parquet_path is None
-    assert S.render_frame(9, 2, 320, 180)[1].tobytes() == S.render_frame(9, 2, 320, 180)[1].tobytes()
+    assert R.render_frame(9, 2, 320, 180)[1].tobytes() == R.render_frame(9, 2, 320, 180)[1].tobytes()
 
 
 def test_generated_labels_match_render_frame(tmp_path):
     out = S.generate(tmp_path, frames=3, seed=4, width=320, height=180, formats=("folder",), workers=1)
     for i in range(3):
         text = (out.labels_train / f"frame_{i:06d}.txt").read_text()
-        assert text == S.labels_text(S.render_frame(4, i, 320, 180)[1])
+        assert text == S.labels_text(R.render_frame(4, i, 320, 180)[1])
         jpg = (out.images_train / f"frame_{i:06d}.jpg").read_bytes()
         decoded = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)
-        assert np.abs(decoded.astype(int) - S.render_frame(4, i, 320, 180)[0].astype(int)).mean() < 6
+        assert np.abs(decoded.astype(int) - R.render_frame(4, i, 320, 180)[0].astype(int)).mean() < 6
     assert np.loadtxt(io.StringIO(text), ndmin=2).shape[1] == 5
 
 

@@ -147,7 +147,7 @@ def load_inputs(settings: TuneConfig) -> list[bytes]:
             raise UserError(f"--images {settings.images}: no image files ({', '.join(IMAGE_SUFFIXES)})")
         named = [(f"{i:04d}{p.suffix.lower()}", p.read_bytes()) for i, p in enumerate(files[: settings.n_images])]
     else:
-        from yoloray.data.synthetic import render_frame
+        from yoloray.data.scene import render_frame
 
         w, h = settings.frame_size
         named = []
