@@ -68,14 +68,6 @@ def make_data(root: Path, unique: int, images: int) -> tuple[Path, list[Path], P
     return shards, files, Path(data.images_train)
 
 
-def make_weights(path: Path, yaml: str) -> Path:
-    from ultralytics.nn.tasks import DetectionModel
-
-    torch.manual_seed(0)
-    torch.save({"model": DetectionModel(yaml, verbose=False).eval(), "train_args": {}}, path)
-    return path
-
-
 def sync() -> None:
     if GPU:
         torch.cuda.synchronize()
@@ -272,7 +264,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"device: {torch.cuda.get_device_name(0) if GPU else 'cpu (dry run)'}; CPUs: {os.cpu_count()}; torch {torch.__version__}", flush=True)
     shards, files, _ = make_data(work, a.unique, a.images)
-    weights = make_weights(work / "yolov8s-random.pt", a.model)
+    from yoloray.engines.torch_backend import save_random_checkpoint
+
+    weights = save_random_checkpoint(a.model, work / "yolov8s-random.pt")
 
     import ray
 

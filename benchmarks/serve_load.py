@@ -483,16 +483,12 @@ def print_target(t: dict) -> None:
 
 
 def make_random_weights(model_yaml: str) -> str:
-    """Seeded random weights of an ultralytics model YAML (as benchmarks/e2e.py does), in the temp dir."""
-    import torch
-    from ultralytics.nn.tasks import DetectionModel
+    """Seeded random weights of an ultralytics model YAML (the same as a model YAML loads to), in the temp dir."""
+    from yoloray.engines.torch_backend import save_random_checkpoint
 
     path = Path(tempfile.gettempdir()) / "yoloray-bench" / f"{Path(model_yaml).stem}-random-seed0.pt"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        model = DetectionModel(model_yaml, verbose=False).eval()
-        torch.save({"model": model, "train_args": {}}, path)
+        save_random_checkpoint(model_yaml, path)
     return str(path)
 
 

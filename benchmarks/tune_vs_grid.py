@@ -38,14 +38,6 @@ DRY_SPACE = {"backend": "torch", "precision": ["fp32", "bf16"], "batch_size": [1
              "channels_last": False}
 
 
-def make_weights(path: Path, yaml: str) -> Path:
-    from ultralytics.nn.tasks import DetectionModel
-
-    torch.manual_seed(0)
-    torch.save({"model": DetectionModel(yaml, verbose=False).eval(), "train_args": {}}, path)
-    return path
-
-
 def tune_argv(a, out: Path, gpus: int) -> list[str]:
     """What a user would type after `yoloray tune` (plus where the Serve config goes, so the repo stays clean)."""
     argv = ["--model", a.model, "--gpus", str(gpus), "--out", str(out),
@@ -157,7 +149,9 @@ def main() -> int:
         a.frame_size = a.frame_size or "320x180"
     if a.model is None:
         name = "yolov8s" if GPU else "yolov8n"
-        a.model = str(make_weights(work / f"{name}-seed0.pt", f"{name}.yaml"))
+        from yoloray.engines.torch_backend import save_random_checkpoint
+
+        a.model = str(save_random_checkpoint(f"{name}.yaml", work / f"{name}-seed0.pt"))
     # a cold compile cache (inherited by the Ray workers), so the sweep's wall time is a first sweep's
     cache = Path(tempfile.mkdtemp(prefix="inductor-", dir=work))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))

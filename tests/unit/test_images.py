@@ -151,7 +151,7 @@ def test_fast_jpeg_probe_agrees_with_pil(photos, held_out):
 def test_arrow_views_are_zero_copy_and_decode():
     import pyarrow as pa
 
-    from yoloray.batch.predictor import encoded_views
+    from yoloray.data.inputs import encoded_views
 
     payloads = [b"\xff\xd8abc\xff\xd9", None, b"xyz"]
     for typ in (pa.binary(), pa.large_binary()):

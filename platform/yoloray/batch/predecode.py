@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from yoloray.batch.predictor import encoded_views
+from yoloray.data.inputs import encoded_views
 from yoloray.vision.decode import ImageError
 from yoloray.vision.prepare import Prepared, prepare_cpu
 
@@ -34,12 +34,10 @@ def predecode(batch: pa.Table, imgsz: tuple[int, int], max_pixels: int, reduced_
     take = chosen(n, share) & ~np.asarray(batch.column("error").is_valid()) & np.asarray(batch.column("image").is_valid())
     images = encoded_views(batch.column("image"))
     errors = batch.column("error").to_pylist()
-    keep_image = np.ones(n, bool)
     pixels: list[bytes | None] = [None] * n
     sizes = np.zeros((n, 4), np.int32)
     has_size = np.zeros(n, bool)
     for i in np.flatnonzero(take):
-        keep_image[i] = False
         try:
             p = prepare_cpu(images[i], imgsz, max_pixels, reduced_decode)
         except ImageError as e:
@@ -49,7 +47,7 @@ def predecode(batch: pa.Table, imgsz: tuple[int, int], max_pixels: int, reduced_
         sizes[i] = (*p.decoded_hw, *p.orig_hw)
         has_size[i] = True
     column = batch.column("image")
-    image = pc.if_else(pa.array(keep_image), column, pa.nulls(n, column.type))  # prepared rows: pixels only
+    image = pc.if_else(pa.array(~take), column, pa.nulls(n, column.type))  # taken rows: pixels (or an error) only
     out = batch.set_column(batch.schema.get_field_index("image"), "image", image)
     out = out.set_column(out.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
     out = out.append_column(PIXELS, pa.array(pixels, pa.binary()))

@@ -7,21 +7,9 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from yoloray.batch.predecode import prepared_inputs
 from yoloray.config import EngineConfig
 from yoloray.data.sink import OUTPUT_SCHEMA, detections_to_table, error_table
-
-
-def encoded_views(column: pa.ChunkedArray | pa.Array) -> list:
-    """Zero-copy memoryviews of an Arrow binary column's values (no bytes object per image); null -> b""."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
-        raise TypeError(f"the image column must hold encoded bytes (binary), not {arr.type}")
-    width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
-    _, offsets_buf, data_buf = arr.buffers()
-    offsets = np.frombuffer(offsets_buf, width)[arr.offset : arr.offset + len(arr) + 1]
-    data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
-    valid = np.asarray(arr.is_valid())
-    return [data[offsets[i] : offsets[i + 1]] if valid[i] else b"" for i in range(len(arr))]
 
 
 class Predictor:
@@ -54,8 +42,6 @@ class Predictor:
         timings: dict[str, float] = {}
         errors = int(unreadable.sum())
         if batch.num_rows:
-            from yoloray.batch.predecode import prepared_inputs
-
             images = prepared_inputs(batch, self.detector.imgsz)
             dets = self.detector.detect(images)
             timings = dets.timings

@@ -1,5 +1,6 @@
 """The input contract shared by listing (data/units.py) and reading (data/readers.py): the row schema, the
-options, the user-error type, input kinds by file extension, and path resolution (DESIGN.md "Data contract").
+options, the user-error type, input kinds by file extension, path resolution (DESIGN.md "Data contract"),
+and zero-copy views of the `image` column for whoever consumes the rows (`encoded_views`).
 
 Row columns (`INPUT_COLUMNS`, Arrow types in `INPUT_SCHEMA`):
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
@@ -97,3 +99,16 @@ def locate(unit: dict) -> tuple[pafs.FileSystem, str]:
     joined, so names with spaces etc. work under URIs."""
     fs, root = resolve_path(unit["root"])
     return fs, join_path(root, unit["prefix"])
+
+
+def encoded_views(column: pa.ChunkedArray | pa.Array) -> list:
+    """Zero-copy memoryviews of an Arrow binary column's values (no bytes object per image); null -> b""."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+        raise TypeError(f"the image column must hold encoded bytes (binary), not {arr.type}")
+    width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, width)[arr.offset : arr.offset + len(arr) + 1]
+    data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
+    valid = np.asarray(arr.is_valid())
+    return [data[offsets[i] : offsets[i + 1]] if valid[i] else b"" for i in range(len(arr))]

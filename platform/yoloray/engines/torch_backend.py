@@ -35,9 +35,7 @@ def load_model(model: str, max_det: int = 300, agnostic: bool = False) -> torch.
             raise EngineError(f"{model} is not an ultralytics checkpoint: {e}") from None
     elif path.suffix in (".yaml", ".yml"):
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)  # the same random weights every time: reproducible speed/plumbing runs
-                net = DetectionModel(str(path), verbose=False)
+            net = random_model(str(path))
         except FileNotFoundError:
             raise EngineError(
                 f"model YAML {model} not found; use a file path or an ultralytics model name such as "
@@ -55,6 +53,25 @@ def load_model(model: str, max_det: int = 300, agnostic: bool = False) -> torch.
     for p in net.parameters():
         p.requires_grad_(False)
     return net
+
+
+def random_model(yaml: str):
+    """An ultralytics detection model of `yaml` with seeded random weights: the same weights every time, for
+    reproducible speed and plumbing runs."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return DetectionModel(yaml, verbose=False)
+
+
+def save_random_checkpoint(yaml: str, path: str | Path) -> Path:
+    """`random_model(yaml)` saved as an ultralytics checkpoint at `path`, for tools that read only weights
+    files (ultralytics' own predict, the benchmarks' peers); it loads to the same weights as `yaml` itself."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": random_model(yaml).eval(), "train_args": {}}, path)
+    return path
 
 
 def decode_head_in_fp32(head: torch.nn.Module) -> None:
