@@ -143,7 +143,7 @@ def yoloray_infer(name: str, weights: Path, shards: Path, out: Path, engine: dic
     actor.setdefault("gpus_per_actor", 1.0 if GPU else 0.0)
     dest = out / name
     shutil.rmtree(dest, ignore_errors=True)
-    t = time.perf_counter()
+    t, began = time.perf_counter(), time.time()
     summary = run_job([str(shards)], str(dest), cfg, ActorOptions(**actor))
     seconds = time.perf_counter() - t
     run = seconds - summary.first_result_s
@@ -152,7 +152,7 @@ def yoloray_infer(name: str, weights: Path, shards: Path, out: Path, engine: dic
     return row(f"(4) yoloray infer {name}" + (f" on {gpus} GPUs" if gpus > 1 else ""), summary.images, seconds,
                startup_s=round(summary.first_result_s, 1), steady_images_per_s=round(steady, 1) if steady else None,
                write_s=round(summary.write_s, 2), errors=sum(summary.errors.values()), engine=engine, actor=actor,
-               gpus=gpus)
+               gpus=gpus, wall_clock=(round(began, 1), round(began + seconds, 1)))
 
 
 def scaling(name: str, weights: Path, shards: Path, out: Path, config: tuple) -> None:
@@ -185,19 +185,29 @@ def actor_startup(weights: Path, engine: dict) -> None:
     @ray.remote(num_gpus=1 if GPU else 0, num_cpus=1)
     class StartupProbe:
         def run(self, engine: dict) -> dict:
-            t0 = time.perf_counter()
-            import torch  # noqa: F401
+            marks = [("start", time.perf_counter())]
+            import torch
+
+            marks.append(("import_torch", time.perf_counter()))
             import ultralytics  # noqa: F401
 
-            t1 = time.perf_counter()
+            marks.append(("import_ultralytics", time.perf_counter()))
             from yoloray.config import EngineConfig
             from yoloray.detector import Detector
+            from yoloray.engines.torch_backend import load_model
 
-            det = Detector(EngineConfig(**engine))
-            t2 = time.perf_counter()
+            marks.append(("import_yoloray", time.perf_counter()))
+            load_model(engine["model"])  # alone, to see its share of the build (the Detector loads it again)
+            marks.append(("model_load_cpu", time.perf_counter()))
+            det = Detector(EngineConfig(**engine))  # the CUDA context is created while the model loads
+            marks.append(("detector_build", time.perf_counter()))
             det.warmup()
-            t3 = time.perf_counter()
-            return {"imports_s": round(t1 - t0, 2), "build_s": round(t2 - t1, 2), "warmup_s": round(t3 - t2, 2)}
+            marks.append(("warmup", time.perf_counter()))
+            if torch.cuda.is_available():
+                t = time.perf_counter()
+                torch.cuda.synchronize()
+                marks.append(("sync", t))
+            return {name: round(t - marks[i][1], 2) for i, (name, t) in enumerate(marks[1:])}
 
     t = time.perf_counter()
     probe = StartupProbe.remote()
@@ -279,24 +289,41 @@ def main() -> int:
     if not GPU:  # dry run: same code paths that exist on a CPU
         fast = {"precision": "fp32", "imgsz": (384, 640), "batch_size": 8, "device": "cpu"}
     b128 = {**fast, "batch_size": 128}
+    tv, nv = {"gpu_decoder": "torchvision"}, {"gpu_decoder": "nvimgcodec"}
+    hybrid = {"decode": "hybrid", "reduced_decode": True}
     configs = {  # name -> (engine fields, actor options per GPU)
         "cpu-reduced": ({**fast, "decode": "cpu", "reduced_decode": True}, {}),
-        "gpu-nvjpeg": ({**fast, "decode": "gpu"}, {}),
-        "gpu-1actor-3calls-b128": ({**b128, "decode": "gpu"}, {"calls_per_actor": 3}),
-        "gpu-2actors-2calls-b128": ({**b128, "decode": "gpu"},
+        "gpu-nvjpeg": ({**fast, "decode": "gpu", **tv}, {}),
+        "gpu-1actor-3calls-b128": ({**b128, "decode": "gpu", **tv}, {"calls_per_actor": 3}),
+        "gpu-2actors-2calls-b128": ({**b128, "decode": "gpu", **tv},
                                     {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 8}),
-        "gpu-3actors-2calls-b128": ({**b128, "decode": "gpu"},
+        "gpu-3actors-2calls-b128": ({**b128, "decode": "gpu", **tv},
                                     {"actors": 3, "gpus_per_actor": 0.33, "calls_per_actor": 2, "decode_threads": 5}),
-        "gpu-4actors-2calls-b128": ({**b128, "decode": "gpu"},
+        "gpu-4actors-2calls-b128": ({**b128, "decode": "gpu", **tv},
                                     {"actors": 4, "gpus_per_actor": 0.25, "calls_per_actor": 2, "decode_threads": 4}),
-        "gpu-2actors-2calls-b256": ({**fast, "batch_size": 256, "decode": "gpu"},
+        "gpu-2actors-2calls-b256": ({**fast, "batch_size": 256, "decode": "gpu", **tv},
                                     {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 8}),
-        "hybrid.3-2actors-2calls-b128": ({**b128, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.3},
+        "hybrid.3-2actors-2calls-b128": ({**b128, **hybrid, "hybrid_cpu_share": 0.3, **tv},
                                          {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 4}),
-        "hybrid.45-2actors-2calls-b128": ({**b128, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.45},
+        "hybrid.45-2actors-2calls-b128": ({**b128, **hybrid, "hybrid_cpu_share": 0.45, **tv},
                                           {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 4}),
-        "hybrid.3-3actors-2calls-b128": ({**b128, "decode": "hybrid", "reduced_decode": True, "hybrid_cpu_share": 0.3},
+        "hybrid.3-3actors-2calls-b128": ({**b128, **hybrid, "hybrid_cpu_share": 0.3, **tv},
                                          {"actors": 3, "gpus_per_actor": 0.33, "calls_per_actor": 2, "decode_threads": 4}),
+        # nvImageCodec on the hardware JPEG engines: a decoder per call, no process-wide lock
+        "nvimg-1actor-2calls-b128": ({**b128, "decode": "gpu", **nv}, {"calls_per_actor": 2, "decode_threads": 4}),
+        "nvimg-1actor-3calls-b128": ({**b128, "decode": "gpu", **nv}, {"calls_per_actor": 3, "decode_threads": 4}),
+        "nvimg-2actors-2calls-b128": ({**b128, "decode": "gpu", **nv},
+                                      {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 4}),
+        "nvimg-3actors-2calls-b128": ({**b128, "decode": "gpu", **nv},
+                                      {"actors": 3, "gpus_per_actor": 0.33, "calls_per_actor": 2, "decode_threads": 4}),
+        "nvimg-4actors-1call-b128": ({**b128, "decode": "gpu", **nv},
+                                     {"actors": 4, "gpus_per_actor": 0.25, "calls_per_actor": 1, "decode_threads": 4}),
+        "nvimg-hybrid.3-3actors-2calls-b128": ({**b128, **hybrid, "hybrid_cpu_share": 0.3, **nv},
+                                               {"actors": 3, "gpus_per_actor": 0.33, "calls_per_actor": 2, "decode_threads": 4}),
+        "nvimg-hybrid.2-1actor-3calls-b128": ({**b128, **hybrid, "hybrid_cpu_share": 0.2, **nv},
+                                              {"calls_per_actor": 3, "decode_threads": 4}),
+        "nvimg-hybrid.3-2actors-2calls-b128": ({**b128, **hybrid, "hybrid_cpu_share": 0.3, **nv},
+                                               {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 4}),
     }
     if not GPU:
         configs = {"cpu-reduced": configs["cpu-reduced"], "cpu-2calls": ({**fast, "reduced_decode": True}, {"calls_per_actor": 2})}

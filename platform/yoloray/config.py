@@ -109,8 +109,12 @@ class EngineConfig(_Model):
     channels_last: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None
     decode: Literal["cpu", "gpu", "hybrid"] = Field(
-        "cpu", description="cpu: OpenCV threads; gpu: nvJPEG; hybrid: the CPU takes hybrid_cpu_share of the images (in a batch "
-        "job, Ray tasks before the actors; elsewhere the Detector's threads) and nvJPEG the rest"
+        "cpu", description="cpu: OpenCV threads; gpu: the GPU decoder; hybrid: the CPU takes hybrid_cpu_share of the images "
+        "(in a batch job, Ray tasks before the actors; elsewhere the Detector's threads) and the GPU decoder the rest"
+    )
+    gpu_decoder: Literal["torchvision", "nvimgcodec"] = Field(
+        "torchvision", description="JPEG decoder for decode gpu/hybrid: torchvision (nvJPEG) or nvimgcodec (nvImageCodec, "
+        "pip install 'yoloray[nvimgcodec]'); both use the GPU's hardware JPEG engines where it has them"
     )
     hybrid_cpu_share: float = Field(0.3, ge=0.0, le=1.0)
     reduced_decode: bool = Field(
@@ -174,7 +178,7 @@ class EngineConfig(_Model):
         if self.cuda_graph:
             reasons.append("cuda_graph needs a CUDA device; set device to cuda or auto, or cuda_graph: false")
         if self.decode != "cpu":
-            reasons.append(f"decode {self.decode!r} (nvJPEG) needs a CUDA device; use decode: cpu")
+            reasons.append(f"decode {self.decode!r} (GPU JPEG decode) needs a CUDA device; use decode: cpu")
         if self.precision == "fp16":
             reasons.append("precision fp16 needs a CUDA device; on CPU use fp32 or bf16")
         return reasons

@@ -1,6 +1,6 @@
 """Detector: the one warmed unit that the batch job, Tune and Serve all run.
 
-bytes / arrays -> decode (CPU threads or nvJPEG) -> letterbox -> engine -> batched NMS -> original pixels.
+bytes / arrays -> decode (CPU threads or the GPU's JPEG decoder) -> letterbox -> engine -> batched NMS -> original pixels.
 A bad image becomes an error entry for that image only; the rest of the batch is unaffected.
 """
 
@@ -14,13 +14,15 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import cv2
 import numpy as np
 import torch
 
 from yoloray.config import ConfigError, EngineConfig
 from yoloray.engines import EngineError, build_engine
 from yoloray.results import Detections
-from yoloray.vision.decode import ImageError, decode_jpegs_gpu, probe
+from yoloray.vision.decode import ImageError, probe
+from yoloray.vision.gpu_decode import open_gpu_decoder
 from yoloray.vision.letterbox import Geometry, boxes_to_original, letterbox_gpu
 from yoloray.vision.nms import batched_nms, end2end_filter
 from yoloray.vision.prepare import Prepared, prepare_cpu
@@ -65,12 +67,21 @@ class Detector:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         self._local = threading.local()
         self._engine_lock = threading.Lock()
+        self.gpu_decoder = None  # which GPU JPEG decoder runs (None: decode on the CPU only)
+        if self.config.decode != "cpu":
+            try:
+                self._local.gpu_decoder = open_gpu_decoder(self.config.gpu_decoder, self.device)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            self.gpu_decoder = self._local.gpu_decoder.name
         self.warm = False
 
     # ---------------------------------------------------------------- public
     def warmup(self) -> Detector:
         """Run the engine at the real input shape (and capture/compile) so no call pays a first-batch cost."""
         self.engine.warmup(self.batch_size, self.imgsz)
+        if self.gpu_decoder is not None:  # create one decoder and run it once (engine and stream set-up)
+            self._thread_gpu_decoder().decode([cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))[1].tobytes()])
         self.warm = True
         return self
 
@@ -165,7 +176,7 @@ class Detector:
         return dets
 
     def _gpu_candidates(self, images) -> set[int]:
-        """Which inputs nvJPEG decodes: none (decode=cpu), all encoded ones (gpu), or all but a CPU share
+        """Which inputs the GPU decodes: none (decode=cpu), all encoded ones (gpu), or all but a CPU share
         that the decode threads take in parallel (hybrid). Non-JPEG inputs always fall back to the CPU."""
         mode = self.config.decode
         if mode == "cpu":
@@ -176,8 +187,8 @@ class Detector:
         return set(encoded)
 
     def _decode_gpu(self, images, probes: dict, geom: Geometry, errors: list, cpu_jobs: dict):
-        """nvJPEG-decode the probed JPEGs; returns [(uint8 tensor group (g,3,h,w), (row range))], slots.
-        Same-sized images are letterboxed as one group; anything nvJPEG refuses goes to the CPU threads."""
+        """GPU-decode the probed JPEGs; returns [(uint8 tensor group (g,3,h,w), (row range))], slots.
+        Same-sized images are letterboxed as one group; anything the decoder refuses goes to the CPU threads."""
         jpeg_idx, infos = [], {}
         for i, job in sorted(probes.items()):
             try:
@@ -190,7 +201,7 @@ class Detector:
                 infos[i] = info
             else:  # not JPEG, or EXIF-rotated (torchvision's batched nvJPEG ignores EXIF): the CPU applies it
                 cpu_jobs[i] = self._pool.submit(self._prepare_cpu, images[i], i, geom)
-        decoded = decode_jpegs_gpu([images[i] for i in jpeg_idx], self.device) if jpeg_idx else []
+        decoded = self._thread_gpu_decoder().decode([images[i] for i in jpeg_idx]) if jpeg_idx else []
         by_shape: dict[tuple, list] = {}
         for i, t in zip(jpeg_idx, decoded):
             if t is None:
@@ -206,6 +217,13 @@ class Detector:
                 groups.append((torch.stack([t for _, t in chunk]), (len(slots), len(slots) + len(chunk))))
                 slots.extend(i for i, _ in chunk)
         return groups, slots
+
+    def _thread_gpu_decoder(self):
+        """The calling thread's GPU JPEG decoder: its outputs live in its buffers, in this thread's stream order."""
+        decoder = getattr(self._local, "gpu_decoder", None)
+        if decoder is None:
+            decoder = self._local.gpu_decoder = open_gpu_decoder(self.gpu_decoder, self.device)
+        return decoder
 
     def _upload(self, arrays: list[np.ndarray], out: torch.Tensor) -> None:
         """Letterboxed BGR uint8 HWC arrays -> `out` (k, 3, H, W) RGB in [0, 1]: one uint8 copy to the device
@@ -247,7 +265,7 @@ class Detector:
         c = self.config
         return (
             f"Detector(model={c.model}, backend={c.backend}, precision={c.precision}, imgsz={c.imgsz}, "
-            f"batch={c.batch_size}, device={self.device}, key={self.key})"
+            f"batch={c.batch_size}, device={self.device}, gpu_decoder={self.gpu_decoder}, key={self.key})"
         )
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from yoloray.config import EngineConfig
 from yoloray.detector import Detector
 from yoloray.vision.decode import ImageError, decode_cpu, probe, reduction_factor
+from yoloray.vision.gpu_decode import open_gpu_decoder
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +129,7 @@ def test_mixed_decode_routes_keep_each_image_its_own_boxes(held_out):
     reference = Detector(base).detect(datas)
     det = Detector(base)
     det.config = base.model_copy(update={"decode": "hybrid", "hybrid_cpu_share": 0.5})  # bypasses the CUDA check
+    det.gpu_decoder = "torchvision"  # torchvision's decode_jpeg also runs on a CPU device
     got = det.detect(mixed)
     assert got.offsets[-1] > 20
     assert compare(reference, got, iou=0.99, score_tol=1e-3).rate == 1.0
@@ -160,3 +162,22 @@ def test_arrow_views_are_zero_copy_and_decode():
         assert [bytes(v) for v in views] == [b"\xff\xd8abc\xff\xd9", b"", b"xyz"]
     with pytest.raises(TypeError, match="encoded bytes"):
         encoded_views(pa.array([1, 2]))
+
+
+def test_gpu_decoder_choice_and_refusals(photos):
+    """The GPU decoders' interface, run where it can be here: torchvision's decode_jpeg on a CPU device gives
+    RGB (3, H, W) like libjpeg and None for a stream it refuses; nvImageCodec asked for without CUDA, or an
+    unknown decoder, is a clear error."""
+    import torch
+
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="gpu_decoder nvimgcodec needs a CUDA device"):
+        open_gpu_decoder("nvimgcodec", cpu)
+    with pytest.raises(ValueError, match="'nvdec' is not one of torchvision, nvimgcodec"):
+        open_gpu_decoder("nvdec", cpu)
+    data = photos["bus"].read_bytes()
+    ok, bad = open_gpu_decoder("torchvision", cpu).decode([data, b"\xff\xd8not a jpeg\xff\xd9"])
+    assert bad is None
+    ref = decode_cpu(data, probe(data, 10**9))[..., ::-1]
+    assert tuple(ok.shape) == (3, *ref.shape[:2])
+    assert np.abs(ok.permute(1, 2, 0).numpy().astype(int) - ref.astype(int)).mean() < 2.0

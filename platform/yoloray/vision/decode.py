@@ -1,4 +1,4 @@
-"""Image decode: CPU through OpenCV (with JPEG DCT-domain reduced decode), GPU through nvJPEG (torchvision).
+"""Image probe and CPU decode through OpenCV (with JPEG DCT-domain reduced decode); GPU decode is in gpu_decode.py.
 
 CPU decode follows ultralytics exactly (`cv2.imdecode(bytes, cv2.IMREAD_COLOR)`): BGR uint8, grayscale /
 CMYK / 16-bit / alpha converted to 3-channel 8-bit, EXIF orientation applied. Every failure is an
@@ -191,23 +191,3 @@ def check_array(im: np.ndarray, max_pixels: int) -> np.ndarray:
         im = cv2.cvtColor(im, cv2.COLOR_BGRA2BGR)
     return np.ascontiguousarray(im)
 
-
-def decode_jpegs_gpu(datas: list[bytes], device) -> list:
-    """Batched nvJPEG decode to RGB uint8 CHW tensors on `device`, EXIF orientation applied. Returns one
-    tensor per input, or None where nvJPEG refused it (the caller falls back to the CPU for those)."""
-    import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    with warnings.catch_warnings():  # read-only buffers: nvJPEG only reads them
-        warnings.simplefilter("ignore")
-        tensors = [torch.frombuffer(d, dtype=torch.uint8) for d in datas]
-    try:
-        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
-    except RuntimeError:
-        out = []
-        for t in tensors:  # find the ones nvJPEG refuses (CMYK, progressive oddities) and leave them to the CPU
-            try:
-                out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
-            except RuntimeError:
-                out.append(None)
-        return out
