@@ -2,7 +2,7 @@
 
 Ray Data tasks (fused with the read tasks, so on any CPU of the cluster) decode and letterbox
 `hybrid_cpu_share` of the images with the same `prepare_cpu` the Detector uses; the detector actor then
-nvJPEG-decodes only the rest, and no decode thread in the actor competes with it for the GIL. A prepared row
+GPU-decodes only the rest, and no decode thread in the actor competes with it for the GIL. A prepared row
 carries its model-input pixels (`pixels`, H*W*3 BGR bytes) and the sizes that map boxes back; its encoded
 `image` is dropped so it does not travel twice. An image that fails to decode gets its `error` here, and the
 actor writes it as an error row like any unreadable input.

@@ -17,7 +17,7 @@ class Predictor:
 
     def __init__(self, config: dict, decode_threads: int | None = None, predecoded: bool = False):
         """`predecoded`: a `decode: hybrid` job whose CPU share was decoded upstream (batch/predecode.py); the
-        actor's Detector nvJPEG-decodes the rest. Rows keep the engine key of the configuration as given."""
+        actor's Detector GPU-decodes the rest. Rows keep the engine key of the configuration as given."""
         from yoloray.detector import Detector
 
         engine = EngineConfig.model_validate(config)

@@ -17,7 +17,7 @@ Row columns (`INPUT_COLUMNS`, Arrow types in `INPUT_SCHEMA`):
                           needs no second input path. (A tensor column mixed with nulls/ragged shapes is brittle in
                           Ray Data/Arrow, and raw pixels would need a shape column; PNG costs some CPU in the reader
                           tasks only.)
-                          GPU (nvJPEG) decode must fall back to CPU for these PNG frames.
+                          GPU JPEG decode must fall back to CPU for these PNG frames.
     source  string        the file the row came from: the archive/video/parquet path, or the image file path
                           (the given folder/glob root + key), spelled as the user gave it (URIs stay URIs)
     frame   int64         video frame index; null for still images
