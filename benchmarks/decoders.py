@@ -34,18 +34,6 @@ RESULTS: list[dict] = []
 SHAPE = (384, 640)
 
 
-class NvImageCodecOn(NvImageCodecDecoder):
-    """nvImageCodec restricted to one backend kind (HW_GPU_ONLY: the engines; GPU_ONLY: CUDA), to see which
-    of them the default decoder (engines first, CUDA for the rest) is using."""
-
-    def __init__(self, device, kind: str):
-        super().__init__(device)
-        nv = self._nvimgcodec
-        self.name = f"nvimgcodec-{kind}"
-        backend = nv.Backend(getattr(nv.BackendKind, kind))
-        self._decoder = nv.Decoder(device_id=0, max_num_cpu_threads=2, backends=[backend])
-
-
 class Shared:
     """One decoder behind a lock, shared by the calling threads."""
 
@@ -61,8 +49,9 @@ def decoders(device) -> dict:
     made = {"torchvision": lambda: open_gpu_decoder("torchvision", device)}
     if nvimgcodec_missing() is None:
         made["nvimgcodec"] = lambda: open_gpu_decoder("nvimgcodec", device)
-        made["nvimgcodec-HW_GPU_ONLY"] = lambda: NvImageCodecOn(device, "HW_GPU_ONLY")
-        made["nvimgcodec-GPU_ONLY"] = lambda: NvImageCodecOn(device, "GPU_ONLY")
+        # held to one backend kind (HW_GPU_ONLY: the engines; GPU_ONLY: CUDA), to see which one the default uses
+        made["nvimgcodec-HW_GPU_ONLY"] = lambda: NvImageCodecDecoder(device, backends=("HW_GPU_ONLY",))
+        made["nvimgcodec-GPU_ONLY"] = lambda: NvImageCodecDecoder(device, backends=("GPU_ONLY",))
     else:
         print(f"nvimgcodec: {nvimgcodec_missing()}", flush=True)
     return made

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -130,6 +131,17 @@ def ray_docs_pattern(weights: Path, folder: list[Path], n: int) -> None:
                         compute=ray.data.ActorPoolStrategy(size=1), num_gpus=1 if GPU else 0, batch_size=32)
     count = ds.count()
     row("(3) Ray Data docs pattern (read_images -> map_batches YOLO)", count, time.perf_counter() - t)
+
+
+def pool(actors: int, calls: int, threads: int | None = None) -> dict:
+    """Actor options per GPU: `actors` sharing it equally (0.5, 0.33, 0.25 GPU), `calls` concurrent batches
+    each, `threads` CPU decode threads each (default: all cores)."""
+    options: dict = {"calls_per_actor": calls}
+    if actors > 1:
+        options.update(actors=actors, gpus_per_actor=math.floor(100 / actors) / 100)
+    if threads:
+        options["decode_threads"] = threads
+    return options
 
 
 def yoloray_infer(name: str, weights: Path, shards: Path, out: Path, engine: dict, actor: dict, gpus: int = 1) -> dict | None:
@@ -289,41 +301,29 @@ def main() -> int:
     if not GPU:  # dry run: same code paths that exist on a CPU
         fast = {"precision": "fp32", "imgsz": (384, 640), "batch_size": 8, "device": "cpu"}
     b128 = {**fast, "batch_size": 128}
-    tv, nv = {"gpu_decoder": "torchvision"}, {"gpu_decoder": "nvimgcodec"}
+    tv = {**b128, "decode": "gpu", "gpu_decoder": "torchvision"}
+    nv = {**b128, "decode": "gpu", "gpu_decoder": "nvimgcodec"}
     hybrid = {"decode": "hybrid", "reduced_decode": True}
     configs = {  # name -> (engine fields, actor options per GPU)
         "cpu-reduced": ({**fast, "decode": "cpu", "reduced_decode": True}, {}),
-        "gpu-nvjpeg": ({**fast, "decode": "gpu", **tv}, {}),
-        "gpu-1actor-3calls-b128": ({**b128, "decode": "gpu", **tv}, {"calls_per_actor": 3}),
-        "gpu-2actors-2calls-b128": ({**b128, "decode": "gpu", **tv},
-                                    {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 8}),
-        "gpu-3actors-2calls-b128": ({**b128, "decode": "gpu", **tv},
-                                    {"actors": 3, "gpus_per_actor": 0.33, "calls_per_actor": 2, "decode_threads": 5}),
-        "gpu-4actors-2calls-b128": ({**b128, "decode": "gpu", **tv},
-                                    {"actors": 4, "gpus_per_actor": 0.25, "calls_per_actor": 2, "decode_threads": 4}),
-        "gpu-2actors-2calls-b256": ({**fast, "batch_size": 256, "decode": "gpu", **tv},
-                                    {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 8}),
-        "hybrid.3-2actors-2calls-b128": ({**b128, **hybrid, "hybrid_cpu_share": 0.3, **tv},
-                                         {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 4}),
-        "hybrid.45-2actors-2calls-b128": ({**b128, **hybrid, "hybrid_cpu_share": 0.45, **tv},
-                                          {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 4}),
-        "hybrid.3-3actors-2calls-b128": ({**b128, **hybrid, "hybrid_cpu_share": 0.3, **tv},
-                                         {"actors": 3, "gpus_per_actor": 0.33, "calls_per_actor": 2, "decode_threads": 4}),
+        "gpu-nvjpeg": ({**fast, "decode": "gpu", "gpu_decoder": "torchvision"}, {}),
+        "gpu-1actor-3calls-b128": (tv, pool(1, 3)),
+        "gpu-2actors-2calls-b128": (tv, pool(2, 2, threads=8)),
+        "gpu-3actors-2calls-b128": (tv, pool(3, 2, threads=5)),
+        "gpu-4actors-2calls-b128": (tv, pool(4, 2, threads=4)),
+        "gpu-2actors-2calls-b256": ({**tv, "batch_size": 256}, pool(2, 2, threads=8)),
+        "hybrid.3-2actors-2calls-b128": ({**tv, **hybrid, "hybrid_cpu_share": 0.3}, pool(2, 2, threads=4)),
+        "hybrid.45-2actors-2calls-b128": ({**tv, **hybrid, "hybrid_cpu_share": 0.45}, pool(2, 2, threads=4)),
+        "hybrid.3-3actors-2calls-b128": ({**tv, **hybrid, "hybrid_cpu_share": 0.3}, pool(3, 2, threads=4)),
         # nvImageCodec on the hardware JPEG engines: a decoder per call, no process-wide lock
-        "nvimg-1actor-2calls-b128": ({**b128, "decode": "gpu", **nv}, {"calls_per_actor": 2, "decode_threads": 4}),
-        "nvimg-1actor-3calls-b128": ({**b128, "decode": "gpu", **nv}, {"calls_per_actor": 3, "decode_threads": 4}),
-        "nvimg-2actors-2calls-b128": ({**b128, "decode": "gpu", **nv},
-                                      {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 4}),
-        "nvimg-3actors-2calls-b128": ({**b128, "decode": "gpu", **nv},
-                                      {"actors": 3, "gpus_per_actor": 0.33, "calls_per_actor": 2, "decode_threads": 4}),
-        "nvimg-4actors-1call-b128": ({**b128, "decode": "gpu", **nv},
-                                     {"actors": 4, "gpus_per_actor": 0.25, "calls_per_actor": 1, "decode_threads": 4}),
-        "nvimg-hybrid.3-3actors-2calls-b128": ({**b128, **hybrid, "hybrid_cpu_share": 0.3, **nv},
-                                               {"actors": 3, "gpus_per_actor": 0.33, "calls_per_actor": 2, "decode_threads": 4}),
-        "nvimg-hybrid.2-1actor-3calls-b128": ({**b128, **hybrid, "hybrid_cpu_share": 0.2, **nv},
-                                              {"calls_per_actor": 3, "decode_threads": 4}),
-        "nvimg-hybrid.3-2actors-2calls-b128": ({**b128, **hybrid, "hybrid_cpu_share": 0.3, **nv},
-                                               {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 2, "decode_threads": 4}),
+        "nvimg-1actor-2calls-b128": (nv, pool(1, 2, threads=4)),
+        "nvimg-1actor-3calls-b128": (nv, pool(1, 3, threads=4)),
+        "nvimg-2actors-2calls-b128": (nv, pool(2, 2, threads=4)),
+        "nvimg-3actors-2calls-b128": (nv, pool(3, 2, threads=4)),
+        "nvimg-4actors-1call-b128": (nv, pool(4, 1, threads=4)),
+        "nvimg-hybrid.3-3actors-2calls-b128": ({**nv, **hybrid, "hybrid_cpu_share": 0.3}, pool(3, 2, threads=4)),
+        "nvimg-hybrid.2-1actor-3calls-b128": ({**nv, **hybrid, "hybrid_cpu_share": 0.2}, pool(1, 3, threads=4)),
+        "nvimg-hybrid.3-2actors-2calls-b128": ({**nv, **hybrid, "hybrid_cpu_share": 0.3}, pool(2, 2, threads=4)),
     }
     if not GPU:
         configs = {"cpu-reduced": configs["cpu-reduced"], "cpu-2calls": ({**fast, "reduced_decode": True}, {"calls_per_actor": 2})}

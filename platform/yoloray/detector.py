@@ -67,20 +67,18 @@ class Detector:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         self._local = threading.local()
         self._engine_lock = threading.Lock()
-        self.gpu_decoder = None  # which GPU JPEG decoder runs (None: decode on the CPU only)
-        if self.config.decode != "cpu":
+        if self.config.decode != "cpu":  # a decoder that cannot run here fails the build, not the first batch
             try:
                 self._local.gpu_decoder = open_gpu_decoder(self.config.gpu_decoder, self.device)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
-            self.gpu_decoder = self._local.gpu_decoder.name
         self.warm = False
 
     # ---------------------------------------------------------------- public
     def warmup(self) -> Detector:
         """Run the engine at the real input shape (and capture/compile) so no call pays a first-batch cost."""
         self.engine.warmup(self.batch_size, self.imgsz)
-        if self.gpu_decoder is not None:  # create one decoder and run it once (engine and stream set-up)
+        if self.config.decode != "cpu":  # run this thread's decoder once (engine and stream set-up)
             self._thread_gpu_decoder().decode([cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))[1].tobytes()])
         self.warm = True
         return self
@@ -219,10 +217,11 @@ class Detector:
         return groups, slots
 
     def _thread_gpu_decoder(self):
-        """The calling thread's GPU JPEG decoder: its outputs live in its buffers, in this thread's stream order."""
+        """The calling thread's GPU JPEG decoder: concurrent calls never share one (an nvImageCodec decoder is
+        not documented as safe to share between threads)."""
         decoder = getattr(self._local, "gpu_decoder", None)
         if decoder is None:
-            decoder = self._local.gpu_decoder = open_gpu_decoder(self.gpu_decoder, self.device)
+            decoder = self._local.gpu_decoder = open_gpu_decoder(self.config.gpu_decoder, self.device)
         return decoder
 
     def _upload(self, arrays: list[np.ndarray], out: torch.Tensor) -> None:
@@ -265,7 +264,7 @@ class Detector:
         c = self.config
         return (
             f"Detector(model={c.model}, backend={c.backend}, precision={c.precision}, imgsz={c.imgsz}, "
-            f"batch={c.batch_size}, device={self.device}, gpu_decoder={self.gpu_decoder}, key={self.key})"
+            f"batch={c.batch_size}, device={self.device}, decode={c.decode}, gpu_decoder={c.gpu_decoder}, key={self.key})"
         )
 
 

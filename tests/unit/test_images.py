@@ -129,7 +129,6 @@ def test_mixed_decode_routes_keep_each_image_its_own_boxes(held_out):
     reference = Detector(base).detect(datas)
     det = Detector(base)
     det.config = base.model_copy(update={"decode": "hybrid", "hybrid_cpu_share": 0.5})  # bypasses the CUDA check
-    det.gpu_decoder = "torchvision"  # torchvision's decode_jpeg also runs on a CPU device
     got = det.detect(mixed)
     assert got.offsets[-1] > 20
     assert compare(reference, got, iou=0.99, score_tol=1e-3).rate == 1.0

@@ -79,12 +79,13 @@ class TorchvisionDecoder:
 class NvImageCodecDecoder:
     name = "nvimgcodec"
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, backends: tuple[str, ...] = ("HW_GPU_ONLY", "GPU_ONLY")):
+        """`backends`: nvImageCodec backend kinds in the order tried (the benchmark holds it to one)."""
         from nvidia import nvimgcodec
 
         self.device = device
         index = device.index if device.index is not None else torch.cuda.current_device()
-        backends = [nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY), nvimgcodec.Backend(nvimgcodec.BackendKind.GPU_ONLY)]
+        backends = [nvimgcodec.Backend(getattr(nvimgcodec.BackendKind, kind)) for kind in backends]
         self._nvimgcodec = nvimgcodec
         self._decoder = nvimgcodec.Decoder(device_id=index, max_num_cpu_threads=NVIMGCODEC_CPU_THREADS, backends=backends)
         self._params = nvimgcodec.DecodeParams(
