@@ -6,9 +6,10 @@ Decoders (vision/gpu_decode.py): torchvision's nvJPEG (one decoder per process b
 (hardware JPEG engines first, then CUDA), and nvImageCodec held to one backend kind (HW_GPU_ONLY, GPU_ONLY) to
 see which one it runs. For each: how much of the GIL a decode call leaves to other threads; images/s and host
 CPU time per image (all threads of this process, spin-waits included) alone; 3 threads with a decoder each,
-and 3 threads sharing one; decode and inference at once, one thread each with its own CUDA stream, the decode
-stream at default and at high priority (does decode overlap the model, or do they serialize?). Last, the whole
-Detector (decode -> letterbox -> fp16 CUDA-graph model -> NMS) with 1-3 concurrent callers per decoder.
+and 3 threads sharing one; decode and inference at once, one thread each with its own CUDA stream, the model's
+batch of 128 as one CUDA-graph replay or as 2, 4, 8 smaller ones (`micro_batch`: does decode overlap the
+model, or wait for it?). Last, the whole Detector (decode -> letterbox -> fp16 CUDA-graph model -> NMS) with
+1-3 concurrent callers per decoder, micro_batch 128 and 32.
 Prints a table last; writes JSON to --out.
 """
 
@@ -28,10 +29,12 @@ os.environ.setdefault("YOLO_OFFLINE", "true")
 
 import torch  # noqa: E402
 
+from yoloray.detector import CUDA_CONNECTIONS  # noqa: E402
 from yoloray.vision.gpu_decode import NvImageCodecDecoder, nvimgcodec_missing, open_gpu_decoder  # noqa: E402
 
 RESULTS: list[dict] = []
 SHAPE = (384, 640)
+MICRO_BATCHES = (64, 32, 16)  # the model's batch of 128 also run as 2, 4 and 8 CUDA-graph replays
 
 
 class Shared:
@@ -119,7 +122,10 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="length of each timed loop")
     p.add_argument("--work", default="/tmp/yoloray-decoders")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--cuda-connections", default=CUDA_CONNECTIONS,
+                   help="CUDA_DEVICE_MAX_CONNECTIONS for this process (default: the Detector's; 8 is the driver's)")
     a = p.parse_args()
+    os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = a.cuda_connections  # before the CUDA context exists
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
         return 2
@@ -134,6 +140,7 @@ def main() -> int:
     data = generate(a.work, frames=a.frames, seed=5, formats=("folder",), val_fraction=0.0)
     datas = [f.read_bytes() for f in sorted(Path(data.images_train).glob("*.jpg"))]
     print(f"{torch.cuda.get_device_name(0)}; {os.cpu_count()} CPUs; {len(datas)} JPEGs, "
+          f"CUDA_DEVICE_MAX_CONNECTIONS={a.cuda_connections}, "
           f"mean {sum(map(len, datas)) / len(datas) / 1e3:.0f} kB", flush=True)
     cfg = EngineConfig(model="yolov8s.yaml", precision="fp16", channels_last=True, cuda_graph=True, imgsz=SHAPE,
                        batch_size=128, device="cuda")
@@ -142,6 +149,12 @@ def main() -> int:
     n, wall = infer_loop(engine, 128, a.seconds, torch.cuda.Stream())
     model_alone = n / wall
     record("model alone (YOLOv8s fp16 CUDA graph 384x640 b128)", images_per_s=round(model_alone))
+    engines = {128: engine}
+    for micro in MICRO_BATCHES:
+        engines[micro] = build_engine(cfg.model_copy(update={"micro_batch": micro}), device)
+        engines[micro].warmup(128, SHAPE)
+        n, wall = infer_loop(engines[micro], 128, a.seconds, torch.cuda.Stream())
+        record(f"model alone, batch 128 as {128 // micro} replays of {micro}", images_per_s=round(n / wall))
     for name, make in decoders(device).items():
         try:
             dec = make()
@@ -167,21 +180,23 @@ def main() -> int:
             runs = list(pool.map(lambda d: decode_loop(d, datas, 128, a.seconds, torch.cuda.Stream()), [shared] * 3))
         total = sum(r[0] for r in runs)
         record(f"{name} 3 threads sharing one decoder b128", images_per_s=round(total / max(r[1] for r in runs)))
-        # decode and inference at once
-        for priority in (0, -1):  # the decode stream at the default, then at high priority
+        # decode and inference at once; the model's batch of 128 as one CUDA-graph replay, or several smaller
+        for micro, eng in engines.items():
             with ThreadPoolExecutor(1) as pool:
-                infer = pool.submit(infer_loop, engine, 128, a.seconds, torch.cuda.Stream())
-                n, wall, _ = decode_loop(dec, datas, 128, a.seconds, torch.cuda.Stream(priority=priority))
+                infer = pool.submit(infer_loop, eng, 128, a.seconds, torch.cuda.Stream())
+                n, wall, _ = decode_loop(dec, datas, 128, a.seconds, torch.cuda.Stream())
                 ni, wi = infer.result()
-            record(f"{name} b128 + inference at once" + (", decode stream at high priority" if priority else ""),
+            record(f"{name} b128 + inference at once, {128 // micro} replay(s) of {micro}",
                    decode_images_per_s=round(n / wall), inference_images_per_s=round(ni / wi),
                    model_alone=round(model_alone))
         del decs, dec
     # the whole Detector, 1-3 concurrent callers
     chunks = [datas[i : i + 128] for i in range(0, len(datas) - 127, 128)] * 4
     images = sum(len(c) for c in chunks)
-    for name in ["torchvision"] + (["nvimgcodec"] if nvimgcodec_missing() is None else []):
-        det = Detector(cfg.model_copy(update={"decode": "gpu", "gpu_decoder": name}), decode_threads=8).warmup()
+    for name, micro in [(d, m) for d in ["torchvision"] + (["nvimgcodec"] if nvimgcodec_missing() is None else [])
+                        for m in (None, 32)]:
+        det = Detector(cfg.model_copy(update={"decode": "gpu", "gpu_decoder": name, "micro_batch": micro}),
+                       decode_threads=8).warmup()
         for callers in (1, 2, 3):
             with ThreadPoolExecutor(callers) as pool:
                 list(pool.map(det.detect, chunks[:callers]))
@@ -189,7 +204,7 @@ def main() -> int:
                 dets = list(pool.map(det.detect, chunks))
                 wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             assert all(e is None for d in dets for e in d.errors)
-            record(f"Detector, {name}, {callers} caller(s)",
+            record(f"Detector, {name}, micro_batch {micro or 128}, {callers} caller(s)",
                    images_per_s=round(images / wall), cpu_ms_per_image=round(1e3 * cpu / images, 3))
         det.close()
     (out / "decoders.json").write_text(json.dumps(RESULTS, indent=1))

@@ -324,6 +324,16 @@ def main() -> int:
         "nvimg-hybrid.3-3actors-2calls-b128": ({**nv, **hybrid, "hybrid_cpu_share": 0.3}, pool(3, 2, threads=4)),
         "nvimg-hybrid.2-1actor-3calls-b128": ({**nv, **hybrid, "hybrid_cpu_share": 0.2}, pool(1, 3, threads=4)),
         "nvimg-hybrid.3-2actors-2calls-b128": ({**nv, **hybrid, "hybrid_cpu_share": 0.3}, pool(2, 2, threads=4)),
+        # micro_batch: the model's batch as several CUDA-graph replays, so GPU decode runs between them
+        "gpu-1actor-2calls-b128-m32": ({**tv, "micro_batch": 32}, pool(1, 2, threads=8)),
+        "gpu-1actor-3calls-b128-m32": ({**tv, "micro_batch": 32}, pool(1, 3, threads=8)),
+        "gpu-1actor-3calls-b128-m16": ({**tv, "micro_batch": 16}, pool(1, 3, threads=8)),
+        "gpu-1actor-2calls-b256-m32": ({**tv, "batch_size": 256, "micro_batch": 32}, pool(1, 2, threads=8)),
+        "gpu-2actors-2calls-b128-m32": ({**tv, "micro_batch": 32}, pool(2, 2, threads=8)),
+        "gpu-3actors-2calls-b128-m32": ({**tv, "micro_batch": 32}, pool(3, 2, threads=5)),
+        "nvimg-1actor-3calls-b128-m32": ({**nv, "micro_batch": 32}, pool(1, 3, threads=4)),
+        "hybrid.3-1actor-3calls-b128-m32": ({**tv, **hybrid, "hybrid_cpu_share": 0.3, "micro_batch": 32}, pool(1, 3, threads=4)),
+        "hybrid.3-2actors-2calls-b128-m32": ({**tv, **hybrid, "hybrid_cpu_share": 0.3, "micro_batch": 32}, pool(2, 2, threads=4)),
     }
     if not GPU:
         configs = {"cpu-reduced": configs["cpu-reduced"], "cpu-2calls": ({**fast, "reduced_decode": True}, {"calls_per_actor": 2})}

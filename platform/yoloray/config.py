@@ -106,6 +106,11 @@ class EngineConfig(_Model):
     imgsz: tuple[int, int] = (640, 640)
     workspace_gib: float | None = Field(None, gt=0)
     cuda_graph: bool = False
+    micro_batch: int | None = Field(
+        None, ge=1, le=1024, description="images per model forward (CUDA-graph replay or compiled call), dividing "
+        "batch_size; a batch runs as batch_size/micro_batch forwards. Smaller forwards let the GPU JPEG decoder's "
+        "kernels run between them instead of waiting for a whole batch (default: batch_size)"
+    )
     channels_last: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None
     decode: Literal["cpu", "gpu", "hybrid"] = Field(
@@ -167,6 +172,11 @@ class EngineConfig(_Model):
         if self.compile_mode is not None and not cap.compile:
             raise ValueError(
                 f"compile_mode is only honoured by backend 'torch-compile', not {self.backend!r}"
+            )
+        if self.micro_batch is not None and self.batch_size % self.micro_batch:
+            raise ValueError(
+                f"micro_batch {self.micro_batch} must divide batch_size {self.batch_size} "
+                f"(e.g. {max(d for d in range(1, self.micro_batch + 1) if self.batch_size % d == 0)})"
             )
         if self.device == "cpu" and (reasons := self.cuda_only()):
             raise ValueError(reasons[0])

@@ -29,6 +29,10 @@ from yoloray.vision.prepare import Prepared, prepare_cpu
 
 log = logging.getLogger(__name__)
 
+# Hardware work queues per CUDA context (the driver's default is 8). Streams share the queues, and a kernel
+# queued behind another stream's work in the same queue waits for it: with 8, the GPU JPEG decoder's kernels
+# waited behind whole inference batches (decode beside inference 1,000 images/s; with 32, 4,900: benchmarks/README).
+CUDA_CONNECTIONS = "32"
 GPU_LETTERBOX_GROUP = 32  # images resized in one call (bounds the fp16 staging memory: 32 x 1080p ~ 400 MB)
 
 
@@ -52,6 +56,8 @@ class Detector:
         self.device = resolve_device(self.config.device)
         if self.device.type == "cpu" and (reasons := self.config.cuda_only()):
             raise ConfigError(f"{reasons[0]} (this Detector runs on the CPU)")
+        if self.device.type == "cuda" and not torch.cuda.is_initialized():  # read when the context is created
+            os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", CUDA_CONNECTIONS)
         if self.device.type == "cuda":  # create the CUDA context while the model loads on the CPU
             threading.Thread(target=torch.cuda.init, name="cuda-init", daemon=True).start()
         self.engine = build_engine(self.config, self.device)
@@ -91,11 +97,11 @@ class Detector:
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """Tensor-level path for ready batches: (B, 3, H, W) in [0, 1] on the device -> raw head output.
-        Short batches are padded where the engine needs a static batch."""
+        Short batches are padded to a multiple of the engine's static batch (its micro_batch) where it has one."""
         n = x.shape[0]
         static = self.engine.static_batch
-        if static is not None and n < static:
-            x = torch.cat([x, x.new_zeros((static - n, *x.shape[1:]))])
+        if static is not None and n % static:
+            x = torch.cat([x, x.new_zeros((-n % static, *x.shape[1:]))])
         with self._engine_lock:
             return self.engine(x)[:n]
 

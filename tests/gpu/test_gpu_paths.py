@@ -101,6 +101,7 @@ FAST = [
     {"precision": "bf16"},
     {"precision": "fp16", "channels_last": True, "cuda_graph": True},
     {"precision": "fp16", "channels_last": True, "cuda_graph": True, "decode": "gpu"},
+    {"precision": "fp16", "channels_last": True, "cuda_graph": True, "decode": "gpu", "micro_batch": 4},
     {"precision": "fp16", "channels_last": True, "cuda_graph": True, "reduced_decode": True},
     {"precision": "fp16", "channels_last": True, "cuda_graph": True, "decode": "hybrid", "reduced_decode": True},
     {"precision": "fp16", "channels_last": True, "backend": "torch-compile"},
@@ -128,6 +129,8 @@ def test_cuda_graph_pads_short_batches(frames):
     eager = Detector(cfg.model_copy(update={"cuda_graph": False})).warmup()
     imgs = frames[:5]  # 5 < batch 8: padded
     assert compare(eager.detect(imgs), det.detect(imgs), iou=0.99, score_tol=1e-3).rate >= 0.99
+    micro = Detector(cfg.model_copy(update={"micro_batch": 4})).warmup()  # 5 -> 2 replays of 4 (padded)
+    assert compare(eager.detect(imgs), micro.detect(imgs), iou=0.99, score_tol=1e-3).rate >= 0.99
 
 
 def test_batch_job_with_upstream_cpu_decode_and_concurrent_calls(held_out, tmp_path):

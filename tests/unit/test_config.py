@@ -32,6 +32,8 @@ def test_yaml_round_trip(tmp_path):
         ({"compile_mode": "default"}, "compile_mode is only honoured by backend 'torch-compile'"),
         ({"batchsize": 8}, "batchsize: Extra inputs are not permitted"),
         ({"gpu_decoder": "nvdec"}, "gpu_decoder: Input should be 'torchvision' or 'nvimgcodec'"),
+        ({"batch_size": 128, "micro_batch": 48}, "micro_batch 48 must divide batch_size 128 (e.g. 32)"),
+        ({"micro_batch": 0}, "micro_batch"),
     ],
 )
 def test_invalid_combinations_name_the_field(fields, needle):
@@ -58,6 +60,7 @@ def test_key_changes_with_every_output_changing_field():
         "model": "yolo11n.yaml", "backend": "torch-compile", "precision": "bf16", "batch_size": 8,
         "imgsz": (384, 640), "channels_last": True, "decode": "cpu", "reduced_decode": True, "conf": 0.3,
         "iou": 0.5, "max_det": 100, "agnostic_nms": True, "max_pixels": 1000, "gpu_decoder": "nvimgcodec",
+        "micro_batch": 8,
     }
     keys = {base.key()}
     for field, value in changes.items():

@@ -22,7 +22,7 @@ class Engine(ABC):
     dtype: torch.dtype  # the input dtype the engine wants
     device: torch.device
     channels_last: bool = False
-    static_batch: int | None = None  # when set, every call must have exactly this batch size (pad short ones)
+    static_batch: int | None = None  # when set, a call's batch must be a multiple of it (pad short ones)
 
     @abstractmethod
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

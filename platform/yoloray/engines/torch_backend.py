@@ -112,7 +112,11 @@ class TorchEngine(Engine):
         self.compile = config.backend == "torch-compile"
         if self.compile:
             self._forward = torch.compile(net, mode=config.compile_mode or "default", dynamic=False)
-        self.static_batch = config.batch_size if (self.cuda_graph or self.compile) else None
+        self.forward_batch = config.micro_batch or config.batch_size  # images per forward (graph replay)
+        self.static_batch = self.forward_batch if (self.cuda_graph or self.compile) else None
+        # Queue one forward at a time: work already queued on the GPU goes ahead of other streams' (the GPU JPEG
+        # decoder's kernels wait behind a whole queued batch), so the decoder gets the GPU between forwards.
+        self.wait_between_forwards = device.type == "cuda"
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static_in: torch.Tensor | None = None
         self._static_out: torch.Tensor | None = None
@@ -128,8 +132,19 @@ class TorchEngine(Engine):
             x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.static_batch is not None and x.shape[0] != self.static_batch:
-            raise EngineError(f"this engine runs batches of exactly {self.static_batch}, got {x.shape[0]}")
+        if self.static_batch is not None and x.shape[0] % self.static_batch:
+            raise EngineError(f"this engine runs batches of a multiple of {self.static_batch} images, got {x.shape[0]}")
+        if x.shape[0] <= self.forward_batch:
+            return self._forward_one(x)
+        chunks = []
+        for i in range(0, x.shape[0], self.forward_batch):
+            chunks.append(self._forward_one(x[i : i + self.forward_batch]))
+            if self.wait_between_forwards:
+                torch.cuda.current_stream(self.device).synchronize()
+        return torch.cat(chunks)
+
+    def _forward_one(self, x: torch.Tensor) -> torch.Tensor:
+        """One forward of at most forward_batch images: a CUDA-graph replay once captured."""
         if self._graph is None:
             return self._run(x)
         if x.shape != self._static_in.shape:
