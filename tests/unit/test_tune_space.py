@@ -97,6 +97,17 @@ def test_user_space_narrows_and_fixes():
     assert cfg.conf == 0.3 and cfg.device == "cpu"
 
 
+def test_fixed_micro_batch_must_divide_every_batch_size():
+    space = Space.build({"micro_batch": 32}, cuda=True)
+    settings = TuneConfig(name="t", out="/tmp/t", model="yolov8n.yaml", space={"micro_batch": 32}, gpus=1)
+    for point in space.points():
+        assert EngineConfig.parse(engine_fields(point, settings)).micro_batch == 32
+    with pytest.raises(ConfigError, match="micro_batch 48 must divide every batch_size; it does not divide 32, 64, 128, 256"):
+        Space.build({"micro_batch": 48}, cuda=True)
+    with pytest.raises(ConfigError, match="micro_batch: 0"):
+        Space.build({"micro_batch": 0}, cuda=True)
+
+
 def test_cuda_only_values_on_a_cpu_run_are_kept_and_warned():
     space = Space.build({"precision": ["fp32", "fp16"], "batch_size": 1, "imgsz": 64}, cuda=False)
     assert "fp16" in {p["precision"] for p in space.points()}

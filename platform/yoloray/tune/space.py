@@ -103,7 +103,10 @@ _LITERALS = ("backend", "precision", "decode", "compile_mode")
 
 
 def _validate(knob: str, value: Any, backend: str):
-    return EngineConfig.model_validate({"model": "check", "device": "auto", "backend": backend, knob: value})
+    fields = {"model": "check", "device": "auto", "backend": backend, knob: value}
+    if knob == "micro_batch" and isinstance(value, int):  # checked against the batch sizes in Space.build
+        fields["batch_size"] = value
+    return EngineConfig.model_validate(fields)
 
 
 def _accepted(knob: str, value: Any) -> bool:
@@ -180,6 +183,10 @@ class Space:
         values = default_values(cuda, frame_size)
         values.update({k: tuple(v) for k, v in mapping.items() if k in KNOBS})
         fixed = {k: v for k, v in mapping.items() if k not in KNOBS}
+        micro = fixed.get("micro_batch")
+        if micro is not None and (bad := [b for b in values["batch_size"] if b % micro]):
+            raise ConfigError(f"space: micro_batch {micro} must divide every batch_size; it does not divide "
+                              f"{', '.join(map(str, bad))} (list batch_size values it divides)")
         space = cls(values, fixed, cuda, tuple(k for k in mapping if k in KNOBS))
         if not space.points():
             raise ConfigError("space: no backend honours this combination of values; "
