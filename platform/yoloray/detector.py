@@ -56,9 +56,9 @@ class Detector:
         self.device = resolve_device(self.config.device)
         if self.device.type == "cpu" and (reasons := self.config.cuda_only()):
             raise ConfigError(f"{reasons[0]} (this Detector runs on the CPU)")
-        if self.device.type == "cuda" and not torch.cuda.is_initialized():  # read when the context is created
-            os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", CUDA_CONNECTIONS)
         if self.device.type == "cuda":  # create the CUDA context while the model loads on the CPU
+            if not torch.cuda.is_initialized():  # read when the context is created
+                os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", CUDA_CONNECTIONS)
             threading.Thread(target=torch.cuda.init, name="cuda-init", daemon=True).start()
         self.engine = build_engine(self.config, self.device)
         self.names = self.engine.names

@@ -114,9 +114,6 @@ class TorchEngine(Engine):
             self._forward = torch.compile(net, mode=config.compile_mode or "default", dynamic=False)
         self.forward_batch = config.micro_batch or config.batch_size  # images per forward (graph replay)
         self.static_batch = self.forward_batch if (self.cuda_graph or self.compile) else None
-        # Queue one forward at a time: work already queued on the GPU goes ahead of other streams' (the GPU JPEG
-        # decoder's kernels wait behind a whole queued batch), so the decoder gets the GPU between forwards.
-        self.wait_between_forwards = device.type == "cuda"
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static_in: torch.Tensor | None = None
         self._static_out: torch.Tensor | None = None
@@ -134,14 +131,14 @@ class TorchEngine(Engine):
             x = x.contiguous(memory_format=torch.channels_last)
         if self.static_batch is not None and x.shape[0] % self.static_batch:
             raise EngineError(f"this engine runs batches of a multiple of {self.static_batch} images, got {x.shape[0]}")
-        if x.shape[0] <= self.forward_batch:
-            return self._forward_one(x)
         chunks = []
         for i in range(0, x.shape[0], self.forward_batch):
-            chunks.append(self._forward_one(x[i : i + self.forward_batch]))
-            if self.wait_between_forwards:
+            if chunks and self.device.type == "cuda":
+                # Queue one forward at a time: work already queued on the GPU goes ahead of other streams' (the
+                # GPU JPEG decoder's kernels wait behind a queued batch), so the decoder gets the GPU in between.
                 torch.cuda.current_stream(self.device).synchronize()
-        return torch.cat(chunks)
+            chunks.append(self._forward_one(x[i : i + self.forward_batch]))
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
     def _forward_one(self, x: torch.Tensor) -> torch.Tensor:
         """One forward of at most forward_batch images: a CUDA-graph replay once captured."""
