@@ -107,7 +107,7 @@ def cmd_infer(args) -> int:
         config,
         ActorOptions(
             actors=args.actors, gpus_per_actor=args.gpus_per_actor, calls_per_actor=args.calls_per_actor,
-            decode_threads=args.decode_threads,
+            decode_threads=args.decode_threads, batches_per_call=args.batches_per_call,
         ),
         source_options,
         units=units,
@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--calls-per-actor", type=int, default=1, dest="calls_per_actor",
                    help="concurrent batches per actor, to overlap decode with inference (default 1)")
     i.add_argument("--decode-threads", type=int, dest="decode_threads", help="CPU decode threads per actor")
+    i.add_argument("--batches-per-call", type=int, default=4, dest="batches_per_call",
+                   help="engine batches of rows per actor call; a call's last batch may be short (default 4)")
     i.add_argument("--video-stride", type=int, default=1, dest="video_stride", help="every Nth video frame")
     i.add_argument("--video-fps", type=float, dest="video_fps", help="resample videos to this frame rate")
     i.add_argument("--address", help="Ray address (ray://host:10001 or auto); default: start a local Ray")

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from yoloray.batch import JobError, detect, run_job
+from yoloray.batch import ActorOptions, JobError, detect, run_job
 from yoloray.batch.pipeline import JOB_FILE, SUMMARY_FILE, error_kind
 from yoloray.config import EngineConfig
 from yoloray.data.inputs import SourceOptions
@@ -359,6 +359,8 @@ def test_detect_inside_user_pipeline(footage, config):
     assert {d["label"] for r in rows for d in r["detections"]} <= set(CLASS_NAMES)
 
     # a schema known up front is checked when the pipeline is built ...
+    with pytest.raises(JobError, match="--batches-per-call must be >= 1"):
+        detect(ds, config, ActorOptions(batches_per_call=0))
     with pytest.raises(JobError, match="need 'key' and 'image'.*pixels"):
         detect(ray.data.from_items([{"key": "a", "pixels": b"x"}]), config)
     # ... one known only when it runs (user code upstream), when it runs
@@ -366,6 +368,36 @@ def test_detect_inside_user_pipeline(footage, config):
     with pytest.raises(Exception, match="need 'key' and 'image'") as info:
         detect(lazy, config).take_all()
     assert "pixels" in str(info.value)
+
+
+def test_batches_per_call_sets_rows_per_actor_call(jpegs, config):
+    """Blocks of 3 rows, engine batch 2: one batch per call takes one block per call (3 rows, run as 2 + 1);
+    three batches per call take two blocks (6 rows, 2 + 2 + 2). Every call returns one output block, and the
+    detections do not depend on how the rows were grouped."""
+    import ray
+
+    small = config.model_copy(update={"batch_size": 2})
+    items = [{"key": f"k{i:02d}", "image": jpegs[i % len(jpegs)]} for i in range(24)]
+    outputs = {}
+    for per_call in (1, 3):
+        ds = ray.data.from_items(items, override_num_blocks=8)
+        out = detect(ds, small, ActorOptions(batches_per_call=per_call))
+        blocks = list(out.iter_batches(batch_format="pyarrow", batch_size=None))
+        outputs[per_call] = blocks
+    assert [b.num_rows for b in outputs[1]] == [3] * 8
+    assert [b.num_rows for b in outputs[3]] == [6] * 4
+
+    def by_key(blocks):
+        table = pa.concat_tables(blocks)
+        return dict(zip(table.column("key").to_pylist(), table.column("detections").to_pylist()))
+
+    one, three = by_key(outputs[1]), by_key(outputs[3])
+    assert sorted(one) == [it["key"] for it in items]
+    assert sum(map(len, one.values())) > 0
+    for key, dets in one.items():
+        assert len(dets) == len(three[key]), key
+        for a, b in zip(dets, three[key]):
+            assert a["class_id"] == b["class_id"] and a["x1"] == pytest.approx(b["x1"], abs=1e-3), key
 
 
 # --------------------------------------------------------------------------------------------- 6. CLI errors

@@ -159,6 +159,12 @@ def test_arrow_views_are_zero_copy_and_decode():
         arr = pa.array(payloads, typ).slice(0, 3)
         views = encoded_views(pa.chunked_array([arr]))
         assert [bytes(v) for v in views] == [b"\xff\xd8abc\xff\xd9", b"", b"xyz"]
+        # a batch put together from several blocks: sliced chunks, an empty one; views point into each chunk
+        chunked = pa.chunked_array([arr.slice(1, 2), pa.array([], typ), arr.slice(0, 1)], typ)
+        views = encoded_views(chunked)
+        assert [bytes(v) for v in views] == [b"", b"xyz", b"\xff\xd8abc\xff\xd9"]
+        assert views[1].obj.address == chunked.chunk(0).buffers()[2].address  # no copy
+        assert encoded_views(pa.chunked_array([], typ)) == []
     with pytest.raises(TypeError, match="encoded bytes"):
         encoded_views(pa.array([1, 2]))
 

@@ -102,13 +102,16 @@ def locate(unit: dict) -> tuple[pafs.FileSystem, str]:
 
 
 def encoded_views(column: pa.ChunkedArray | pa.Array) -> list:
-    """Zero-copy memoryviews of an Arrow binary column's values (no bytes object per image); null -> b""."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
-        raise TypeError(f"the image column must hold encoded bytes (binary), not {arr.type}")
-    width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
-    _, offsets_buf, data_buf = arr.buffers()
-    offsets = np.frombuffer(offsets_buf, width)[arr.offset : arr.offset + len(arr) + 1]
-    data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
-    valid = np.asarray(arr.is_valid())
-    return [data[offsets[i] : offsets[i + 1]] if valid[i] else b"" for i in range(len(arr))]
+    """Zero-copy memoryviews of an Arrow binary column's values (no bytes object per image); null -> b"".
+    Chunk by chunk: a batch that Ray Data put together from several blocks is never copied into one."""
+    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+        raise TypeError(f"the image column must hold encoded bytes (binary), not {column.type}")
+    width = np.int64 if pa.types.is_large_binary(column.type) else np.int32
+    views: list = []
+    for arr in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+        _, offsets_buf, data_buf = arr.buffers()
+        offsets = np.frombuffer(offsets_buf, width)[arr.offset : arr.offset + len(arr) + 1].tolist()
+        data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
+        valid = np.asarray(arr.is_valid())
+        views.extend(data[offsets[i] : offsets[i + 1]] if valid[i] else b"" for i in range(len(arr)))
+    return views
