@@ -66,14 +66,17 @@ def repeat_shards(base: list[tuple[Path, int]], folder: Path, images: int) -> tu
     """`folder` with the base shards repeated (distinct names, so distinct keys) until it holds at least `images`
     members; the folder and its member count."""
     folder.mkdir(parents=True, exist_ok=True)
-    copies, n = 0, 0
+    copies, n, wanted = 0, 0, set()
     while n < images:
         for s, members in base:
             if n >= images:
                 break
+            wanted.add(folder / f"copy{copies:04d}-{s.name}")
             _link_or_copy(s, folder / f"copy{copies:04d}-{s.name}")
             n += members
         copies += 1
+    for extra in set(folder.iterdir()) - wanted:  # left by an earlier, longer run in the same --work folder
+        extra.unlink()
     return folder, n
 
 
@@ -369,6 +372,12 @@ def main() -> int:
         "hybrid.3-2actors-2calls-b128-m32": ({**tv, **hybrid, "hybrid_cpu_share": 0.3, "micro_batch": 32}, pool(2, 2, threads=4)),
         "hybrid.15-2actors-2calls-b128-m32": ({**tv, **hybrid, "hybrid_cpu_share": 0.15, "micro_batch": 32}, pool(2, 2, threads=4)),
         "hybrid.15-3actors-2calls-b128-m32": ({**tv, **hybrid, "hybrid_cpu_share": 0.15, "micro_batch": 32}, pool(3, 2, threads=4)),
+        # torch.compile (inductor, default mode; no CUDA graph around it); compile time counts in the row
+        "compile-3actors-2calls-b128-m32": (
+            {**tv, "backend": "torch-compile", "cuda_graph": False, "micro_batch": 32}, pool(3, 2, threads=5)),
+        "compile-hybrid.15-3actors-2calls-b128-m32": (
+            {**tv, **hybrid, "backend": "torch-compile", "cuda_graph": False, "hybrid_cpu_share": 0.15, "micro_batch": 32},
+            pool(3, 2, threads=4)),
     }
     if not GPU:
         configs = {"cpu-reduced": configs["cpu-reduced"], "cpu-2calls": ({**fast, "reduced_decode": True}, {"calls_per_actor": 2})}

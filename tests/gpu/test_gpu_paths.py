@@ -105,6 +105,7 @@ FAST = [
     {"precision": "fp16", "channels_last": True, "cuda_graph": True, "reduced_decode": True},
     {"precision": "fp16", "channels_last": True, "cuda_graph": True, "decode": "hybrid", "reduced_decode": True},
     {"precision": "fp16", "channels_last": True, "backend": "torch-compile"},
+    {"precision": "fp16", "channels_last": True, "backend": "torch-compile", "decode": "gpu", "micro_batch": 4},
 ]
 
 

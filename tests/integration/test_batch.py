@@ -437,6 +437,10 @@ def test_cli_errors(footage, jpegs, tmp_path):
     assert "nope.pt" in msg and "do not exist" in msg
     assert not list((tmp_path / "o3").glob("part-*"))
 
+    msg = _cli_error([str(footage.zip_path), "--out", str(tmp_path / "o4"), "--batches-per-call", "0", *ENGINE_FLAGS])
+    assert "--batches-per-call must be >= 1" in msg
+    assert not (tmp_path / "o4").exists()
+
 
 def test_out_folder_of_another_engine_config(footage, config, tmp_path):
     out = tmp_path / "out"

@@ -86,7 +86,11 @@ class Summary:
 
 
 def _resources(options: ActorOptions) -> tuple[float, int]:
+    """GPUs per actor and actors, from the options and the cluster; JobError for options that cannot run."""
     import ray
+
+    if options.batches_per_call < 1:
+        raise JobError(f"--batches-per-call must be >= 1, got {options.batches_per_call}")
 
     cluster_gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
     gpus = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if cluster_gpus else 0.0)
@@ -118,8 +122,6 @@ def detect(ds, config: EngineConfig, options: ActorOptions | None = None):
     if columns is not None:
         _check_columns(columns)
     gpus, actors = _resources(options)
-    if options.batches_per_call < 1:
-        raise JobError(f"--batches-per-call must be >= 1, got {options.batches_per_call}")
     ds = ds.map_batches(_normalize, batch_format="pyarrow", batch_size=None)
     predecoded = config.decode == "hybrid"
     if predecoded:  # the CPU share is decoded in Ray tasks (fused with the reads), not by threads in the actor
@@ -266,6 +268,7 @@ def run_job(
         raise JobError(f"rows per part must be >= 1, got {rows_per_part}")
     fs, root = _fs(out)
     source_options = source_options or SourceOptions()
+    _resources(options or ActorOptions())  # bad actor options fail before the output folder is touched
     if units is None:  # SourceError for missing / empty / unsupported inputs
         units = list_units(sources, source_options)
     _check_model(config)
