@@ -109,6 +109,8 @@ def encoded_views(column: pa.ChunkedArray | pa.Array) -> list:
     width = np.int64 if pa.types.is_large_binary(column.type) else np.int32
     views: list = []
     for arr in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+        if not len(arr):  # an empty chunk may come without an offsets buffer
+            continue
         _, offsets_buf, data_buf = arr.buffers()
         offsets = np.frombuffer(offsets_buf, width)[arr.offset : arr.offset + len(arr) + 1].tolist()
         data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
