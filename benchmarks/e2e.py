@@ -31,6 +31,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import torch  # noqa: E402
 
+from yoloray.detector import CUDA_CONNECTIONS  # noqa: E402
+
+# The "Detector alone" rows run in this process: give its CUDA context the work queues the Detector gives an
+# actor's (the bare-model rows create the context before any Detector could set them).
+os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", CUDA_CONNECTIONS)
 RESULTS: list[dict] = []
 GPU = torch.cuda.is_available()  # on a machine without one, everything runs small on the CPU (a dry run)
 DEVICE = "cuda" if GPU else "cpu"
