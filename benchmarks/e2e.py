@@ -76,8 +76,9 @@ def repeat_shards(base: list[tuple[Path, int]], folder: Path, images: int) -> tu
         for s, members in base:
             if n >= images:
                 break
-            wanted.add(folder / f"copy{copies:04d}-{s.name}")
-            _link_or_copy(s, folder / f"copy{copies:04d}-{s.name}")
+            dst = folder / f"copy{copies:04d}-{s.name}"
+            wanted.add(dst)
+            _link_or_copy(s, dst)
             n += members
         copies += 1
     for extra in set(folder.iterdir()) - wanted:  # left by an earlier, longer run in the same --work folder
@@ -408,9 +409,8 @@ def main() -> int:
     if infer_rows and a.long_images:
         name = a.long_config or max(infer_rows, key=lambda r: r["images_per_s"])["config"]
         long_shards, n = repeat_shards(base_shards, work / "shards-long", a.long_images)
-        try:
-            infer_rows.append(yoloray_infer(name, weights, long_shards, work / "out", *configs[name],
-                                            label=f"long job, {n:,} images"))
+        try:  # a row of its own: the best configuration, the stages and the ratios stay those of --images jobs
+            yoloray_infer(name, weights, long_shards, work / "out", *configs[name], label=f"long job, {n:,} images")
         except Exception:
             traceback.print_exc()
         (out / "e2e.json").write_text(json.dumps(RESULTS, indent=1, default=str))
@@ -430,8 +430,7 @@ def print_table(infer_rows: list[dict]) -> None:
     for r in RESULTS:
         if "images_per_s" in r:
             get.setdefault(r["row"][:3], r)  # the first (1) row is the square 640 ceiling
-    same_length = [r for r in infer_rows if not r.get("label")]  # the ratios compare jobs of --images, not the long one
-    best = max(same_length, key=lambda r: r["images_per_s"]) if same_length else None
+    best = max(infer_rows, key=lambda r: r["images_per_s"]) if infer_rows else None
     print("\n| row | images | s | images/s | steady images/s | startup s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in RESULTS:
