@@ -240,6 +240,13 @@ class ServeConfig(_Model):
     max_queued_images: int = Field(
         1024, ge=1, description="images admitted to one replica and not yet answered; more are refused (503)"
     )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        le=3600.0,
+        description="a request body not complete this long after its headers is refused (408), at the "
+        "ingress guard and again in the replica",
+    )
 
     @model_validator(mode="before")
     @classmethod

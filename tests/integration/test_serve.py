@@ -7,6 +7,7 @@ file (demo detector, 256x256, batch 4), and a `flood` app with max_ongoing_reque
 from __future__ import annotations
 
 import io
+import json
 import socket
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from yoloray.config import ConfigError, EngineConfig  # noqa: E402
 
 ENGINE = {"imgsz": 256, "batch_size": 4, "device": "cpu"}
 MAX_IMAGE_BYTES = 1_000_000
+BODY_TIMEOUT_S = 6.0
 TIMEOUT = 60
 
 
@@ -35,11 +37,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, demo_model):
-    from yoloray.serve.app import build_application, main
+    from yoloray.config import ServeConfig
+    from yoloray.serve.app import build_application, guard_ingress, main
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = _free_port()
     config = {
         "http_options": {"host": "127.0.0.1", "port": port},
@@ -56,6 +56,7 @@ def service(tmp_path_factory, demo_model):
                     "max_request_bytes": 4 * MAX_IMAGE_BYTES,
                     "max_images_per_request": 4,
                     "max_queued_images": 64,
+                    "body_timeout_s": BODY_TIMEOUT_S,
                 },
                 "deployments": [
                     {
@@ -73,12 +74,21 @@ def service(tmp_path_factory, demo_model):
             }
         ],
     }
+    started = not ray.is_initialized()
+    if started:  # the ingress guard rides on the environment Serve's processes inherit (as `yoloray serve`)
+        guard_ingress([ServeConfig.parse(config["applications"][0]["args"])])
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     path = tmp_path_factory.mktemp("serve") / "serve.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     try:
         assert main([str(path), "--no-block"]) == 0
         flood = build_application(
-            {"engine": {**ENGINE, "model": demo_model}, "max_batch_size": 4, "batch_wait_timeout_s": 0.5},
+            {
+                "engine": {**ENGINE, "model": demo_model},
+                "max_batch_size": 4,
+                "batch_wait_timeout_s": 0.5,
+                "body_timeout_s": BODY_TIMEOUT_S,
+            },
             max_ongoing_requests=1,
             max_queued_requests=1,
             backpressure_config={"status_code": 503, "retry_after_s": 1},
@@ -245,7 +255,59 @@ def test_overload_answers_503_never_500(service, images):
     assert counts[503] >= 1 and counts[200] >= 1, counts
     shed = next(r for r in answers if r.status_code == 503)
     assert shed.headers.get("Retry-After") == "1"  # backpressure_config from the deployment options
+    for r in answers:  # Serve's own back-pressure answer, made JSON by the ingress guard
+        if r.status_code == 503:
+            assert_error(r, 503, "max_queued_requests")
     assert post(url, images["bus"]).status_code == 200  # and it recovers
+
+
+STALLED = 40
+
+
+def _stall(port: int, path: str, head: bytes) -> socket.socket:
+    """An upload that declares 500 kB, sends its first bytes and stops."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    s.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+        "Content-Length: 500000\r\n\r\n".encode()
+        + head
+    )
+    return s
+
+
+def _answer(s: socket.socket) -> tuple[int, dict]:
+    """Status and JSON body of the response on `s` (read until the server closes it)."""
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_stalled_uploads_do_not_block_service(service, images):
+    """40 uploads that stop mid-body against a replica that admits one request at a time (`flood`): normal
+    requests are answered while they stall, and each stalled one gets a JSON 408 once body_timeout_s pass."""
+    url, port = service["url"], int(service["url"].rsplit(":", 1)[1])
+    guard = _info(url + "/flood")["ingress_guard"]
+    assert guard and guard["body_timeout_s"] == BODY_TIMEOUT_S, "the ingress guard is not installed"
+    bus = images["bus"]
+    socks = [_stall(port, "/flood/detect" if i % 2 else "/detect", bus[:1000]) for i in range(STALLED)]
+    try:
+        for u in (url + "/flood", url, url + "/flood"):
+            r = post(u, bus)
+            assert r.status_code == 200, r.text
+        for s in socks:  # nothing answered them yet: they were still stalled while the service answered
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(1)
+            s.setblocking(True)
+        for s in socks:
+            status, body = _answer(s)
+            assert status == 408 and body["status"] == 408 and "did not arrive" in body["error"], body
+    finally:
+        for s in socks:
+            s.close()
+    assert post(url + "/flood", bus).status_code == 200
 
 
 # ----------------------------------------------------------------------------------------- batching

@@ -22,10 +22,12 @@ the highest-scoring boxes. `params` in the answer says what was applied.
 Status codes: 400 empty, undecodable or truncated image, malformed multipart; 413 image over
 max_image_bytes (or over the engine's max_pixels), body over max_request_bytes, too many images;
 415 Content-Type not image/*, application/octet-stream or multipart/form-data, or data in a non-image
-format (GIF, PDF, ZIP, video, text ...); 422 bad or unknown query parameters, a form field that is not a
-file; 503 overloaded: Serve's own back-pressure once `max_queued_requests` requests wait for a replica
-(plain-text body from Serve), or our JSON one once `max_queued_images` images wait on a replica. Every
-error body of ours is `{"error": "...", "status": N}`. A request with several images answers 200 and
+format (GIF, PDF, ZIP, video, text ...); 408 a body not complete within `body_timeout_s`; 422 bad or unknown
+query parameters, a form field that is not a file; 503 overloaded: Serve's own back-pressure once
+`max_queued_requests` requests wait for a replica, or ours once `max_queued_images` images wait on a
+replica. Every error body is `{"error": "...", "status": N}`: Serve's own plain-text answers (503, 408, 500)
+are rewritten by the ingress guard (yoloray.serve.ingress_guard), which `yoloray serve` installs in the Ray
+it starts. A request with several images answers 200 and
 reports a bad image in that image's `error`, as the batch job's Parquet rows do.
 """
 
@@ -74,7 +76,7 @@ def build_application(args: Any, **deployment_options):
 def build_app(args: dict):
     """Serve config entry point (`import_path: yoloray.serve.app:build_app`). `args` is validated with
     ServeConfig: {"engine": {EngineConfig fields}, "max_batch_size": int, "batch_wait_timeout_s": float,
-    "max_image_bytes", "max_request_bytes", "max_images_per_request", "max_queued_images"}."""
+    "max_image_bytes", "max_request_bytes", "max_images_per_request", "max_queued_images", "body_timeout_s"}."""
     return build_application(args)
 
 
@@ -114,11 +116,28 @@ def applications_from(schema, source: str = "serve config") -> list[dict]:
                     f"{where}: unknown deployment {d.name!r}; this application has one: {DEPLOYMENT_NAME}"
                 )
             options = d.model_dump(exclude_unset=True, exclude={"name"})
-        parse_args(a.args, source=f"{where} args")
+        config = parse_args(a.args, source=f"{where} args")
         out.append(
-            {"name": a.name, "route_prefix": a.route_prefix, "app": build_application(a.args, **options)}
+            {
+                "name": a.name,
+                "route_prefix": a.route_prefix,
+                "config": config,
+                "app": build_application(a.args, **options),
+            }
         )
     return out
+
+
+def guard_ingress(configs: list[ServeConfig], env: dict | None = None) -> dict:
+    """Install the ingress guard (yoloray.serve.ingress_guard) in `env` (default os.environ) for a Ray this
+    process is about to start, with the longest body timeout and the largest request body of `configs`."""
+    from yoloray.serve.ingress_guard import install
+
+    return install(
+        env,
+        body_timeout_s=max(c.body_timeout_s for c in configs),
+        max_body_bytes=max(c.max_request_bytes for c in configs),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     # Serve itself is shut down on exit only when it lives in a Ray this command started on this machine;
     # on a cluster only this config's applications are deleted.
     local = started_ray and not args.address and not os.environ.get("RAY_ADDRESS")
+    if local:  # Serve's processes inherit this environment; on a cluster, `ray start` sets it (README)
+        guard_ingress([a["config"] for a in apps])
     if started_ray:
         ray.init(address=args.address, namespace="serve", log_to_driver=args.blocking)
     http = schema.http_options.model_dump(exclude_unset=True)

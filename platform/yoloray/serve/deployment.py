@@ -48,6 +48,8 @@ from yoloray.serve.http import (
     read_body,
     to_row,
 )
+from yoloray.serve.ingress_guard import installed as guard_installed
+from yoloray.serve.ingress_guard import settings as guard_settings
 
 log = logging.getLogger("ray.serve")
 
@@ -271,11 +273,13 @@ class DetectorDeployment:
                 "max_request_bytes": c.max_request_bytes,
                 "max_images_per_request": c.max_images_per_request,
                 "max_queued_images": c.max_queued_images,
+                "body_timeout_s": c.body_timeout_s,
                 "conf": [0.0, 1.0],
                 "iou": [0.0, 1.0],
                 "max_det": [1, 1000],
             },
             "deployment": _deployment_info(),
+            "ingress_guard": guard_settings() if guard_installed() else None,
             "stats": stats,
             "queue_depth": self._waiting,
         }
@@ -311,7 +315,8 @@ class DetectorDeployment:
         check_content_type(mtype)
         limit = c.max_request_bytes if mtype == MULTIPART else c.max_image_bytes
         check_content_length(request.headers.get("content-length"), limit)
-        body = await read_body(request.stream(), limit)
+        self._admit(1)  # before the body is read: an overloaded replica answers at once
+        body = await read_body(request.stream(), limit, c.body_timeout_s)
         if mtype == MULTIPART:
             datas, _, errors = images_from_parts(parse_multipart(body, mparams.get("boundary")))
             if len(datas) > c.max_images_per_request:
@@ -326,13 +331,7 @@ class DetectorDeployment:
         if single and errors[0] is not None:
             raise errors[0]
         ok = [i for i, e in enumerate(errors) if e is None]
-        if self._waiting + len(ok) > c.max_queued_images:
-            raise ApiError(
-                503,
-                f"overloaded: {self._waiting} images already wait on this replica (max_queued_images "
-                f"{c.max_queued_images}); retry later",
-                {"Retry-After": str(RETRY_AFTER_S)},
-            )
+        self._admit(len(ok))
         ran = await asyncio.gather(*(self._submit(datas[i]) for i in ok))
         results = [ImageResult(error=e.message if e else None) for e in errors]
         for i, r in zip(ok, ran):
@@ -343,6 +342,17 @@ class DetectorDeployment:
         agnostic = c.engine.agnostic_nms
         rows = [to_row(narrow(r, eff, self._engine_params, agnostic), self.names) for r in results]
         return {"results": rows, "engine": self.key, "params": eff}
+
+    def _admit(self, images: int) -> None:
+        """503 (JSON, Retry-After) when `images` more would pass max_queued_images on this replica."""
+        limit = self.config.max_queued_images
+        if self._waiting + images > limit:
+            raise ApiError(
+                503,
+                f"overloaded: {self._waiting} images already wait on this replica (max_queued_images "
+                f"{limit}); retry later",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
 
     async def _submit(self, data: bytes) -> ImageResult:
         loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ Every client mistake is an `ApiError(status, message)`; the route turns it into
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,13 +110,26 @@ def check_content_length(header: str | None, limit: int) -> None:
         raise ApiError(413, f"request body of {n:,} bytes is over the limit of {limit:,} bytes")
 
 
-async def read_body(chunks, limit: int) -> bytes:
-    """Read an async iterator of chunks, refusing (413) as soon as it passes `limit` bytes."""
+async def read_body(chunks, limit: int, timeout_s: float | None = None) -> bytes:
+    """Read an async iterator of chunks, refusing (413) as soon as it passes `limit` bytes, and (408) when
+    the whole body has not arrived within `timeout_s` (a client that stalls mid-upload)."""
     buf = bytearray()
-    async for chunk in chunks:
-        buf += chunk
-        if len(buf) > limit:
-            raise ApiError(413, f"request body is over the limit of {limit:,} bytes")
+
+    async def read():
+        async for chunk in chunks:
+            buf.extend(chunk)
+            if len(buf) > limit:
+                raise ApiError(413, f"request body is over the limit of {limit:,} bytes")
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise ApiError(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s ({len(buf):,} bytes came); "
+            "send it whole and promptly",
+            {"Connection": "close"},
+        ) from None
     return bytes(buf)
 
 
