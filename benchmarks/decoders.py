@@ -2,7 +2,7 @@
 
     python benchmarks/decoders.py --frames 384 --seconds 1.5 --out results/   (on the H200; benchmarks/README.md)
 
-Decoders (vision/gpu_decode.py): torchvision's nvJPEG (one decoder per process behind a mutex), nvImageCodec
+Decoders (vision/decoders/): torchvision's nvJPEG (one decoder per process behind a mutex), nvImageCodec
 (hardware JPEG engines first, then CUDA), and nvImageCodec held to one backend kind (HW_GPU_ONLY, GPU_ONLY) to
 see which one it runs. For each: how much of the GIL a decode call leaves to other threads; images/s and host
 CPU time per image (all threads of this process, spin-waits included) alone; 3 threads with a decoder each,
@@ -30,7 +30,8 @@ os.environ.setdefault("YOLO_OFFLINE", "true")
 import torch  # noqa: E402
 
 from yoloray.detector import CUDA_CONNECTIONS  # noqa: E402
-from yoloray.vision.gpu_decode import NvImageCodecDecoder, nvimgcodec_missing, open_gpu_decoder  # noqa: E402
+from yoloray.vision.decoders.nvimgcodec import NvImageCodecDecoder, nvimgcodec_missing  # noqa: E402
+from yoloray.vision.decoders.stills import open_gpu_decoder  # noqa: E402
 
 RESULTS: list[dict] = []
 SHAPE = (384, 640)

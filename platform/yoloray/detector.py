@@ -1,7 +1,9 @@
 """Detector: the one warmed unit that the batch job, Tune and Serve all run.
 
-bytes / arrays -> decode (CPU threads or the GPU's JPEG decoder) -> letterbox -> engine -> batched NMS -> original pixels.
-A bad image becomes an error entry for that image only; the rest of the batch is unaffected.
+`run(FrameBatch)`: letterbox -> engine -> batched NMS -> original pixels, for frames any decoder made
+(vision/decoders/: CPU threads, the GPU's JPEG decoder, PyAV or NVDEC video). `detect(images)`: the still-image
+decoder the config names, then `run`. A bad image becomes an error entry for that image only; the rest of the
+batch is unaffected.
 """
 
 from __future__ import annotations
@@ -12,20 +14,20 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import numpy as np
 import torch
 
 from yoloray.config import ConfigError, EngineConfig
 from yoloray.engines import EngineError, build_engine
 from yoloray.results import Detections
-from yoloray.vision.decode import ImageError, probe
-from yoloray.vision.gpu_decode import open_gpu_decoder
+from yoloray.vision.decode import ImageError
+from yoloray.vision.decoders.frames import FrameBatch
+from yoloray.vision.decoders.stills import StillDecoder
 from yoloray.vision.letterbox import Geometry, boxes_to_original, letterbox_gpu
 from yoloray.vision.nms import batched_nms, end2end_filter
-from yoloray.vision.prepare import Prepared, prepare_cpu
+from yoloray.vision.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,6 @@ log = logging.getLogger(__name__)
 # queued behind another stream's work in the same queue waits for it: with 8, the GPU JPEG decoder's kernels
 # waited behind whole inference batches (decode beside inference 1,000 images/s; with 32, 4,900: benchmarks/README).
 CUDA_CONNECTIONS = "32"
-GPU_LETTERBOX_GROUP = 32  # images resized in one call (bounds the fp16 staging memory: 32 x 1080p ~ 400 MB)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,19 +74,17 @@ class Detector:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         self._local = threading.local()
         self._engine_lock = threading.Lock()
-        if self.config.decode != "cpu":  # a decoder that cannot run here fails the build, not the first batch
-            try:
-                self._local.gpu_decoder = open_gpu_decoder(self.config.gpu_decoder, self.device)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
+        try:  # a GPU decoder that cannot run here fails the build, not the first batch
+            self.decoder = StillDecoder(self.config, self.imgsz, self.device, self._pool)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.warm = False
 
     # ---------------------------------------------------------------- public
     def warmup(self) -> Detector:
         """Run the engine at the real input shape (and capture/compile) so no call pays a first-batch cost."""
         self.engine.warmup(self.batch_size, self.imgsz)
-        if self.config.decode != "cpu":  # run this thread's decoder once (engine and stream set-up)
-            self._thread_gpu_decoder().decode([cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))[1].tobytes()])
+        self.decoder.warmup()
         self.warm = True
         return self
 
@@ -94,6 +93,12 @@ class Detector:
         Inputs: encoded bytes, decoded BGR arrays, or images already letterboxed to this imgsz (Prepared)."""
         parts = [self._detect_batch(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
         return Detections.concat(parts) if parts else Detections.empty(0, self.names)
+
+    def run(self, frames: FrameBatch) -> Detections:
+        """One result per item of a decoded batch (at most `batch_size` frames), in item order: letterbox ->
+        engine -> NMS -> boxes in original pixels; items the decoder could not decode keep their error."""
+        with self._stream():
+            return self._run(frames)
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """Tensor-level path for ready batches: (B, 3, H, W) in [0, 1] on the device -> raw head output.
@@ -132,103 +137,41 @@ class Detector:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------- internals
-    def _detect_batch(self, images: Sequence[bytes | np.ndarray]) -> Detections:
+    def _detect_batch(self, images: Sequence[bytes | np.ndarray | Prepared]) -> Detections:
         with self._stream():
-            return self._run_batch(images)
+            t0 = time.perf_counter()
+            frames = self.decoder.decode(images)
+            decoded = time.perf_counter() - t0
+            dets = self._run(frames)
+            dets.timings = {"decode": decoded, **dets.timings}
+            return dets
 
-    def _run_batch(self, images: Sequence[bytes | np.ndarray]) -> Detections:
-        t0 = time.perf_counter()
-        n = len(images)
-        geom = Geometry.allocate(n)
-        errors: list[str | None] = [None] * n
-        to_gpu = self._gpu_candidates(images)
-        cpu_jobs = {}
-        for i in range(n):
-            if isinstance(images[i], Prepared):
-                cpu_jobs[i] = _resolved(self._record(images[i], i, geom))  # letterboxed upstream
-            elif i not in to_gpu:
-                cpu_jobs[i] = self._pool.submit(self._prepare_cpu, images[i], i, geom)
-        probes = {i: self._pool.submit(probe, images[i], self.config.max_pixels) for i in to_gpu}
-        gpu_rows, gpu_slots = self._decode_gpu(images, probes, geom, errors, cpu_jobs)
-        cpu_slots, cpu_arrays = [], []
-        for i, job in sorted(cpu_jobs.items()):
-            try:
-                cpu_arrays.append(job.result())
-                cpu_slots.append(i)
-            except ImageError as e:
-                errors[i] = str(e)
-        slots = np.asarray(gpu_slots + cpu_slots, np.int64)
+    def _run(self, frames: FrameBatch) -> Detections:
+        n = len(frames)
+        geom, slots = frames.geom, frames.slots
         t1 = time.perf_counter()
         if len(slots) == 0:
             dets = Detections.empty(n, self.names)
-            dets.timings = {"decode": t1 - t0}
+            dets.timings = {}
         else:
             x = torch.empty((len(slots), 3, *self.imgsz), dtype=self.engine.dtype, device=self.device)
-            for rows, (start, stop) in gpu_rows:
-                letterbox_gpu(rows, self.imgsz, x[start:stop])
-            if cpu_arrays:
-                self._upload(cpu_arrays, x[len(gpu_slots) :])
+            start = 0
+            for group in frames.device_groups:  # decoders bound a group's size (decoders/stills.py)
+                stop = start + int(group.shape[0])
+                letterbox_gpu(group, self.imgsz, x[start:stop])
+                start = stop
+            if frames.host_frames:
+                self._upload(frames.host_frames, x[start:])
             t2 = self._sync_time()
             raw = self.infer(x)
             t3 = self._sync_time()
             dets = self.postprocess(raw, geom, slots, n)
             t4 = time.perf_counter()
-            dets.timings = {"decode": t1 - t0, "preprocess": t2 - t1, "inference": t3 - t2, "nms": t4 - t3}
-        dets.errors = errors
+            dets.timings = {"preprocess": t2 - t1, "inference": t3 - t2, "nms": t4 - t3}
+        dets.errors = list(frames.errors)
         dets.widths[slots] = geom.orig_w[slots].astype(np.int32)
         dets.heights[slots] = geom.orig_h[slots].astype(np.int32)
         return dets
-
-    def _gpu_candidates(self, images) -> set[int]:
-        """Which inputs the GPU decodes: none (decode=cpu), all encoded ones (gpu), or all but a CPU share
-        that the decode threads take in parallel (hybrid). Non-JPEG inputs always fall back to the CPU."""
-        mode = self.config.decode
-        if mode == "cpu":
-            return set()
-        encoded = [i for i, im in enumerate(images) if not isinstance(im, (np.ndarray, Prepared))]
-        if mode == "hybrid":
-            encoded = encoded[round(len(encoded) * self.config.hybrid_cpu_share) :]
-        return set(encoded)
-
-    def _decode_gpu(self, images, probes: dict, geom: Geometry, errors: list, cpu_jobs: dict):
-        """GPU-decode the probed JPEGs; returns [(uint8 tensor group (g,3,h,w), (row range))], slots.
-        Same-sized images are letterboxed as one group; anything the decoder refuses goes to the CPU threads."""
-        jpeg_idx, infos = [], {}
-        for i, job in sorted(probes.items()):
-            try:
-                info = job.result()
-            except ImageError as e:
-                errors[i] = str(e)
-                continue
-            if info.is_jpeg and info.orientation == 1:
-                jpeg_idx.append(i)
-                infos[i] = info
-            else:  # not JPEG, or EXIF-rotated (torchvision's batched nvJPEG ignores EXIF): the CPU applies it
-                cpu_jobs[i] = self._pool.submit(self._prepare_cpu, images[i], i, geom)
-        decoded = self._thread_gpu_decoder().decode([images[i] for i in jpeg_idx]) if jpeg_idx else []
-        by_shape: dict[tuple, list] = {}
-        for i, t in zip(jpeg_idx, decoded):
-            if t is None:
-                cpu_jobs[i] = self._pool.submit(self._prepare_cpu, images[i], i, geom)
-                continue
-            hw = tuple(t.shape[1:])
-            geom.set(i, hw, self.imgsz, (infos[i].height, infos[i].width))
-            by_shape.setdefault(hw, []).append((i, t))
-        groups, slots = [], []
-        for members in by_shape.values():
-            for k in range(0, len(members), GPU_LETTERBOX_GROUP):
-                chunk = members[k : k + GPU_LETTERBOX_GROUP]
-                groups.append((torch.stack([t for _, t in chunk]), (len(slots), len(slots) + len(chunk))))
-                slots.extend(i for i, _ in chunk)
-        return groups, slots
-
-    def _thread_gpu_decoder(self):
-        """The calling thread's GPU JPEG decoder: concurrent calls never share one (an nvImageCodec decoder is
-        not documented as safe to share between threads)."""
-        decoder = getattr(self._local, "gpu_decoder", None)
-        if decoder is None:
-            decoder = self._local.gpu_decoder = open_gpu_decoder(self.config.gpu_decoder, self.device)
-        return decoder
 
     def _upload(self, arrays: list[np.ndarray], out: torch.Tensor) -> None:
         """Letterboxed BGR uint8 HWC arrays -> `out` (k, 3, H, W) RGB in [0, 1]: one uint8 copy to the device
@@ -249,18 +192,6 @@ class Detector:
             stream = self._local.stream = torch.cuda.Stream(self.device)
         return torch.cuda.stream(stream)
 
-    def _prepare_cpu(self, item, i: int, geom: Geometry) -> np.ndarray:
-        """Decode (reduced where allowed) and letterbox one image on the CPU; runs in a worker thread."""
-        c = self.config
-        return self._record(prepare_cpu(item, self.imgsz, c.max_pixels, c.reduced_decode), i, geom)
-
-    def _record(self, prepared: Prepared, i: int, geom: Geometry) -> np.ndarray:
-        """Record where image i sits in the input; its letterboxed pixels."""
-        if prepared.pixels.shape != (*self.imgsz, 3):
-            raise ValueError(f"prepared image of shape {prepared.pixels.shape} does not fit imgsz {self.imgsz}")
-        geom.set(i, prepared.decoded_hw, self.imgsz, prepared.orig_hw)
-        return prepared.pixels
-
     def _sync_time(self) -> float:
         if self.profile and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -272,12 +203,6 @@ class Detector:
             f"Detector(model={c.model}, backend={c.backend}, precision={c.precision}, imgsz={c.imgsz}, "
             f"batch={c.batch_size}, device={self.device}, decode={c.decode}, gpu_decoder={c.gpu_decoder}, key={self.key})"
         )
-
-
-def _resolved(value) -> Future:
-    done: Future = Future()
-    done.set_result(value)
-    return done
 
 
 __all__ = ["Detector", "EngineError", "ImageError", "resolve_device"]

@@ -16,7 +16,8 @@ from yoloray.detector import Detector
 from yoloray.evaluate import evaluate
 from yoloray.fidelity import compare
 from yoloray.vision.decode import decode_cpu, probe
-from yoloray.vision.gpu_decode import nvimgcodec_missing, open_gpu_decoder
+from yoloray.vision.decoders.nvimgcodec import nvimgcodec_missing
+from yoloray.vision.decoders.stills import open_gpu_decoder
 from yoloray.vision.letterbox import letterbox_cpu, letterbox_gpu
 
 SHAPE = (384, 640)

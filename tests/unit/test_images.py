@@ -12,7 +12,7 @@ from PIL import Image
 from yoloray.config import EngineConfig
 from yoloray.detector import Detector
 from yoloray.vision.decode import ImageError, decode_cpu, probe, reduction_factor
-from yoloray.vision.gpu_decode import open_gpu_decoder
+from yoloray.vision.decoders.stills import open_gpu_decoder
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Image probe and CPU decode through OpenCV (with JPEG DCT-domain reduced decode); GPU decode is in gpu_decode.py.
+"""Image probe and CPU decode through OpenCV (with JPEG DCT-domain reduced decode); GPU decoders are in vision/decoders/.
 
 CPU decode follows ultralytics exactly (`cv2.imdecode(bytes, cv2.IMREAD_COLOR)`): BGR uint8, grayscale /
 CMYK / 16-bit / alpha converted to 3-channel 8-bit, EXIF orientation applied. Every failure is an
