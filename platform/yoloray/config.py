@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from yoloray.engines.capabilities import CAPABILITIES, capability
+from yoloray.engines.capabilities import CAPABILITIES, PROVIDERS, unhonoured
 
 MAX_STRIDE = 32  # the largest stride of the supported families (YOLOv8, YOLO11, YOLO26)
 DEFAULT_MAX_PIXELS = 50_000_000  # ~ 8K x 6K; larger images become error rows, never decoded
@@ -131,6 +131,22 @@ class EngineConfig(_Model):
     agnostic_nms: bool = False
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    # backend onnxruntime (engines/ort_providers.py says which provider option each knob sets)
+    provider: Literal[tuple(PROVIDERS)] | None = Field(  # type: ignore[valid-type]
+        None, description="onnxruntime provider: cpu | cuda | tensorrt (default: the best one present; the "
+        "TensorRT provider is built against ONNX Runtime's documented options and has not been run here)")
+    conv_algo_search: Literal["exhaustive", "heuristic", "default"] | None = Field(
+        None, description="CUDA provider: cuDNN convolution algorithm search (ONNX Runtime's default: exhaustive)")
+    cudnn_max_workspace: bool | None = Field(None, description="CUDA provider: let cuDNN use its largest workspace")
+    trt_opt_level: int | None = Field(None, ge=0, le=5, description="TensorRT builder optimisation level (default 3)")
+    trt_min_batch: int | None = Field(
+        None, ge=1, le=1024, description="TensorRT profile's smallest batch (opt and max: the forward batch)")
+    calibration: str | None = Field(
+        None, description="precision int8: folder, glob or archive of your own images; 32 frames drawn from it "
+        "calibrate the activation ranges")
+    cache_dir: str | None = Field(
+        None, description="built-artifact cache (local path or pyarrow URI such as s3://bucket/dir) shared by "
+        "actors, replicas and jobs; default $YOLORAY_CACHE or ~/.cache/yoloray")
 
     @field_validator("imgsz", mode="before")
     @classmethod
@@ -154,25 +170,8 @@ class EngineConfig(_Model):
 
     @model_validator(mode="after")
     def _backend_honours_knobs(self):
-        cap = capability(self.backend)
-        if self.precision not in cap.precisions:
-            raise ValueError(
-                f"precision {self.precision!r} is not supported by backend {self.backend!r}; "
-                f"allowed: {', '.join(cap.precisions)}"
-            )
-        if self.workspace_gib is not None and not cap.workspace:
-            raise ValueError(
-                f"workspace_gib is not honoured by backend {self.backend!r}; leave it unset "
-                f"(backends with a workspace: {', '.join(b for b, c in CAPABILITIES.items() if c.workspace) or 'none'})"
-            )
-        if self.cuda_graph and not cap.cuda_graph:
-            raise ValueError(f"cuda_graph is not supported by backend {self.backend!r}")
-        if self.channels_last and not cap.channels_last:
-            raise ValueError(f"channels_last is not supported by backend {self.backend!r}")
-        if self.compile_mode is not None and not cap.compile:
-            raise ValueError(
-                f"compile_mode is only honoured by backend 'torch-compile', not {self.backend!r}"
-            )
+        if reasons := unhonoured(self.model_dump(), self.backend, self.provider):
+            raise ValueError(reasons[0])
         if self.micro_batch is not None and self.batch_size % self.micro_batch:
             raise ValueError(
                 f"micro_batch {self.micro_batch} must divide batch_size {self.batch_size} "
@@ -191,6 +190,8 @@ class EngineConfig(_Model):
             reasons.append(f"decode {self.decode!r} (GPU JPEG decode) needs a CUDA device; use decode: cpu")
         if self.precision == "fp16":
             reasons.append("precision fp16 needs a CUDA device; on CPU use fp32 or bf16")
+        if self.provider in ("cuda", "tensorrt"):
+            reasons.append(f"provider {self.provider} needs a CUDA device; on CPU use provider: cpu")
         return reasons
 
     @property
@@ -198,8 +199,8 @@ class EngineConfig(_Model):
         return self.imgsz[0] != self.imgsz[1]
 
     def key(self) -> str:
-        """Stable hash of everything that changes the output or the built artifact (not `device`)."""
-        fields = self.model_dump(mode="json", exclude={"device"})
+        """Stable hash of everything that changes the output or the built artifact (not `device`, `cache_dir`)."""
+        fields = self.model_dump(mode="json", exclude={"device", "cache_dir"})
         fields["model"] = model_identity(self.model)
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

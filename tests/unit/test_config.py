@@ -29,7 +29,7 @@ def test_yaml_round_trip(tmp_path):
         ({"device": "gpu0"}, "device 'gpu0' is not one of"),
         ({"device": "cpu", "cuda_graph": True}, "cuda_graph needs a CUDA device"),
         ({"device": "cpu", "precision": "fp16"}, "fp16 needs a CUDA device"),
-        ({"compile_mode": "default"}, "compile_mode is only honoured by backend 'torch-compile'"),
+        ({"compile_mode": "default"}, "compile_mode is not honoured by backend 'torch'; leave it unset (honoured by: torch-compile)"),
         ({"batchsize": 8}, "batchsize: Extra inputs are not permitted"),
         ({"gpu_decoder": "nvdec"}, "gpu_decoder: Input should be 'torchvision' or 'nvimgcodec'"),
         ({"batch_size": 128, "micro_batch": 48}, "micro_batch 48 must divide batch_size 128 (e.g. 32)"),

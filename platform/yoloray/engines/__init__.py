@@ -13,6 +13,7 @@ from yoloray.engines.capabilities import CAPABILITIES, capability
 _BACKENDS = {
     "torch": "yoloray.engines.torch_backend:TorchEngine",
     "torch-compile": "yoloray.engines.torch_backend:TorchEngine",
+    "onnxruntime": "yoloray.engines.onnxruntime_backend:OrtEngine",
 }
 
 
