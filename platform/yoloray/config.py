@@ -241,6 +241,11 @@ class ServeConfig(_Model):
     max_queued_images: int = Field(
         1024, ge=1, description="images admitted to one replica and not yet answered; more are refused (503)"
     )
+    ingress: Literal["proxy", "haproxy"] = Field(
+        "proxy",
+        description="what Ray Serve puts in front of the replicas: its Python HTTP proxy, or HAProxy with "
+        "direct ingress (yoloray.serve.ingress); applied by `yoloray serve` to the Ray it starts",
+    )
     body_timeout_s: float = Field(
         30.0,
         gt=0.0,

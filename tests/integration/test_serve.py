@@ -21,7 +21,9 @@ import yaml
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
+from yoloray.client import Client, DetectError  # noqa: E402
 from yoloray.config import ConfigError, EngineConfig  # noqa: E402
+from yoloray.serve.grpc_api import SERVICER  # noqa: E402
 
 ENGINE = {"imgsz": 256, "batch_size": 4, "device": "cpu"}
 MAX_IMAGE_BYTES = 1_000_000
@@ -38,11 +40,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, demo_model):
     from yoloray.config import ServeConfig
-    from yoloray.serve.app import build_application, guard_ingress, main
+    from yoloray.serve.app import build_application, main
+    from yoloray.serve.ingress import prepare
 
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
     config = {
         "http_options": {"host": "127.0.0.1", "port": port},
+        "grpc_options": {"port": grpc_port, "grpc_servicer_functions": [SERVICER]},
         "applications": [
             {
                 "name": "yoloray",
@@ -76,7 +80,7 @@ def service(tmp_path_factory, demo_model):
     }
     started = not ray.is_initialized()
     if started:  # the ingress guard rides on the environment Serve's processes inherit (as `yoloray serve`)
-        guard_ingress([ServeConfig.parse(config["applications"][0]["args"])])
+        prepare([ServeConfig.parse(config["applications"][0]["args"])])
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     path = tmp_path_factory.mktemp("serve") / "serve.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -97,7 +101,13 @@ def service(tmp_path_factory, demo_model):
             ray_actor_options={"num_cpus": 0.5},
         )
         serve.run(flood, name="flood", route_prefix="/flood", blocking=False)
-        yield {"url": f"http://127.0.0.1:{port}", "config": config, "path": path, "model": demo_model}
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "grpc": f"grpc://127.0.0.1:{grpc_port}",
+            "config": config,
+            "path": path,
+            "model": demo_model,
+        }
     finally:
         serve.shutdown()
         if started:
@@ -288,7 +298,7 @@ def test_stalled_uploads_do_not_block_service(service, images):
     """40 uploads that stop mid-body against a replica that admits one request at a time (`flood`): normal
     requests are answered while they stall, and each stalled one gets a JSON 408 once body_timeout_s pass."""
     url, port = service["url"], int(service["url"].rsplit(":", 1)[1])
-    guard = _info(url + "/flood")["ingress_guard"]
+    guard = _info(url + "/flood")["ingress"]["guard"]
     assert guard and guard["body_timeout_s"] == BODY_TIMEOUT_S, "the ingress guard is not installed"
     bus = images["bus"]
     socks = [_stall(port, "/flood/detect" if i % 2 else "/detect", bus[:1000]) for i in range(STALLED)]
@@ -308,6 +318,42 @@ def test_stalled_uploads_do_not_block_service(service, images):
         for s in socks:
             s.close()
     assert post(url + "/flood", bus).status_code == 200
+
+
+# ----------------------------------------------------------------------------------------- gRPC, client
+def test_grpc_answers_as_http(service, images):
+    """Detect over Serve's gRPC proxy (two applications: the client names one) answers what HTTP does."""
+    with Client(service["grpc"], application="yoloray") as g, Client(service["url"]) as h:
+        for name in ("bus", "zidane"):
+            a, b = g.request(images[name]), h.request(images[name])
+            assert a.status == b.status == 200 and a.replica and b.replica
+            assert a.body["engine"] == b.body["engine"] and a.body["params"] == b.body["params"]
+            assert_same(a.body["results"][0], b.body["results"][0])
+        two = g.detect([images["bus"], b"\xff\xd8 junk"])["results"]
+        assert two[0]["error"] is None and two[0]["detections"]
+        assert "not a decodable image" in two[1]["error"] and two[1]["detections"] == []
+        with pytest.raises(DetectError) as e:
+            g.detect(b"")
+        assert e.value.status == 400 and "empty image" in e.value.answer.body["error"]
+        with pytest.raises(DetectError) as e:
+            g.detect(images["bus"], conf=1.5)
+        assert e.value.status == 400 and "conf" in e.value.answer.body["error"]
+        top = g.detect(images["bus"], max_det=1)
+        assert top["params"]["max_det"] == 1 and len(top["results"][0]["detections"]) == 1
+
+
+def test_client_retries_overload_with_backoff(service, images):
+    """A burst on `flood` (one request at a time, one queued): without retries some get Serve's 503 (JSON);
+    with retries every request is answered, some after more than one attempt."""
+    url = service["url"] + "/flood"
+    with Client(url, max_in_flight=8, retries=0) as c:
+        once = c.detect_many([images["bus"]] * 8)
+    assert {a.status for a in once} == {200, 503}, [a.status for a in once]
+    assert all(a.body["status"] == 503 for a in once if a.status == 503)
+    with Client(url, max_in_flight=8, retries=10, backoff_cap_s=1.0) as c:
+        answers = c.detect_many([images["bus"]] * 8)
+    assert [a.status for a in answers] == [200] * 8
+    assert max(a.attempts for a in answers) > 1
 
 
 # ----------------------------------------------------------------------------------------- batching

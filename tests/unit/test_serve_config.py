@@ -219,7 +219,7 @@ def test_narrow_only_narrows():
 
 def test_a_failing_image_does_not_fail_its_batch():
     from yoloray.results import Detections
-    from yoloray.serve.deployment import detect_isolated
+    from yoloray.serve.batcher import detect_isolated
 
     class Fake:
         names = {0: "a"}
@@ -241,3 +241,47 @@ def test_a_failing_image_does_not_fail_its_batch():
         RuntimeError, match="boom"
     ):  # the engine itself fails: a server error, not the images'
         detect_isolated(Fake(broken_engine=True), [b"x"], b"probe")
+
+
+def test_warmup_covers_every_batch_shape():
+    from yoloray.serve.batcher import batch_shapes
+
+    assert batch_shapes(4, 4, None) == [1, 2, 3, 4]
+    assert batch_shapes(8, 4, None) == [1, 2, 3, 4]  # the Detector splits larger batches at its batch_size
+    assert batch_shapes(32, 32, 8) == [8, 16, 24, 32]  # a static engine pads to multiples of its batch
+    assert batch_shapes(32, 32, 32) == [32]
+
+
+def test_ingress_prepare_and_report(tmp_path):
+    from yoloray.serve.ingress import PORT_ENV, active_ingress, prepare
+    from yoloray.serve.ingress_guard import HOOK, HOOK_ENV
+
+    env = {"RAY_TMPDIR": str(tmp_path)}
+    fast = ServeConfig.parse({"ingress": "haproxy", "body_timeout_s": 45, "max_request_bytes": 2**30})
+    with pytest.raises(ConfigError, match="different ingresses"):
+        prepare([fast, ServeConfig()], env={})
+    changed = prepare([fast, ServeConfig(max_request_bytes=2**30, body_timeout_s=5, ingress="haproxy")], env=env, ports={"stats": 18599})
+    assert env[HOOK_ENV] == HOOK and env["YOLORAY_SERVE_BODY_TIMEOUT_S"] == "45"
+    assert env["YOLORAY_SERVE_MAX_BODY_BYTES"] == str(2**30)
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env[PORT_ENV["stats"]] == "18599"
+    assert env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] == "90"
+    assert len(env["RAY_SERVE_HAPROXY_SOCKET_PATH"]) + 57 <= 97  # Ray adds a hash folder; a socket path's limit
+    assert "RAY_TMPDIR" not in changed and HOOK_ENV in changed
+    assert active_ingress(env) == {"mode": "haproxy", "guard": {"body_timeout_s": 45.0, "max_body_bytes": 2**30}}
+    assert active_ingress({}) == {"mode": "proxy", "guard": None}
+    plain: dict = {}
+    prepare([ServeConfig()], env=plain)
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in plain and active_ingress(plain)["mode"] == "proxy"
+
+
+def test_detector_fast_yaml_asks_for_haproxy_and_grpc():
+    from yoloray.serve.app import applications_from, load_serve_config
+    from yoloray.serve.grpc_api import SERVICER
+
+    schema = load_serve_config(ROOT / "serve_configs" / "detector_fast.yaml")
+    assert schema.grpc_options.grpc_servicer_functions == [SERVICER]
+    (a,) = applications_from(schema)
+    assert a["config"].ingress == "haproxy"
+    assert a["config"].model_dump(exclude={"ingress"}) == ServeConfig.parse(
+        yaml.safe_load(DETECTOR_YAML.read_text())["applications"][0]["args"]
+    ).model_dump(exclude={"ingress"})

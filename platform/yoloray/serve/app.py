@@ -128,18 +128,6 @@ def applications_from(schema, source: str = "serve config") -> list[dict]:
     return out
 
 
-def guard_ingress(configs: list[ServeConfig], env: dict | None = None) -> dict:
-    """Install the ingress guard (yoloray.serve.ingress_guard) in `env` (default os.environ) for a Ray this
-    process is about to start, with the longest body timeout and the largest request body of `configs`."""
-    from yoloray.serve.ingress_guard import install
-
-    return install(
-        env,
-        body_timeout_s=max(c.body_timeout_s for c in configs),
-        max_body_bytes=max(c.max_request_bytes for c in configs),
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     """`yoloray serve CONFIG [--address auto] [--no-block]`: deploy the config's applications and block
     until Ctrl-C (then shut them down)."""
@@ -171,12 +159,25 @@ def main(argv: list[str] | None = None) -> int:
     # Serve itself is shut down on exit only when it lives in a Ray this command started on this machine;
     # on a cluster only this config's applications are deleted.
     local = started_ray and not args.address and not os.environ.get("RAY_ADDRESS")
-    if local:  # Serve's processes inherit this environment; on a cluster, `ray start` sets it (README)
-        guard_ingress([a["config"] for a in apps])
+    from yoloray.serve.ingress import prepare
+
+    try:  # Serve's processes inherit this environment; on a cluster, `ray start` must have had it
+        wanted = prepare([a["config"] for a in apps], env=os.environ if local else {})
+    except ConfigError as e:
+        print(f"yoloray serve: error: {e}", file=sys.stderr)
+        return 2
+    if not local and wanted:
+        print(
+            f"yoloray serve: note: this config needs {', '.join(sorted(wanted))} in the cluster's environment "
+            f"(`python -m yoloray.serve.ingress {args.config}` prints them for `ray start`); /info shows what "
+            "the replicas run",
+            flush=True,
+        )
     if started_ray:
         ray.init(address=args.address, namespace="serve", log_to_driver=args.blocking)
     http = schema.http_options.model_dump(exclude_unset=True)
-    serve.start(http_options=http, proxy_location=schema.proxy_location)
+    grpc = schema.grpc_options.model_dump(exclude_unset=True)
+    serve.start(http_options=http, grpc_options=grpc or None, proxy_location=schema.proxy_location)
     names = []
     ok = False
     try:
@@ -186,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
             host, port = http.get("host", "127.0.0.1"), http.get("port", 8000)
             route = (a["route_prefix"] or "").rstrip("/")
             print(f"yoloray serve: {a['name']} is up at http://{host}:{port}{route}/detect", flush=True)
+            if grpc.get("grpc_servicer_functions"):
+                print(
+                    f"yoloray serve: gRPC Detect at {host}:{grpc.get('port', 9000)} "
+                    f"(metadata application={a['name']})",
+                    flush=True,
+                )
         ok = True
         if not args.blocking:
             if local:

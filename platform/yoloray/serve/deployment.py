@@ -1,26 +1,19 @@
-"""The Ray Serve deployment: one warmed `Detector` per replica behind a FastAPI ingress.
+"""The Ray Serve deployment: one warmed `Detector` per replica, answering HTTP (a FastAPI ingress) and gRPC
+(`Detect`, proto/detect.proto) through one image batcher (yoloray.serve.batcher).
 
-Each request may carry several images; every image is one item of the replica's batch queue, so images of
-concurrent requests share engine calls, and each request gathers its own back. Batches run one at a time in
-a worker thread (the Detector's own decode threads work inside it), so the event loop keeps accepting
-requests while a batch runs. A batch is formed when the engine is free: it takes every image waiting (up to
-`max_batch_size`), and waits for more only while the engine is idle and its first image has waited less
-than `batch_wait_timeout_s`. (`@serve.batch` closes a batch `batch_wait_timeout_s` after its first item even
-while the previous batch still runs; under load that cuts the queue into many small batches, each paying a
-whole engine call.) Build, warmup and one call through the whole path happen in `__init__`: no request pays
-for a build, compile or graph capture.
+Cold start: build, warmup and one whole-path call at every batch shape the batcher can form happen in
+`__init__`, and Serve reports a replica ready only once `__init__` returns: no request pays for a build,
+compile, graph capture or first call at a new shape. `/info` shows what was warmed and how long it took.
 
-Routes: POST /detect, GET /healthz, GET /info (see yoloray.serve.app for the API).
+Routes: POST /detect, GET /healthz, GET /info (see yoloray.serve.app for the API); gRPC Detect. Every
+answer to /detect carries the replica that ran it (`X-Yoloray-Replica`; gRPC: trailing metadata
+`yoloray-replica`), which the load benchmark uses to time each new replica's first request.
 """
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -29,7 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import yoloray
 from yoloray.config import ServeConfig
-from yoloray.observe.serve_metrics import record_batch, record_request, route_tag, set_queue_depth
+from yoloray.observe.serve_metrics import record_request, route_tag
+from yoloray.serve import grpc_api
+from yoloray.serve.batcher import ImageBatcher
 from yoloray.serve.http import (
     MULTIPART,
     ApiError,
@@ -48,13 +43,12 @@ from yoloray.serve.http import (
     read_body,
     to_row,
 )
-from yoloray.serve.ingress_guard import installed as guard_installed
-from yoloray.serve.ingress_guard import settings as guard_settings
+from yoloray.serve.ingress import active_ingress
 
 log = logging.getLogger("ray.serve")
 
 HEALTH_FRESH_S = 5.0  # a batch that succeeded this recently proves the engine runs; else probe it
-RETRY_AFTER_S = 1
+REPLICA_HEADER = "X-Yoloray-Replica"
 
 # Deployment defaults; a serve config's `deployments:` entry overrides each of them.
 DEFAULT_OPTIONS = {
@@ -119,67 +113,6 @@ class _Observe:
 app.add_middleware(_Observe)
 
 
-class _Item:
-    """One image waiting for (or in) a batch."""
-
-    __slots__ = ("data", "future", "arrived", "started")
-
-    def __init__(self, data: bytes, future: asyncio.Future):
-        self.data = data
-        self.future = future
-        self.arrived = time.monotonic()
-        self.started = False
-
-
-def _tiny_jpeg() -> bytes:
-    import cv2
-
-    im = np.full((64, 64, 3), 127, np.uint8)
-    im[16:48, 16:48] = (40, 200, 90)
-    return cv2.imencode(".jpg", im)[1].tobytes()
-
-
-def split_detections(dets) -> list[ImageResult]:
-    out = []
-    for i in range(len(dets)):
-        a, b = int(dets.offsets[i]), int(dets.offsets[i + 1])
-        out.append(
-            ImageResult(
-                int(dets.widths[i]),
-                int(dets.heights[i]),
-                dets.boxes[a:b],
-                dets.scores[a:b],
-                dets.class_ids[a:b],
-                dets.errors[i],
-            )
-        )
-    return out
-
-
-def detect_isolated(detector, datas: list[bytes], probe_image: bytes) -> list[ImageResult]:
-    """One engine call for the batch. Should it raise, the engine is checked on a known-good image: if that
-    fails too the engine is broken (re-raised: a server error, and check_health restarts the replica);
-    otherwise some image broke the call, so each is run alone and the one(s) that raise get an error of
-    their own, and the other requests of the batch are still answered."""
-    try:
-        return split_detections(detector.detect(datas))
-    except Exception as batch_error:
-        try:
-            probe = detector.detect([probe_image])
-        except Exception:
-            raise batch_error from None
-        if probe.errors[0] is not None:
-            raise batch_error from None
-        out = []
-        for d in datas:
-            try:
-                out.extend(split_detections(detector.detect([d])))
-            except Exception as e:
-                out.append(ImageResult(error=f"could not process this image ({type(e).__name__}: {e})"))
-        log.warning("a batch of %d failed (%s); answered image by image", len(datas), batch_error)
-        return out
-
-
 def _deployment_info() -> dict:
     """The live deployment options of this replica (what Serve applied from the config)."""
     try:
@@ -209,43 +142,46 @@ def _deployment_info() -> dict:
         return {"unavailable": str(e)}
 
 
+def _replica_tag() -> str:
+    try:
+        return serve.get_replica_context().replica_tag
+    except Exception:  # outside a replica
+        return "local"
+
+
 @serve.deployment(name="Detector", **DEFAULT_OPTIONS)
 @serve.ingress(app)
 class DetectorDeployment:
     def __init__(self, args: dict):
         from yoloray.detector import Detector
 
-        self.config = ServeConfig.parse(args, source="serve args")
-        engine = self.config.engine
+        t0 = time.perf_counter()
+        self.config = c = ServeConfig.parse(args, source="serve args")
+        engine = c.engine
         self.detector = Detector(engine).warmup()
         self.names = self.detector.names
         self.key = self.detector.key
         self._engine_params = {"conf": engine.conf, "iou": engine.iou, "max_det": engine.max_det}
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="yoloray-engine")
-        self._health_image = _tiny_jpeg()
-        probe = self.detector.detect([self._health_image])  # the whole path once: decode, engine, NMS
-        if probe.errors[0] is not None:
-            raise RuntimeError(f"the engine failed on a test image: {probe.errors[0]}")
-        self._queue: deque[_Item] = deque()
-        self._arrival: asyncio.Event | None = None
-        self._batcher: asyncio.Task | None = None
-        self._waiting = 0
-        self._last_ok = time.monotonic()
-        self._failure: str | None = None
-        self._stats = {"batches": 0, "images": 0, "max_batch": 0, "batch_sizes": Counter()}
-        set_queue_depth(0)
-        log.info("yoloray replica ready: %r", self.detector)
+        self.batcher = ImageBatcher(
+            self.detector, c.max_batch_size, c.batch_wait_timeout_s, c.max_queued_images
+        )
+        self.warmup = self.batcher.warm()
+        self.warmup["init_seconds"] = round(time.perf_counter() - t0, 3)
+        self.replica = _replica_tag()
+        log.info("yoloray replica ready: %r, warmed %s", self.detector, self.warmup)
 
-    # ------------------------------------------------------------------------------ routes
+    # ------------------------------------------------------------------------------ HTTP
     @app.post("/detect")
     async def detect(self, request: Request):
+        headers = {REPLICA_HEADER: self.replica}
         try:
-            return JSONResponse(await self._detect(request))
+            return JSONResponse(await self._detect_http(request), headers=headers)
         except ApiError as e:
-            return error_response(e.status, e.message, e.headers)
+            return error_response(e.status, e.message, {**e.headers, **headers})
         except Exception as e:  # the engine failed: our fault, never the client's
             log.exception("detection failed")
-            return error_response(500, f"internal error while running the engine: {type(e).__name__}: {e}")
+            msg = f"internal error while running the engine: {type(e).__name__}: {e}"
+            return error_response(500, msg, headers)
 
     @app.get("/healthz")
     async def healthz(self):
@@ -258,8 +194,6 @@ class DetectorDeployment:
     @app.get("/info")
     async def info(self):
         c = self.config
-        stats = dict(self._stats)
-        stats["batch_sizes"] = {str(k): v for k, v in sorted(self._stats["batch_sizes"].items())}
         return {
             "version": yoloray.__version__,
             "model": c.engine.model,
@@ -279,60 +213,86 @@ class DetectorDeployment:
                 "max_det": [1, 1000],
             },
             "deployment": _deployment_info(),
-            "ingress_guard": guard_settings() if guard_installed() else None,
-            "stats": stats,
-            "queue_depth": self._waiting,
+            "ingress": active_ingress(),
+            "warmup": self.warmup,
+            "replica": self.replica,
+            "stats": self.batcher.stats_snapshot(),
+            "queue_depth": self.batcher.waiting,
         }
+
+    # ------------------------------------------------------------------------------ gRPC
+    async def Detect(self, request, grpc_context=None):  # noqa: N802 (the gRPC method's name)
+        """proto/detect.proto `Detector.Detect`: the same detection as POST /detect, as a DetectResponse."""
+        t0 = time.perf_counter()
+        status = 200
+        try:
+            if grpc_context is not None:
+                grpc_context.set_trailing_metadata([("yoloray-replica", self.replica)])
+            params = grpc_api.request_params(request)
+            out = await self._run(params, list(request.images), [None] * len(request.images))
+            return grpc_api.response(**out)
+        except ApiError as e:
+            status = e.status
+            return grpc_api.refuse(grpc_context, e)
+        except Exception as e:
+            log.exception("detection failed")
+            status = 500
+            return grpc_api.refuse(grpc_context, ApiError(500, f"internal error: {type(e).__name__}: {e}"))
+        finally:
+            try:
+                record_request("/grpc/Detect", status, time.perf_counter() - t0)
+            except Exception:
+                log.debug("could not record request metrics", exc_info=True)
 
     # ------------------------------------------------------------------------------ health, shutdown
     async def check_health(self):
         """Serve calls this every health_check_period_s; raising marks the replica unhealthy (restarted)."""
-        if self._failure is None and time.monotonic() - self._last_ok < HEALTH_FRESH_S:
+        b = self.batcher
+        if b.failure is None and time.monotonic() - b.last_ok < HEALTH_FRESH_S:
             return
-        loop = asyncio.get_running_loop()
-        dets = await loop.run_in_executor(self._executor, self.detector.detect, [self._health_image])
-        if dets.errors[0] is not None:
-            raise RuntimeError(f"the engine failed on a test image: {dets.errors[0]}")
-        self._failure = None
-        self._last_ok = time.monotonic()
+        await b.probe()
 
     def __del__(self):
-        batcher = getattr(self, "_batcher", None)
+        batcher = getattr(self, "batcher", None)
         if batcher is not None:
-            batcher.cancel()
-        executor = getattr(self, "_executor", None)
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            batcher.close()
         detector = getattr(self, "detector", None)
         if detector is not None:
             detector.close()
 
     # ------------------------------------------------------------------------------ detection
-    async def _detect(self, request: Request) -> dict:
+    async def _detect_http(self, request: Request) -> dict:
         c = self.config
         params = DetectParams.from_query(request.query_params.multi_items())
         mtype, mparams = media_type(request.headers.get("content-type"))
         check_content_type(mtype)
         limit = c.max_request_bytes if mtype == MULTIPART else c.max_image_bytes
         check_content_length(request.headers.get("content-length"), limit)
-        self._admit(1)  # before the body is read: an overloaded replica answers at once
+        self.batcher.admit(1)  # before the body is read: an overloaded replica answers at once
         body = await read_body(request.stream(), limit, c.body_timeout_s)
         if mtype == MULTIPART:
             datas, _, errors = images_from_parts(parse_multipart(body, mparams.get("boundary")))
-            if len(datas) > c.max_images_per_request:
-                raise ApiError(
-                    413, f"{len(datas)} images in one request; the limit is {c.max_images_per_request}"
-                )
         else:
             datas, errors = [body], [None]
+        return await self._run(params, datas, errors)
+
+    async def _run(self, params: DetectParams, datas: list[bytes], errors: list) -> dict:
+        """Check, batch and narrow the images of one request: the JSON answer {"results", "engine", "params"}."""
+        c = self.config
+        if not datas:
+            raise ApiError(400, "the request holds no image")
+        if len(datas) > c.max_images_per_request:
+            raise ApiError(
+                413, f"{len(datas)} images in one request; the limit is {c.max_images_per_request}"
+            )
         max_pixels = c.engine.max_pixels
         errors = [e or check_image(d, c.max_image_bytes, max_pixels) for d, e in zip(datas, errors)]
         single = len(datas) == 1
         if single and errors[0] is not None:
             raise errors[0]
         ok = [i for i, e in enumerate(errors) if e is None]
-        self._admit(len(ok))
-        ran = await asyncio.gather(*(self._submit(datas[i]) for i in ok))
+        self.batcher.admit(len(ok))
+        ran = await asyncio.gather(*(self.batcher.submit(datas[i]) for i in ok))
         results = [ImageResult(error=e.message if e else None) for e in errors]
         for i, r in zip(ok, ran):
             results[i] = r
@@ -342,81 +302,3 @@ class DetectorDeployment:
         agnostic = c.engine.agnostic_nms
         rows = [to_row(narrow(r, eff, self._engine_params, agnostic), self.names) for r in results]
         return {"results": rows, "engine": self.key, "params": eff}
-
-    def _admit(self, images: int) -> None:
-        """503 (JSON, Retry-After) when `images` more would pass max_queued_images on this replica."""
-        limit = self.config.max_queued_images
-        if self._waiting + images > limit:
-            raise ApiError(
-                503,
-                f"overloaded: {self._waiting} images already wait on this replica (max_queued_images "
-                f"{limit}); retry later",
-                {"Retry-After": str(RETRY_AFTER_S)},
-            )
-
-    async def _submit(self, data: bytes) -> ImageResult:
-        loop = asyncio.get_running_loop()
-        if self._batcher is None or self._batcher.done():  # started on the loop that serves requests
-            self._arrival = asyncio.Event()
-            self._batcher = loop.create_task(self._run_batches())
-        item = _Item(data, loop.create_future())
-        self._queue.append(item)
-        self._arrival.set()
-        self._waiting += 1
-        set_queue_depth(self._waiting)
-        try:
-            return await item.future
-        finally:
-            if not item.started:  # cancelled (client went away) before its batch began
-                self._waiting -= 1
-                set_queue_depth(self._waiting)
-
-    async def _run_batches(self) -> None:
-        """One batch at a time, formed when the engine is free (see the module docstring)."""
-        q, arrival = self._queue, self._arrival
-        size, wait = self.config.max_batch_size, self.config.batch_wait_timeout_s
-        while True:
-            while q and q[0].future.done():  # its request was cancelled (client gone)
-                q.popleft()
-            if not q or (len(q) < size and q[0].arrived + wait > time.monotonic()):
-                arrival.clear()
-                timeout = q[0].arrived + wait - time.monotonic() if q else None
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(arrival.wait(), timeout)
-                continue
-            items = [it for it in (q.popleft() for _ in range(min(size, len(q)))) if not it.future.done()]
-            try:
-                out = await self._detect_batch(items)
-            except Exception as e:
-                for it in items:
-                    if not it.future.done():
-                        it.future.set_exception(e)
-                continue
-            for it, r in zip(items, out):
-                if not it.future.done():
-                    it.future.set_result(r)
-
-    async def _detect_batch(self, items: list[_Item]) -> list[ImageResult]:
-        for it in items:
-            it.started = True
-        self._waiting -= len(items)
-        set_queue_depth(self._waiting)
-        loop = asyncio.get_running_loop()
-        datas = [it.data for it in items]
-        try:
-            out = await loop.run_in_executor(
-                self._executor, detect_isolated, self.detector, datas, self._health_image
-            )
-        except Exception as e:
-            self._failure = f"{type(e).__name__}: {e}"
-            raise
-        self._last_ok = time.monotonic()
-        self._failure = None
-        n = len(items)
-        s = self._stats
-        s["batches"] += 1
-        s["images"] += n
-        s["max_batch"] = max(s["max_batch"], n)
-        s["batch_sizes"][n] += 1
-        record_batch(n)
-        return out

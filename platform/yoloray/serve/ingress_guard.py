@@ -196,5 +196,5 @@ def install(
     return {k: env[k] for k in (HOOK_ENV, BODY_TIMEOUT_ENV, MAX_BODY_ENV) if k in env}
 
 
-def installed() -> bool:
-    return os.environ.get(HOOK_ENV) == HOOK
+def installed(env=None) -> bool:
+    return (os.environ if env is None else env).get(HOOK_ENV) == HOOK
