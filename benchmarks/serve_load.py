@@ -1,33 +1,40 @@
-"""HTTP load on the detection service, against the Ray Serve docs' object-detection pattern, in one run.
+"""One 1080p JPEG per request against the detection service, every ingress in one run, and an autoscaling step.
 
-    python benchmarks/serve_load.py --random-weights yolov8s.yaml --duration 10 --docs-concurrency 1,4,16 \
-        --set engine.precision=fp16 --set engine.imgsz=384x640 --set engine.batch_size=32 --set max_batch_size=32 \
-        --set engine.decode=gpu --set engine.cuda_graph=true --option ray_actor_options.num_gpus=1 \
-        --option ray_actor_options.num_cpus=6 --option max_ongoing_requests=128 \
-        --option autoscaling_config.min_replicas=1 --option autoscaling_config.max_replicas=1 \
-        --cooldown 30 --out results/serve_load.json
+    python benchmarks/serve_load.py --random-weights yolov8s.yaml --duration 10 \\
+        --set engine.precision=fp16 --set engine.imgsz=384x640 --set engine.batch_size=32 --set max_batch_size=32 \\
+        --set engine.decode=gpu --set engine.cuda_graph=true --option ray_actor_options.num_cpus=4 \\
+        --option max_ongoing_requests=256 --option max_queued_requests=1024 --set max_queued_images=2048 \\
+        --layouts 1x1,2x0.5,3x0.33 --out results/serve_load.json
 
-Both systems get the same 1920x1080 JPEGs (generated footage, yoloray.data.synthetic), the same weights (the
-config's model, by default the bundled demo detector; --random-weights builds seeded random ones from an
-ultralytics model YAML), input size, precision and per-replica resources:
-  yoloray    the serve config (--config, default serve_configs/detector.yaml): warmed Detector, batching at
-             the image level, autoscaling from the file's deployments entry
-  docs       the pattern of the Ray Serve object-detection tutorial: a FastAPI ingress deployment that hands
-             each request to an `ObjectDetection` deployment holding an ultralytics `YOLO(weights)`, one
-             `predict` per request, no batching, autoscaling min 1 / max (same max_replicas)
-A bounded asyncio client (aiohttp, 127.0.0.1 only; --client-procs processes, each keeping its share of the C
-requests in flight) runs each concurrency C for --duration seconds (at most --max-requests per level); it
-reports images/s (images, not requests: --images-per-request K sends K JPEGs per multipart request to
-yoloray), p50/p99 latency, and the CPU use of the client, Serve's HTTP proxy and the app's replica processes
-(percent of one core; local Ray only), to show which process saturates. Then, per system, the best
-throughput among levels with p99 <= --p99-bound-ms and no error, and yoloray's over the docs pattern's best
-(at any latency). A poller records each system's replica counts from `serve.status()` through the run and a
-cooldown after it, printed as a timeline (scale-up under load, scale-down after). Writes JSON to --out.
+Systems (--systems), all on the same weights, input size, precision and 1920x1080 JPEGs (generated footage):
+  docs       the Ray Serve object-detection tutorial's pattern (benchmarks/serve_docs_pattern.py) behind
+             Serve's Python proxy: one ultralytics predict per request, no batching
+  proxy      yoloray (the serve config, --config) behind Serve's Python HTTP proxy      (ingress: proxy)
+  grpc-proxy yoloray's gRPC Detect through Serve's Python gRPC proxy                     (ingress: proxy)
+  haproxy    yoloray behind Ray's HAProxy ingress, straight to the replicas' own HTTP servers (ingress: haproxy)
+  grpc       yoloray's gRPC Detect through HAProxy to the replicas' own gRPC servers    (ingress: haproxy)
+Ray reads the ingress when it starts, so the run starts a local Ray per ingress (proxy first, then haproxy).
 
-On a CPU-only machine, a tiny run that proves the wiring:
-    python benchmarks/serve_load.py --duration 10 --concurrency 2,8 --set engine.imgsz=256 --set engine.device=cpu \
-        --option autoscaling_config.target_ongoing_requests=2 --option autoscaling_config.upscale_delay_s=2 \
-        --option autoscaling_config.downscale_delay_s=5 --cooldown 40
+Each system runs every concurrency level (--concurrency, requests in flight, split over --client-procs
+processes of yoloray.client.AsyncClient, no retries) for --duration s: images/s, p50/p99, statuses (5xx other
+than 503 counted apart), the replicas' batch sizes (from their /info), and the CPU of the client, Serve's
+Python proxy, HAProxy and the replicas (% of one core, this machine's processes). The yoloray systems run each
+replica layout (--layouts R x GPU share: 2x0.5 is two replicas on one GPU, fractional num_gpus) so the
+measurement decides how many replicas a GPU should hold; the proxy systems run the first layout only.
+
+The step (--step-ingress, default haproxy): autoscaling from 1 replica (max --step-max-replicas): --step-low
+requests in flight for --step-low-s (the steady p50 of one warm replica), then --step-high for --step-s. For
+each replica the autoscaler adds: when Serve's controller created it (the control-loop step that took the
+scale-up decision; Ray 2.60 does not expose the decision's own time), when it reported it running (created ->
+ready), and the latency of its first request and the p50 of its first ten against the steady p50; and the
+5xx count of the whole step. Replicas report ready only once warm at every batch shape (/info:
+warmup). Prints tables, writes JSON to --out.
+
+On a CPU-only machine, a small run that proves the wiring (ports from --port-base, loopback only):
+    python benchmarks/serve_load.py --duration 4 --concurrency 1,8 --docs-concurrency 1 --layouts 1x0 \\
+        --set engine.imgsz=256 --set engine.batch_size=4 --set max_batch_size=4 --set engine.device=cpu \\
+        --option ray_actor_options.num_cpus=0.5 --step-low 1 --step-high 8 --step-low-s 4 --step-s 90 \\
+        --step-target 2 --port-base 18500 --frames 4
 """
 
 import argparse
@@ -38,145 +45,61 @@ import os
 import socket
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("YOLO_OFFLINE", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np  # noqa: E402
+import requests  # noqa: E402
 import yaml  # noqa: E402
+from serve_watch import ReplicaWatch, batch_delta, cpu_pct, replica_stats, serve_cpu  # noqa: E402
 
 HOST = "127.0.0.1"
+SYSTEMS = ("docs", "proxy", "grpc-proxy", "haproxy", "grpc")
+INGRESS = {"docs": "proxy", "proxy": "proxy", "grpc-proxy": "proxy", "haproxy": "haproxy", "grpc": "haproxy"}
 
 
-# ------------------------------------------------------------------------------------------- the docs pattern
-def docs_app(
-    weights: str, imgsz: list[int], half: bool, conf: float, iou: float, max_det: int, options: dict
-):
-    """The Ray Serve tutorial's structure (APIIngress -> ObjectDetection), with ultralytics YOLO on our weights
-    and image bytes in the POST body instead of an image URL."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-    from ray import serve
-    from ray.serve.handle import DeploymentHandle
-
-    app = FastAPI()
-
-    # one ingress replica as in the tutorial; no CPU reserved so it never blocks the ObjectDetection scale-up,
-    # and no request cap of its own so the ingress is not what limits the pattern
-    @serve.deployment(num_replicas=1, max_ongoing_requests=100_000, ray_actor_options={"num_cpus": 0})
-    @serve.ingress(app)
-    class APIIngress:
-        def __init__(self, object_detection_handle: DeploymentHandle):
-            self.handle = object_detection_handle
-
-        @app.post("/detect")
-        async def detect(self, request: Request):
-            return JSONResponse(await self.handle.detect.remote(await request.body()))
-
-    @serve.deployment(**options)
-    class ObjectDetection:
-        def __init__(self):
-            import cv2
-            import torch
-            from ultralytics import YOLO
-
-            self.cv2 = cv2
-            self.model = YOLO(weights)
-            device = 0 if torch.cuda.is_available() else "cpu"
-            self.kw = dict(
-                imgsz=imgsz, half=half, conf=conf, iou=iou, max_det=max_det, device=device, verbose=False
-            )
-            self.model.predict(np.zeros((1080, 1920, 3), np.uint8), **self.kw)  # load onto the device, warm
-
-        def detect(self, data: bytes) -> dict:
-            im = self.cv2.imdecode(np.frombuffer(data, np.uint8), self.cv2.IMREAD_COLOR)
-            r = self.model.predict(im, **self.kw)[0]
-            b = r.boxes
-            dets = [
-                {
-                    "x1": x1,
-                    "y1": y1,
-                    "x2": x2,
-                    "y2": y2,
-                    "score": s,
-                    "class_id": int(c),
-                    "label": r.names[int(c)],
-                }
-                for (x1, y1, x2, y2), s, c in zip(b.xyxy.tolist(), b.conf.tolist(), b.cls.tolist())
-            ]
-            return {
-                "results": [{"width": im.shape[1], "height": im.shape[0], "detections": dets, "error": None}]
-            }
-
-    return APIIngress.bind(ObjectDetection.bind())
+# ------------------------------------------------------------------------------------------- client load
+_FRAMES: list[bytes] = []
 
 
-# ------------------------------------------------------------------------------------------- load
-def make_bodies(frames: list[bytes], per_request: int) -> list[tuple[bytes, str, int]]:
-    """(body, content type, images) per request: the raw JPEG, or `per_request` JPEGs as multipart/form-data."""
-    if per_request <= 1:
-        return [(f, "image/jpeg", 1) for f in frames]
-    boundary = "yoloray-bench-boundary-7f3a"
-    out = []
-    for i in range(len(frames)):
-        parts = []
-        for j in range(per_request):
-            f = frames[(i + j) % len(frames)]
-            parts.append(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{j}.jpg"\r\n'
-                f"Content-Type: image/jpeg\r\n\r\n".encode()
-                + f
-                + b"\r\n"
-            )
-        out.append(
-            (
-                b"".join(parts) + f"--{boundary}--\r\n".encode(),
-                f"multipart/form-data; boundary={boundary}",
-                per_request,
-            )
-        )
-    return out
+def _init_frames(frames: list[bytes]) -> None:
+    _FRAMES[:] = frames
 
 
-async def load(
-    url: str, bodies: list[tuple[bytes, str, int]], concurrency: int, duration: float, max_requests: int
-) -> dict:
-    """One process's share: `concurrency` requests in flight for `duration` s. Raw latencies, for merging."""
-    import aiohttp
+async def _load(url: str, concurrency: int, duration: float, max_requests: int, record: bool, app) -> dict:
+    """`concurrency` requests in flight for `duration` s through yoloray.client (no retries)."""
+    from yoloray.client import AsyncClient
 
     lat: list[float] = []
     codes: Counter = Counter()
-    sent = images = 0
-    timeout = aiohttp.ClientTimeout(total=120)
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    records: list[tuple] = []
+    sent = 0
     cpu0, t0 = time.process_time(), time.perf_counter()
     deadline = t0 + duration
-
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with AsyncClient(url, max_in_flight=concurrency, retries=0, timeout_s=120, application=app) as c:
 
         async def worker(w: int):
-            nonlocal sent, images
+            nonlocal sent
             i = w
             while time.perf_counter() < deadline and sent < max_requests:
                 sent += 1
-                data, ctype, k = bodies[i % len(bodies)]
+                frame = _FRAMES[i % len(_FRAMES)]
                 i += concurrency
-                t = time.perf_counter()
-                try:
-                    async with session.post(url, data=data, headers={"Content-Type": ctype}) as r:
-                        await r.read()
-                        codes[r.status] += 1
-                        if r.status == 200:
-                            lat.append(time.perf_counter() - t)
-                            images += k
-                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                    codes[type(e).__name__] += 1
+                start, t = time.time(), time.perf_counter()
+                answer = await c.request(frame)
+                dt = time.perf_counter() - t
+                codes[answer.status] += 1
+                if answer.status == 200:
+                    lat.append(dt)
+                if record:
+                    records.append((start, dt, answer.status, answer.replica))
 
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
     return {
@@ -184,129 +107,36 @@ async def load(
         "cpu_s": time.process_time() - cpu0,
         "lat": lat,
         "codes": codes,
-        "images": images,
+        "records": records,
     }
 
 
-_BODIES: dict = {}
-
-
 def _client(task) -> dict:
-    """A client process's level: builds (once per process) and sends the bodies for `per_request`."""
-    url, frames, per_request, concurrency, duration, max_requests = task
-    if per_request not in _BODIES:
-        _BODIES[per_request] = make_bodies(frames, per_request)
-    return asyncio.run(load(url, _BODIES[per_request], concurrency, duration, max_requests))
+    return asyncio.run(_load(*task))
 
 
-def run_load(pool, procs, url, frames, per_request, concurrency, duration, max_requests) -> dict:
-    """C requests in flight, split over `procs` processes of the pool (this one when C or procs is 1);
-    latencies merged."""
+def run_load(pool, procs, url, concurrency, duration, max_requests, record=False, app=None) -> dict:
+    """C requests in flight split over `procs` client processes (this one when C or procs is 1)."""
     shares = [n for n in (concurrency // procs + (i < concurrency % procs) for i in range(procs)) if n]
-    tasks = [(url, frames, per_request, n, duration, max(1, max_requests * n // concurrency)) for n in shares]
+    tasks = [(url, n, duration, max(1, max_requests * n // concurrency), record, app) for n in shares]
     parts = pool.map(_client, tasks) if pool is not None and len(tasks) > 1 else [_client(tasks[0])]
     lat = [x for p in parts for x in p["lat"]]
     codes = sum((p["codes"] for p in parts), Counter())
     elapsed = max(p["seconds"] for p in parts)
-    images = sum(p["images"] for p in parts)
     ms = np.array(lat) * 1000 if lat else np.array([np.nan])
     return {
         "concurrency": concurrency,
-        "client_procs": len(parts),
         "seconds": round(elapsed, 2),
         "requests": int(sum(codes.values())),
         "ok": len(lat),
-        "images": images,
-        "images_per_request": per_request,
         "statuses": {str(k): v for k, v in codes.items()},
-        "images_per_s": round(images / elapsed, 2),
+        "errors_5xx": sum(v for k, v in codes.items() if 500 <= k != 503),
+        "images_per_s": round(len(lat) / elapsed, 2),
         "p50_ms": round(float(np.percentile(ms, 50)), 1),
         "p99_ms": round(float(np.percentile(ms, 99)), 1),
-        "mean_ms": round(float(ms.mean()), 1),
         "cpu_client_pct": round(100 * sum(p["cpu_s"] for p in parts) / elapsed),
+        "records": sorted(r for p in parts for r in p["records"]),
     }
-
-
-# ------------------------------------------------------------------------------------------- process CPU
-def serve_cpu(app: str) -> dict[str, dict[int, float]]:
-    """CPU seconds so far of Serve's HTTP proxy and of `app`'s replica processes on this machine, by pid."""
-    import psutil
-
-    out: dict[str, dict[int, float]] = {"proxy": {}, "replicas": {}}
-    for p in psutil.process_iter(["cmdline", "cpu_times"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        t = p.info["cpu_times"]
-        if t is None:
-            continue
-        if cmd.startswith("ray::ProxyActor"):
-            out["proxy"][p.pid] = t.user + t.system
-        elif cmd.startswith(f"ray::ServeReplica:{app}:"):
-            out["replicas"][p.pid] = t.user + t.system
-    return out
-
-
-def cpu_pct(before: dict, after: dict, seconds: float) -> dict:
-    """Percent of one core per role over a level (processes alive at both ends); None where none was found."""
-    out = {}
-    for role in ("proxy", "replicas"):
-        pids = before[role].keys() & after[role].keys()
-        out[f"cpu_{role}_pct"] = (
-            round(100 * sum(after[role][p] - before[role][p] for p in pids) / seconds) if pids else None
-        )
-    return out
-
-
-# ------------------------------------------------------------------------------------------- replica timeline
-class ReplicaWatch(threading.Thread):
-    """Polls serve.status() once a second; records (t, app, running, starting) whenever a count changes."""
-
-    def __init__(self, t0: float):
-        super().__init__(daemon=True)
-        self.t0 = t0
-        self.phase = "start"
-        self.events: list[dict] = []
-        self._last: dict = {}
-        self._stop = threading.Event()
-
-    def run(self):
-        from ray import serve
-
-        while not self._stop.wait(1.0):
-            try:
-                apps = serve.status().applications
-            except Exception:
-                continue
-            for app, st in apps.items():
-                for dep, d in st.deployments.items():
-                    if dep == "APIIngress":
-                        continue
-                    states = {str(getattr(k, "value", k)): v for k, v in d.replica_states.items()}
-                    now = (states.get("RUNNING", 0), states.get("STARTING", 0))
-                    if self._last.get((app, dep)) != now:
-                        self._last[(app, dep)] = now
-                        ev = {
-                            "t": round(time.monotonic() - self.t0, 1),
-                            "app": app,
-                            "deployment": dep,
-                            "running": now[0],
-                            "starting": now[1],
-                            "phase": self.phase,
-                        }
-                        self.events.append(ev)
-                        print(
-                            f"  [t+{ev['t']:6.1f}s] {app}/{dep}: {now[0]} running, {now[1]} starting ({self.phase})",
-                            flush=True,
-                        )
-
-    def running(self, app: str) -> int:
-        return next((v[0] for (a, _), v in self._last.items() if a == app), 0)
-
-    def replicas(self, app: str) -> int:
-        """Running plus starting."""
-        return next((sum(v) for (a, _), v in self._last.items() if a == app), 0)
-
-    def stop(self):
-        self._stop.set()
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -329,6 +159,17 @@ def parse_sets(items: list[str]) -> list[tuple[str, object]]:
     return out
 
 
+def parse_layouts(text: str) -> list[tuple[int, float]]:
+    """'1x1,2x0.5' -> [(1, 1.0), (2, 0.5)]: replicas x GPU share of each (0: CPU)."""
+    out = []
+    for part in text.split(","):
+        r, sep, g = part.strip().lower().partition("x")
+        if not sep:
+            raise SystemExit(f"--layouts wants REPLICASxGPU_SHARE items (e.g. 2x0.5), got {part!r}")
+        out.append((int(r), float(g)))
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -346,35 +187,7 @@ def make_frames(n: int, quality: int) -> list[bytes]:
     ]
 
 
-def direct_url(app: str, route_prefix: str, timeout: float = 120) -> str:
-    """Direct ingress: the POST /detect URL on the app's ingress replica's own HTTP server (a listening port
-    of its process that answers GET .../detect with 405), the hop Ray's HAProxy ingress would forward to."""
-    import psutil
-    import requests
-
-    t = time.monotonic()
-    while time.monotonic() - t < timeout:
-        for p in psutil.process_iter(["cmdline"]):
-            if not " ".join(p.info["cmdline"] or []).startswith(f"ray::ServeReplica:{app}:"):
-                continue
-            try:
-                ports = [c.laddr.port for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
-            except psutil.Error:
-                continue
-            for port in ports:
-                url = f"http://{HOST}:{port}{route_prefix}/detect"
-                try:
-                    if requests.get(url, timeout=2).status_code == 405:
-                        return url
-                except requests.RequestException:
-                    pass
-        time.sleep(1)
-    raise TimeoutError(f"no direct-ingress HTTP port of {app} answers after {timeout:.0f} s")
-
-
-def wait_healthy(url: str, timeout: float = 600) -> None:
-    import requests
-
+def wait_healthy(url: str, timeout: float = 900) -> None:
     t = time.monotonic()
     while time.monotonic() - t < timeout:
         try:
@@ -382,114 +195,297 @@ def wait_healthy(url: str, timeout: float = 600) -> None:
                 return
         except requests.RequestException:
             pass
-        time.sleep(1)
+        time.sleep(0.5)
     raise TimeoutError(f"{url} not healthy after {timeout:.0f} s")
 
 
-def run_levels(name, url, frames, per_request, levels, pool, args, watch: ReplicaWatch, results) -> None:
-    warm = min(max(levels), 16)
-    procs = args.client_procs
-    run_load(pool, procs, url, frames, per_request, warm, min(5.0, args.duration), 20 * warm)
-    for c in levels:
-        watch.phase = f"{name} c={c}"
-        before = serve_cpu(name)
-        r = run_load(pool, procs, url, frames, per_request, c, args.duration, args.max_requests)
-        r.update(cpu_pct(before, serve_cpu(name), r["seconds"]))
-        r["system"] = name
-        r["replicas_at_end"] = watch.running(name)
-        results.append(r)
-        print(
-            f"  -> {name} c={c}: {r['images_per_s']} images/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-            f"statuses {r['statuses']}, replicas {r['replicas_at_end']}, CPU % client {r['cpu_client_pct']} "
-            f"proxy {r['cpu_proxy_pct']} replicas {r['cpu_replicas_pct']}",
-            flush=True,
-        )
-
-
-def cooldown(name: str, watch: ReplicaWatch, floor: int, seconds: float) -> float | None:
-    """Wait (at most `seconds`) for the app to scale back to `floor` replicas; returns how long it took."""
-    watch.phase = f"{name} cooldown"
-    t = time.monotonic()
-    while time.monotonic() - t < seconds:
-        if watch.replicas(name) <= floor:
-            return round(time.monotonic() - t, 1)
-        time.sleep(1)
-    return None
-
-
-def table(results: list[dict]) -> str:
-    head = (
-        f"{'system':<10} {'conc':>5} {'img/req':>7} {'images/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'ok':>7} "
-        f"{'other statuses':<22} {'replicas':>8} {'CPU% client':>11} {'proxy':>6} {'replicas':>8}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in results:
-        other = {k: v for k, v in r["statuses"].items() if k != "200"}
-        lines.append(
-            f"{r['system']:<10} {r['concurrency']:>5} {r['images_per_request']:>7} {r['images_per_s']:>10.1f} "
-            f"{r['p50_ms']:>9.1f} {r['p99_ms']:>9.1f} {r['ok']:>7} {json.dumps(other) if other else '-':<22} "
-            f"{r['replicas_at_end']:>8} {r['cpu_client_pct']:>11} {_or_dash(r['cpu_proxy_pct']):>6} "
-            f"{_or_dash(r['cpu_replicas_pct']):>8}"
-        )
-    return "\n".join(lines)
-
-
-def _or_dash(v) -> str:
-    return "-" if v is None else str(v)
-
-
-def _best(rows: list[dict]) -> dict | None:
-    r = max(rows, key=lambda r: r["images_per_s"], default=None)
-    return r and {k: r[k] for k in ("concurrency", "images_per_s", "p99_ms")}
-
-
-def target(results: list[dict], bound_ms: float) -> dict:
-    """Per system the best level overall and the best with p99 <= bound_ms and only 200s; yoloray's best
-    within the bound over the docs pattern's best at any latency."""
-    out: dict = {"p99_bound_ms": bound_ms}
-    for name in dict.fromkeys(r["system"] for r in results):
-        rows = [r for r in results if r["system"] == name]
-        within = [r for r in rows if r["p99_ms"] <= bound_ms and set(r["statuses"]) == {"200"}]
-        out[name] = {"best": _best(rows), "best_within_bound": _best(within)}
-    y, d = out.get("yoloray"), out.get("docs")
-    if y and d and y["best_within_bound"] and d["best"]["images_per_s"] > 0:
-        out["ratio_yoloray_within_bound_over_docs_best"] = round(
-            y["best_within_bound"]["images_per_s"] / d["best"]["images_per_s"], 1
-        )
-    return out
-
-
-def print_target(t: dict) -> None:
-    bound = t["p99_bound_ms"]
-    print(f"\nbest throughput with p99 <= {bound:g} ms (levels with errors excluded):")
-    for name, v in t.items():
-        if not isinstance(v, dict):
-            continue
-        w, b = v["best_within_bound"], v["best"]
-        within = (
-            f"{w['images_per_s']} images/s at c={w['concurrency']} (p99 {w['p99_ms']} ms)"
-            if w
-            else "no level within the bound"
-        )
-        print(
-            f"  {name:<8} {within}; best at any latency {b['images_per_s']} images/s at c={b['concurrency']} "
-            f"(p99 {b['p99_ms']} ms)"
-        )
-    if "ratio_yoloray_within_bound_over_docs_best" in t:
-        print(
-            f"  yoloray within the bound / docs pattern's best at any latency: "
-            f"{t['ratio_yoloray_within_bound_over_docs_best']}x"
-        )
-
-
 def make_random_weights(model_yaml: str) -> str:
-    """Seeded random weights of an ultralytics model YAML (the same as a model YAML loads to), in the temp dir."""
     from yoloray.engines.torch_backend import save_random_checkpoint
 
     path = Path(tempfile.gettempdir()) / "yoloray-bench" / f"{Path(model_yaml).stem}-random-seed0.pt"
     if not path.exists():
         save_random_checkpoint(model_yaml, path)
     return str(path)
+
+
+def ports_for(base: int | None) -> tuple[int, int, dict]:
+    """HTTP and gRPC ports and HAProxy's extra ports: from `base` (a range of 40), else free ports and Ray's
+    defaults for the rest."""
+    if base is None:
+        return free_port(), free_port(), {}
+    keys = ("stats", "metrics", "fallback_http", "fallback_grpc")
+    extra = {k: base + 2 + i for i, k in enumerate(keys)}
+    extra.update(
+        replica_http_min=base + 10,
+        replica_http_max=base + 24,
+        replica_grpc_min=base + 25,
+        replica_grpc_max=base + 39,
+    )
+    return base, base + 1, extra
+
+
+# ------------------------------------------------------------------------------------------- one ingress
+class Run:
+    """Everything one benchmark run shares: arguments, frames, client pool, app args and deployment options."""
+
+    def __init__(self, args, app_args: dict, options: dict, pool):
+        self.args, self.app_args, self.options, self.pool = args, app_args, options, pool
+        self.results: list[dict] = []
+        self.steps: list[dict] = []
+        self.warmups: dict = {}
+
+    def deploy(self, name: str, ingress: str, replicas: int, gpus: float, autoscaling: dict | None = None):
+        from ray import serve
+
+        from yoloray.serve.app import build_application
+
+        opts = json.loads(json.dumps(self.options))
+        actor = dict(opts.get("ray_actor_options") or {})
+        if gpus > 0:
+            actor["num_gpus"] = gpus
+        opts["ray_actor_options"] = actor
+        opts["autoscaling_config"] = autoscaling
+        if autoscaling is None:
+            opts["num_replicas"] = replicas
+        serve.run(
+            build_application({**self.app_args, "ingress": ingress}, **opts),
+            name=name,
+            route_prefix="/yoloray",
+            blocking=False,
+        )
+
+    def levels(self, system, url, info_url, levels, layout, watch, app=None, app_name="yoloray") -> None:
+        args, replicas = self.args, layout[0]
+        run_load(
+            self.pool, args.client_procs, url, min(max(levels), 16), min(5.0, args.duration), 2000, app=app
+        )
+        for c in levels:
+            watch.phase = f"{system} {layout[0]}x{layout[1]:g} c={c}"
+            cpu0 = serve_cpu(app_name)
+            stats0 = replica_stats(info_url, replicas) if info_url else {}
+            r = run_load(self.pool, args.client_procs, url, c, args.duration, args.max_requests, app=app)
+            r.update(cpu_pct(cpu0, serve_cpu(app_name), r["seconds"]))
+            if info_url:
+                r.update(batch_delta(stats0, replica_stats(info_url, replicas)))
+            r.pop("records")
+            r.update(
+                system=system, layout=f"{layout[0]}x{layout[1]:g}", replicas_running=watch.running(app_name)
+            )
+            self.results.append(r)
+            print(
+                f"  -> {system} {r['layout']} c={c}: {r['images_per_s']} images/s, p50 {r['p50_ms']} ms, "
+                f"p99 {r['p99_ms']} ms, statuses {r['statuses']}, batch {r.get('mean_batch')}, CPU% client "
+                f"{r['cpu_client_pct']} proxy {r['cpu_proxy_pct']} haproxy {r['cpu_haproxy_pct']} replicas "
+                f"{r['cpu_replicas_pct']}",
+                flush=True,
+            )
+
+    def phase(self, ingress: str, systems: list[str]) -> None:
+        """Start a local Ray for `ingress`, run its systems (and the step when it is the step's ingress)."""
+        import ray
+        from ray import serve
+
+        from yoloray.config import ServeConfig
+        from yoloray.serve.grpc_api import SERVICER
+        from yoloray.serve.ingress import prepare
+
+        args = self.args
+        http_port, grpc_port, extra = ports_for(args.port_base)
+        saved = dict(os.environ)
+        try:
+            prepare([ServeConfig.parse({**self.app_args, "ingress": ingress})], ports=extra)
+            # Serve drains a deleted direct-ingress replica for 30 s by default: a pause per deployment here
+            os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+            ray.init(include_dashboard=False, log_to_driver=False)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        base = f"http://{HOST}:{http_port}"
+        watch = ReplicaWatch()
+        watch.start()
+        try:
+            serve.start(
+                http_options={"host": HOST, "port": http_port},
+                grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER]},
+            )
+            ours = [s for s in systems if s != "docs"]
+            layouts = args.layouts if ingress == "haproxy" else args.layouts[:1]
+            for layout in layouts if ours else []:
+                watch.phase = f"deploy {ingress} {layout[0]}x{layout[1]:g}"
+                self.deploy("yoloray", ingress, *layout)
+                wait_healthy(base + "/yoloray/healthz")
+                info = base + "/yoloray/info"
+                self.warmups[f"{ingress} {layout[0]}x{layout[1]:g}"] = replica_stats(info, layout[0])
+                for s in ours:
+                    if s.startswith("grpc"):
+                        app = "yoloray" if ingress == "proxy" else None
+                        url = f"grpc://{HOST}:{grpc_port}"
+                    else:
+                        app, url = None, base + "/yoloray/detect"
+                    lv = args.concurrency if layout == args.layouts[0] else args.layout_concurrency
+                    self.levels(s, url, info, lv, layout, watch, app=app)
+                serve.delete("yoloray")
+            if "docs" in systems:
+                self.docs(base, watch)
+            if args.step_ingress == ingress:
+                self.step(base, ingress, watch)
+        finally:
+            watch.stop()
+            serve.shutdown()
+            ray.shutdown()
+
+    def docs(self, base: str, watch) -> None:
+        from ray import serve
+        from serve_docs_pattern import docs_app
+
+        from yoloray.config import ServeConfig
+
+        eng = ServeConfig.parse(self.app_args).engine
+        replicas, gpus = self.args.layouts[0]
+        actor = dict(self.options.get("ray_actor_options") or {})
+        if gpus > 0:
+            actor["num_gpus"] = gpus
+        opts = {"ray_actor_options": actor, "num_replicas": replicas}
+        app = docs_app(
+            eng.model, list(eng.imgsz), eng.precision == "fp16", eng.conf, eng.iou, eng.max_det, opts
+        )
+        watch.phase = "docs deploy"
+        serve.run(app, name="docs", route_prefix="/docs-pattern", blocking=False)
+        self.levels(
+            "docs",
+            base + "/docs-pattern/detect",
+            None,
+            self.args.docs_concurrency,
+            (replicas, gpus),
+            watch,
+            app_name="docs",
+        )
+        serve.delete("docs")
+
+    def step(self, base: str, ingress: str, watch) -> None:
+        """The autoscaling load step (see the module docstring)."""
+        from ray import serve
+
+        a = self.args
+        auto = {
+            "min_replicas": 1,
+            "max_replicas": a.step_max_replicas,
+            "target_ongoing_requests": a.step_target,
+            "upscale_delay_s": a.step_upscale_delay_s,
+            "downscale_delay_s": 600,
+        }
+        watch.phase = "step deploy"
+        self.deploy("yoloray", ingress, 1, a.step_gpus, autoscaling=auto)
+        url = base + "/yoloray/detect"
+        wait_healthy(base + "/yoloray/healthz")
+        run_load(self.pool, a.client_procs, url, a.step_low, 3.0, 10_000)
+        watch.phase = "step low"
+        low = run_load(self.pool, a.client_procs, url, a.step_low, a.step_low_s, a.max_requests, record=True)
+        before = {k for k in watch.replicas if k[0] == "yoloray"}
+        t_high = time.time()
+        watch.phase = "step high"
+        high = run_load(self.pool, a.client_procs, url, a.step_high, a.step_s, a.max_requests, record=True)
+        time.sleep(1.0)
+        steady = low["p50_ms"]
+        new = []
+        for key, rec in sorted(watch.replicas.items(), key=lambda kv: kv[1]["created"] or 0):
+            if key in before or key[0] != "yoloray":
+                continue
+            mine = [r for r in high["records"] if r[3] == rec["replica"]]
+            first = mine[0] if mine else None
+            first10 = [r[1] * 1000 for r in mine[:10] if r[2] == 200]
+            new.append(
+                {
+                    "replica": rec["replica"],
+                    "created_after_step_s": _round(rec["created"] and rec["created"] - t_high),
+                    "created_to_ready_s": _round(
+                        rec["running"] and rec["created"] and rec["running"] - rec["created"]
+                    ),
+                    "first_request_ms": _round(first and first[1] * 1000),
+                    "first_request_status": first and first[2],
+                    "first10_p50_ms": _round(first10 and float(np.median(first10))),
+                    "first_over_steady_p50": _round(first and steady and first[1] * 1000 / steady),
+                    "requests": len(mine),
+                }
+            )
+        codes = Counter({**{int(k): v for k, v in low["statuses"].items()}})
+        codes.update({int(k): v for k, v in high["statuses"].items()})
+        self.steps.append(
+            {
+                "ingress": ingress,
+                "low": {k: low[k] for k in ("concurrency", "images_per_s", "p50_ms", "p99_ms", "statuses")},
+                "high": {k: high[k] for k in ("concurrency", "images_per_s", "p50_ms", "p99_ms", "statuses")},
+                "steady_p50_ms": steady,
+                "statuses": {str(k): v for k, v in codes.items()},
+                "errors_5xx": sum(v for k, v in codes.items() if 500 <= k != 503),
+                "peak_replicas": watch.peak("yoloray"),
+                "new_replicas": new,
+            }
+        )
+        serve.delete("yoloray")
+
+
+def _round(v, n: int = 2):
+    """None for a missing value (None, False, an empty list: what `a and b` gives when `a` is missing)."""
+    return round(float(v), n) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+# ------------------------------------------------------------------------------------------- report
+def table(results: list[dict]) -> str:
+    head = (
+        f"{'system':<10} {'layout':>6} {'conc':>5} {'images/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ok':>7} "
+        f"{'5xx':>4} {'other statuses':<16} {'batch':>6} {'CPU% client':>11} {'proxy':>6} {'haproxy':>7} "
+        f"{'replicas':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        other = {k: v for k, v in r["statuses"].items() if k != "200"}
+        lines.append(
+            f"{r['system']:<10} {r['layout']:>6} {r['concurrency']:>5} {r['images_per_s']:>9.1f} "
+            f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['ok']:>7} {r['errors_5xx']:>4} "
+            f"{json.dumps(other) if other else '-':<16} {_dash(r.get('mean_batch')):>6} {r['cpu_client_pct']:>11} "
+            f"{_dash(r['cpu_proxy_pct']):>6} {_dash(r['cpu_haproxy_pct']):>7} {_dash(r['cpu_replicas_pct']):>8}"
+        )
+    return "\n".join(lines)
+
+
+def step_table(step: dict) -> str:
+    lines = [
+        f"autoscaling step on {step['ingress']}: c={step['low']['concurrency']} -> c={step['high']['concurrency']}; "
+        f"steady p50 (one warm replica) {step['steady_p50_ms']} ms; after the step {step['high']['images_per_s']} "
+        f"images/s p50 {step['high']['p50_ms']} ms p99 {step['high']['p99_ms']} ms; peak {step['peak_replicas']} "
+        f"replicas; statuses {step['statuses']}; 5xx other than 503: {step['errors_5xx']}",
+        f"  {'replica':<10} {'created s':>9} {'created->ready s':>16} {'first ms':>9} {'first10 p50':>11} "
+        f"{'first/steady':>12} {'requests':>8}",
+    ]
+    for n in step["new_replicas"]:
+        lines.append(
+            f"  {n['replica']:<10} {_dash(n['created_after_step_s']):>9} {_dash(n['created_to_ready_s']):>16} "
+            f"{_dash(n['first_request_ms']):>9} {_dash(n['first10_p50_ms']):>11} "
+            f"{_dash(n['first_over_steady_p50']):>12} {n['requests']:>8}"
+        )
+    if not step["new_replicas"]:
+        lines.append("  (the autoscaler added no replica during the step)")
+    return "\n".join(lines)
+
+
+def _dash(v) -> str:
+    return "-" if v is None else str(v)
+
+
+def summary(results: list[dict], bound_ms: float) -> dict:
+    """Per system and layout: the best level, and the best with p99 <= bound_ms and only 200s."""
+    out: dict = {"p99_bound_ms": bound_ms}
+    for key in dict.fromkeys((r["system"], r["layout"]) for r in results):
+        rows = [r for r in results if (r["system"], r["layout"]) == key]
+        within = [r for r in rows if r["p99_ms"] <= bound_ms and set(r["statuses"]) == {"200"}]
+        best = max(rows, key=lambda r: r["images_per_s"])
+        good = max(within, key=lambda r: r["images_per_s"], default=None)
+        out[f"{key[0]} {key[1]}"] = {
+            "best": {k: best[k] for k in ("concurrency", "images_per_s", "p99_ms")},
+            "best_within_bound": good and {k: good[k] for k in ("concurrency", "images_per_s", "p99_ms")},
+        }
+    return out
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -500,73 +496,54 @@ def main(argv=None) -> int:
     p.add_argument(
         "--config", default=str(ROOT / "serve_configs" / "detector.yaml"), help="Serve config (yoloray app)"
     )
-    p.add_argument("--duration", type=float, default=30.0, help="seconds of load per concurrency level")
+    p.add_argument("--systems", default="docs,proxy,haproxy,grpc", help=f"which of {','.join(SYSTEMS)}")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of load per level")
+    p.add_argument("--concurrency", default="1,4,16,32,64,128,256", help="requests in flight per level")
+    p.add_argument("--docs-concurrency", default="1,4,16", help="levels for the docs pattern")
     p.add_argument(
-        "--concurrency", default="1,2,4,8,16,32,64", help="comma-separated requests in flight per level"
+        "--layouts", default="1x1", help="replica layouts REPLICASxGPU_SHARE (1x0: CPU), e.g. 1x1,2x0.5"
     )
-    p.add_argument("--docs-concurrency", help="levels for the docs pattern (default: --concurrency)")
+    p.add_argument("--layout-concurrency", default="16,64,256", help="levels for the layouts after the first")
     p.add_argument(
-        "--p99-bound-ms", type=float, default=100.0, help="latency bound of the summary (issue 7: 100)"
+        "--p99-bound-ms", type=float, default=100.0, help="latency bound of the summary (issue 18)"
     )
+    p.add_argument("--client-procs", type=int, default=4 if (os.cpu_count() or 1) >= 8 else 1)
     p.add_argument(
-        "--client-procs",
-        type=int,
-        default=4 if (os.cpu_count() or 1) >= 8 else 1,
-        help="client processes sharing each level's requests in flight (default 4 on >= 8 cores, else 1)",
-    )
-    p.add_argument(
-        "--random-weights",
-        metavar="MODEL_YAML",
-        help="seeded random weights of this ultralytics model (e.g. yolov8s.yaml) for both systems",
+        "--random-weights", metavar="MODEL_YAML", help="seeded random weights of this ultralytics model"
     )
     p.add_argument("--max-requests", type=int, default=200_000, help="cap on requests per level")
     p.add_argument("--frames", type=int, default=16, help="distinct 1920x1080 JPEGs to cycle through")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the generated frames")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="app args, dotted")
     p.add_argument(
-        "--images-per-request",
-        type=int,
-        default=1,
-        help="yoloray only: send N images per request as multipart/form-data (the docs pattern takes one)",
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="deployment options, dotted"
     )
+    p.add_argument("--step-ingress", default="haproxy", choices=("proxy", "haproxy", "none"))
+    p.add_argument("--step-low", type=int, default=4, help="requests in flight before the step")
+    p.add_argument("--step-high", type=int, default=128, help="requests in flight after the step")
+    p.add_argument("--step-low-s", type=float, default=10.0)
+    p.add_argument("--step-s", type=float, default=60.0)
+    p.add_argument("--step-max-replicas", type=int, default=2)
+    p.add_argument("--step-target", type=float, default=16, help="autoscaling target_ongoing_requests")
+    p.add_argument("--step-upscale-delay-s", type=float, default=2.0)
     p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the app's args, dotted (engine.imgsz=384x640, max_batch_size=32)",
+        "--step-gpus", type=float, help="GPU share of each step replica (default: the first layout's)"
     )
-    p.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the Detector deployment options, dotted (ray_actor_options.num_gpus=1)",
-    )
-    p.add_argument(
-        "--cooldown", type=float, default=120.0, help="seconds to watch for scale-down after the load"
-    )
-    p.add_argument("--systems", default="yoloray,docs", help="which systems to run: yoloray,docs")
-    p.add_argument(
-        "--direct-ingress",
-        action="store_true",
-        help="Ray Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1) for both systems, the "
-        "load sent to the ingress replica's own HTTP port instead of Serve's Python proxy (one replica: the "
-        "client does not spread over several)",
-    )
-    p.add_argument("--address", help="Ray address (default: a local Ray)")
+    p.add_argument("--port-base", type=int, help="HTTP, gRPC and HAProxy's ports from here (40 ports)")
     p.add_argument("--out", default="serve_load.json", help="JSON results path")
     args = p.parse_args(argv)
-    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
-    docs_levels = [int(c) for c in (args.docs_concurrency or "").split(",") if c] or args.concurrency
+    ints = lambda s: [int(c) for c in s.split(",") if c]  # noqa: E731
+    args.concurrency, args.docs_concurrency = ints(args.concurrency), ints(args.docs_concurrency)
+    args.layout_concurrency = ints(args.layout_concurrency)
+    args.layouts = parse_layouts(args.layouts)
+    args.step_gpus = args.layouts[0][1] if args.step_gpus is None else args.step_gpus
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if args.direct_ingress:  # read by Serve's processes when they start, so before Ray does
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
-
-    import ray
-    from ray import serve
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        raise SystemExit(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
 
     from yoloray.config import ServeConfig
-    from yoloray.serve.app import build_application, load_serve_config
+    from yoloray.serve.app import load_serve_config
 
     schema = load_serve_config(args.config)
     app_schema = schema.applications[0]
@@ -585,130 +562,64 @@ def main(argv=None) -> int:
         set_dotted(options, k, v)
     cfg = ServeConfig.parse(app_args, source="benchmark app args")
     eng = cfg.engine
-    auto = options.get("autoscaling_config") or {}
-    floor = int(auto.get("min_replicas", 1))
     print(
-        f"engine: {eng.model} {eng.backend} {eng.precision} imgsz {eng.imgsz} batch {eng.batch_size} "
-        f"device {eng.device}; serve batch {cfg.max_batch_size} / {cfg.batch_wait_timeout_s}s; options {options}",
+        f"engine: {eng.model} {eng.backend} {eng.precision} imgsz {eng.imgsz} batch {eng.batch_size} device "
+        f"{eng.device}; serve batch {cfg.max_batch_size} / {cfg.batch_wait_timeout_s}s; options {options}",
         flush=True,
     )
-
     frames = make_frames(args.frames, args.quality)
     print(
-        f"{len(frames)} frames of 1920x1080, {np.mean([len(f) for f in frames]) / 1024:.0f} KiB each on average",
+        f"{len(frames)} frames of 1920x1080, {np.mean([len(f) for f in frames]) / 1024:.0f} KiB each",
         flush=True,
     )
-
-    pool = multiprocessing.get_context("spawn").Pool(args.client_procs) if args.client_procs > 1 else None
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": HOST, "port": port})
-    base = f"http://{HOST}:{port}"
-    results: list[dict] = []
-    scale: dict = {}
-    t0 = time.monotonic()
-    watch = ReplicaWatch(t0)
-    watch.start()
+    _init_frames(frames)
+    pool = None
+    if args.client_procs > 1:
+        pool = multiprocessing.get_context("spawn").Pool(args.client_procs, _init_frames, (frames,))
+    run = Run(args, app_args, options, pool)
     try:
-        if "yoloray" in systems:
-            watch.phase = "yoloray deploy"
-            serve.run(
-                build_application(app_args, **options),
-                name="yoloray",
-                route_prefix="/yoloray",
-                blocking=False,
-            )
-            wait_healthy(base + "/yoloray/healthz")
-            run_levels(
-                "yoloray",
-                direct_url("yoloray", "/yoloray") if args.direct_ingress else base + "/yoloray/detect",
-                frames,
-                args.images_per_request,
-                args.concurrency,
-                pool,
-                args,
-                watch,
-                results,
-            )
-            import requests
-
-            info = requests.get(base + "/yoloray/info", timeout=10).json()
-            print(f"  yoloray replica stats (the replica that answered): {info.get('stats')}", flush=True)
-            back = cooldown("yoloray", watch, floor, args.cooldown)
-            scale["yoloray"] = {
-                "peak": max((e["running"] for e in watch.events if e["app"] == "yoloray"), default=0),
-                "back_to_min_after_s": back,
-                "one_replica_stats": info.get("stats"),
-                "device": info.get("device"),
-                "key": info.get("key"),
-            }
-            serve.delete("yoloray")
-        if "docs" in systems:
-            watch.phase = "docs deploy"
-            docs_options = {
-                k: v for k, v in options.items() if k in ("ray_actor_options", "autoscaling_config")
-            }
-            docs_options["autoscaling_config"] = {
-                **auto,
-                "min_replicas": floor,
-                "max_replicas": auto.get("max_replicas", 2),
-            }
-            app = docs_app(
-                eng.model,
-                list(eng.imgsz),
-                eng.precision == "fp16",
-                eng.conf,
-                eng.iou,
-                eng.max_det,
-                docs_options,
-            )
-            serve.run(app, name="docs", route_prefix="/docs-pattern", blocking=False)
-            url = (
-                direct_url("docs", "/docs-pattern") if args.direct_ingress else base + "/docs-pattern/detect"
-            )
-            run_levels("docs", url, frames, 1, docs_levels, pool, args, watch, results)
-            back = cooldown("docs", watch, floor, args.cooldown)
-            scale["docs"] = {
-                "peak": max((e["running"] for e in watch.events if e["app"] == "docs"), default=0),
-                "back_to_min_after_s": back,
-            }
-            serve.delete("docs")
+        for ingress in ("proxy", "haproxy"):
+            mine = [s for s in systems if INGRESS[s] == ingress]
+            if mine or args.step_ingress == ingress:
+                run.phase(ingress, mine)
     finally:
-        watch.stop()
         if pool is not None:
             pool.terminate()
-        serve.shutdown()
-        if started:
-            ray.shutdown()
 
-    print("\nreplica timeline (serve.status, changes only):")
-    for e in watch.events:
-        print(
-            f"  t+{e['t']:6.1f}s  {e['app']:<8} {e['running']} running, {e['starting']} starting   during {e['phase']}"
-        )
-    print("\n" + table(results))
-    for name, s in scale.items():
-        print(
-            f"{name}: peak {s['peak']} replicas; back to {floor} after cooldown: "
-            + (
-                f"{s['back_to_min_after_s']} s"
-                if s["back_to_min_after_s"] is not None
-                else "not within --cooldown"
+    print("\n" + table(run.results))
+    for step in run.steps:
+        print("\n" + step_table(step))
+    print(
+        "\nreplica start-up (each layout's replicas: warmed batch sizes, seconds to warm, __init__ seconds):"
+    )
+    for key, reps in run.warmups.items():
+        for rep, v in reps.items():
+            w = v.get("warmup") or {}
+            print(
+                f"  {key:<16} {rep:<10} sizes {w.get('batch_sizes')} warm {w.get('seconds')} s init {w.get('init_seconds')} s"
             )
-        )
-    summary = target(results, args.p99_bound_ms)
-    print_target(summary)
+    best = summary(run.results, args.p99_bound_ms)
+    print(f"\nbest images/s with p99 <= {args.p99_bound_ms:g} ms and only 200s (and at any latency):")
+    for key, v in best.items():
+        if isinstance(v, dict):
+            w, b = v["best_within_bound"], v["best"]
+            within = (
+                f"{w['images_per_s']} at c={w['concurrency']} (p99 {w['p99_ms']})"
+                if w
+                else "none within the bound"
+            )
+            print(
+                f"  {key:<18} {within}; any latency {b['images_per_s']} at c={b['concurrency']} (p99 {b['p99_ms']})"
+            )
     out = {
-        "target": summary,
+        "summary": best,
         "args": {k: v for k, v in vars(args).items()},
         "engine": eng.model_dump(mode="json"),
         "serve": {k: v for k, v in cfg.model_dump(mode="json").items() if k != "engine"},
         "deployment_options": options,
-        "results": results,
-        "scaling": scale,
-        "timeline": watch.events,
+        "results": run.results,
+        "steps": run.steps,
+        "warmups": run.warmups,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=str))

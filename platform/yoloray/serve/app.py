@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     """`yoloray serve CONFIG [--address auto] [--no-block]`: deploy the config's applications and block
     until Ctrl-C (then shut them down)."""
     p = argparse.ArgumentParser(
-        prog="yoloray serve", description="Serve YOLO detection over HTTP (Ray Serve)"
+        prog="yoloray serve",
+        description="Serve YOLO detection over HTTP and gRPC (Ray Serve). The config's `ingress` (proxy | haproxy) "
+        "and the ingress guard are applied to the local Ray this command starts; on a cluster, export what "
+        "`python -m yoloray.serve.ingress CONFIG` prints before `ray start`.",
     )
     p.add_argument("config", help="Ray Serve config file, e.g. serve_configs/detector.yaml")
     p.add_argument("--address", help="Ray cluster to deploy to (auto, ray://HOST:10001); default: local Ray")
