@@ -225,3 +225,16 @@ def test_knobs_a_provider_does_not_honour_are_refused(fields, needle):
     with pytest.raises(ConfigError) as e:
         EngineConfig.parse({"model": "yolov8n.yaml", "backend": "onnxruntime", **fields})
     assert needle in str(e.value)
+
+
+def test_backends_command_says_what_is_verified_and_what_runs_here(capsys):
+    from yoloray.cli import main
+
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("onnxruntime provider=")}
+    assert set(rows) == {"provider=cpu", "provider=cuda", "provider=tensorrt"}
+    assert "NOT RUN: built against ONNX Runtime's documented TensorRT provider options" in out
+    here = [line.strip() for line in out.splitlines() if "on this machine:" in line]
+    assert here[0] == "on this machine: available"  # the CPU provider
+    assert all("not available" in line and "onnxruntime-gpu" in line for line in here[1:])

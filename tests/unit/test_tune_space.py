@@ -19,15 +19,17 @@ def test_default_space_on_cpu_holds_only_what_the_cpu_runs():
     space = Space.build(None, cuda=False)
     points = space.points()
     assert points and all(set(p) == set(KNOBS) for p in points)
-    assert {p["backend"] for p in points} == {"torch"}
-    assert {p["precision"] for p in points} == {"fp32", "bf16"}
+    assert {(p["backend"], p["provider"]) for p in points} == {("torch", None), ("onnxruntime", "cpu")}
+    assert {p["precision"] for p in points if p["backend"] == "torch"} == {"fp32", "bf16"}
+    assert {p["precision"] for p in points if p["backend"] == "onnxruntime"} == {"fp32", "int8"}
+    assert {p["channels_last"] for p in points if p["backend"] == "onnxruntime"} == {False}  # not honoured
     assert {p["cuda_graph"] for p in points} == {False}
     assert {p["decode"] for p in points} == {"cpu"}
     assert {p["reduced_decode"] for p in points} == {True}  # the CPU decodes: DCT-reduced
     assert {p["compile_mode"] for p in points} == {None}
     assert {p["imgsz"] for p in points} == {"384x640"}  # the 1080p-aligned rectangle, not square 640
     assert max(p["batch_size"] for p in points) <= 16
-    assert len(points) == 2 * 5 * 2  # precision x batch x channels_last
+    assert len(points) == 2 * 5 * 2 + 2 * 5  # torch: precision x batch x channels_last; onnxruntime: precision x batch
     assert len({tuple(sorted(p.items(), key=str)) for p in points}) == len(points)  # no duplicates
     for p in points:
         _parse(p, "cpu")  # every point is a valid EngineConfig on the CPU
@@ -63,6 +65,30 @@ def test_default_space_on_cuda_is_small_enough_for_a_grid_and_conditional():
     # square frames: the rectangle is square 640, still one input shape
     assert {p["imgsz"] for p in Space.build(None, cuda=True, frame_size=(640, 640)).points()} == {"640"}
     assert {p["imgsz"] for p in Space.build(None, cuda=True, frame_size=(1080, 1920)).points()} == {"640x384"}
+
+
+def test_each_onnxruntime_provider_is_a_row_with_its_own_precisions_and_knobs():
+    space = Space.build({"backend": ["torch", "onnxruntime"], "provider": ["cuda", "tensorrt"],
+                         "precision": ["fp16", "int8"], "workspace_gib": [None, 4], "cuda_graph": [False, True],
+                         "batch_size": [64]}, cuda=True)
+    assert space.backends() == ["torch", "onnxruntime/cuda", "onnxruntime/tensorrt"]
+    points = space.points()
+    rows = {(p["backend"], p["provider"]) for p in points}
+    assert rows == {("torch", None), ("onnxruntime", "cuda"), ("onnxruntime", "tensorrt")}
+    assert {p["precision"] for p in points if p["provider"] == "cuda"} == {"fp16"}  # int8: not on CUDA
+    assert {p["precision"] for p in points if p["provider"] == "tensorrt"} == {"fp16", "int8"}
+    assert {p["workspace_gib"] for p in points if p["provider"] != "tensorrt"} == {None}  # honoured by TensorRT only
+    assert {p["workspace_gib"] for p in points if p["provider"] == "tensorrt"} == {None, 4}
+    for p in points:
+        _parse(p, "cuda")
+    optuna = pytest.importorskip("optuna")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        point = OptunaSpace(space)(study.ask())["engine"]
+        _parse(point, "cuda")
+        seen.add((point["backend"], point["provider"], point["precision"]))
+    assert ("onnxruntime", "tensorrt", "int8") in seen and ("onnxruntime", "cuda", "fp16") in seen
 
 
 def test_values_left_out_of_the_default_space_can_still_be_listed():
@@ -126,7 +152,8 @@ def test_knob_without_effect_does_not_vary():
 
 
 @pytest.mark.parametrize("data, match", [
-    ({"fooz": [1]}, r"unknown knob 'fooz'; knobs: backend, precision"),
+    ({"fooz": [1]}, r"unknown knob 'fooz'; knobs: backend, provider, precision"),
+    ({"provider": ["openvino"]}, r"provider: 'openvino' is not allowed; allowed: cpu, cuda, tensorrt"),
     ({"precision": ["fp8"]}, r"precision: 'fp8' is not allowed; allowed: fp32, fp16, bf16"),
     ({"precision": "int4"}, r"precision: 'int4' is not allowed"),
     ({"backend": ["tensorrt-x"]}, r"backend: 'tensorrt-x' is not allowed; allowed: torch, torch-compile"),

@@ -71,6 +71,12 @@ def environment(device=None, packages: tuple[str, ...] = ("torch", "ultralytics"
         major, minor = torch.cuda.get_device_capability(index)
         env.update(gpu=torch.cuda.get_device_name(index), sm=f"{major}{minor}", cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version(), tensorrt=tensorrt_version())
+    elif device is not None:  # code compiled for this CPU's instruction set
+        import platform
+
+        import torch
+
+        env.update(cpu=platform.machine(), isa=torch.backends.cpu.get_cpu_capability())
     return env
 
 

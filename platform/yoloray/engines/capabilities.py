@@ -127,14 +127,16 @@ def unhonoured(fields: dict, backend: str, provider: str | None = None) -> list[
     return reasons
 
 
-def capability_table() -> str:
-    """The table as text, for `yoloray backends` and docs."""
+def capability_table(here: dict[str, str] | None = None) -> str:
+    """The table as text, for `yoloray backends` and docs; `here`: provider -> whether it can run on this machine."""
     knobs = [k for k in KNOB_DEFAULTS if k != "provider"]
-    lines = [f"{'backend':<26} {'precisions':<15} {'devices':<9} knobs honoured / verified"]
+    lines = [f"{'backend':<30} {'precisions':<15} {'devices':<9} knobs honoured"]
     for backend, provider, c in rows():
         name = backend + (f" provider={provider}" if provider else "")
         honoured = ", ".join(k for k in knobs if c.honours(k)) or "-"
-        lines.append(f"{name:<26} {','.join(c.precisions):<15} {','.join(c.devices):<9} {honoured}")
-        lines.append(f"{'':<26} {c.description}")
-        lines.append(f"{'':<26} verified: {c.verified}")
+        lines.append(f"{name:<30} {','.join(c.precisions):<15} {','.join(c.devices):<9} {honoured}")
+        lines.append(f"{'':<30} {c.description}")
+        lines.append(f"{'':<30} verified: {c.verified}")
+        if here is not None and provider in here:
+            lines.append(f"{'':<30} on this machine: {here[provider]}")
     return "\n".join(lines)

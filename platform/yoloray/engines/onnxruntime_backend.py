@@ -21,7 +21,7 @@ import torch
 from yoloray.engines import ort_providers as providers
 from yoloray.engines.base import Engine, EngineError
 from yoloray.engines.cache import ArtifactCache, cache_key, environment
-from yoloray.engines.capabilities import unhonoured
+from yoloray.engines.capabilities import KNOB_DEFAULTS, unhonoured
 from yoloray.engines.export import INPUT, OUTPUT, export_onnx, read_metadata, to_fp16
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def export_fields(config, static_batch: int | None) -> dict:
             "max_det": config.max_det, "agnostic_nms": config.agnostic_nms}
 
 
-def onnx_artifact(config, cache: ArtifactCache, static_batch: int | None) -> tuple[Path, str]:
+def onnx_artifact(config, provider: str, cache: ArtifactCache, static_batch: int | None) -> tuple[Path, str]:
     """The ONNX file this config runs (fp32, fp16 or int8) and its cache key; built once per cluster."""
     fields = export_fields(config, static_batch)
     key = cache_key("onnx", fields, environment(None, EXPORT_PACKAGES))
@@ -50,7 +50,7 @@ def onnx_artifact(config, cache: ArtifactCache, static_batch: int | None) -> tup
                     static_batch, build_key=key)
 
     fp32 = cache.file("onnx", key, "model.onnx", build_fp32)
-    if config.precision == "fp32" or (config.precision == "fp16" and config.provider == "tensorrt"):
+    if config.precision == "fp32" or (config.precision == "fp16" and provider == "tensorrt"):
         return fp32, key  # TensorRT takes fp16 as a builder flag on the fp32 graph
     if config.precision == "fp16":
         key = cache_key("onnx-fp16", {"from": key}, environment(None, ORT_PACKAGES))
@@ -85,15 +85,16 @@ class OrtEngine(Engine):
         self.device = device
         self.provider = config.provider or providers.best(device.type)
         providers.check(self.provider, device.type)
-        config = config.model_copy(update={"provider": self.provider})
-        if reasons := unhonoured(config.model_dump(), "onnxruntime", self.provider):
-            raise EngineError(reasons[0])
+        fields = {k: getattr(config, k, v) for k, v in KNOB_DEFAULTS.items()}
+        if reasons := unhonoured({**fields, "precision": config.precision, "provider": None}, "onnxruntime",
+                                 self.provider):
+            raise EngineError(reasons[0])  # e.g. int8 asked of the provider `auto` chose
         self.config = config
         self.forward_batch = config.micro_batch or config.batch_size
         # a CUDA graph replays one input shape: export that batch; otherwise the batch axis is dynamic
         self.static_batch = self.forward_batch if config.cuda_graph else None
         self.cache = ArtifactCache(config.cache_dir)
-        path, key = onnx_artifact(config, self.cache, self.static_batch)
+        path, key = onnx_artifact(config, self.provider, self.cache, self.static_batch)
         meta = read_metadata(path)
         self.names, self.stride, self.end2end = meta.names, meta.stride, meta.end2end
         self.dtype = torch.float16 if meta.precision == "fp16" else torch.float32
@@ -114,7 +115,7 @@ class OrtEngine(Engine):
         try:
             self.session = ort.InferenceSession(
                 str(path), options, providers=providers.provider_options(
-                    self.provider, config, index, self.forward_batch, *trt))
+                    self.provider, config, index, self.forward_batch, *trt))  # knobs read from config
         except Exception as e:  # ONNX Runtime raises its own exception types (Fail, InvalidArgument, ...)
             raise EngineError(f"ONNX Runtime could not build a {self.provider} session: {e}") from None
         providers.check_session(self.session, self.provider)

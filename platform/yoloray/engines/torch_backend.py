@@ -110,7 +110,9 @@ class TorchEngine(Engine):
         self._forward = net
         self.cuda_graph = config.cuda_graph and device.type == "cuda"
         self.compile = config.backend == "torch-compile"
+        self._compile_cache: tuple | None = None  # (cache, key) when this process compiles without stored artifacts
         if self.compile:
+            self._load_compile_artifacts(config)
             self._forward = torch.compile(net, mode=config.compile_mode or "default", dynamic=False)
         self.forward_batch = config.micro_batch or config.batch_size  # images per forward (graph replay)
         self.static_batch = self.forward_batch if (self.cuda_graph or self.compile) else None
@@ -118,6 +120,32 @@ class TorchEngine(Engine):
         self._static_in: torch.Tensor | None = None
         self._static_out: torch.Tensor | None = None
         self._replayed: torch.cuda.Event | None = None
+
+    def _load_compile_artifacts(self, config) -> None:
+        """torch.compile's artifacts (inductor's compiled graphs and autotuning results) from the shared artifact
+        cache, so only the first actor of a cluster pays for compilation; otherwise remember to store them."""
+        from yoloray.config import model_identity
+        from yoloray.engines.cache import ArtifactCache, cache_key, environment
+
+        fields = {"model": model_identity(config.model), "precision": config.precision, "imgsz": list(config.imgsz),
+                  "batch": config.micro_batch or config.batch_size, "channels_last": config.channels_last,
+                  "mode": config.compile_mode or "default", "max_det": config.max_det,
+                  "agnostic_nms": config.agnostic_nms, "device": self.device.type}
+        cache = ArtifactCache(config.cache_dir)
+        key = cache_key("torch-compile", fields, environment(self.device, ("torch", "ultralytics", "triton")))
+        self.artifact_events = cache.events
+        blob = cache.blob("torch-compile", key)
+        if blob is not None:
+            torch.compiler.load_cache_artifacts(blob)
+        else:
+            self._compile_cache = (cache, key)
+
+    def _store_compile_artifacts(self) -> None:
+        saved = torch.compiler.save_cache_artifacts()
+        if saved is not None and self._compile_cache is not None:
+            cache, key = self._compile_cache
+            cache.put_blob("torch-compile", key, saved[0])
+        self._compile_cache = None
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         out = self._forward(x)
@@ -163,6 +191,8 @@ class TorchEngine(Engine):
         x = torch.zeros((self.static_batch or batch_size, 3, *imgsz), device=self.device, dtype=self.dtype)
         for _ in range(3 if self.device.type == "cuda" else 1):
             self(x)
+        if self._compile_cache is not None:
+            self._store_compile_artifacts()
         if self.cuda_graph and self._graph is None:
             self._static_in = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.clone()
             stream = torch.cuda.Stream(self.device)

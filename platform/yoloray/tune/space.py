@@ -5,12 +5,14 @@ except `model` and `device` may be fixed to one value (`conf: 0.3`). Values are 
 capability table and EngineConfig; an error names the knob and the allowed values.
 
 Knobs are conditional: a knob never varies where it has no effect. `compile_mode` varies only for
-torch-compile, `cuda_graph` / `channels_last` / `workspace_gib` only where the backend honours them,
+torch-compile, `provider` only for onnxruntime (each provider is an engine row of its own, with its own
+precisions), `cuda_graph` / `channels_last` / `workspace_gib` only where the backend or provider honours them,
 `reduced_decode` only when the CPU decodes. The default space (`default_values`) is the capability table's
 values narrowed to those worth measuring on the device, so that an exhaustive grid over it stays feasible: on
 CUDA the torch backend, fp16/bf16, batch 32-256, the frames' stride-aligned input shape, CUDA graphs on/off,
-channels_last, nvJPEG or hybrid decode (32 points); on a CPU-only run torch, the same
-input shape, fp32/bf16, batch 1-16, channels_last on/off, DCT-reduced CPU decode (20 points). Each
+channels_last, nvJPEG or hybrid decode (32 points); on a CPU-only run torch (fp32/bf16, channels_last
+on/off) and onnxruntime's CPU provider (fp32/int8), the same input shape, batch 1-16, DCT-reduced CPU decode
+(30 points). Each
 restriction's reason is a comment there; a space file can list any other value. CUDA-only values a user lists
 on a CPU-only run are kept and fail at trial start with the reason (see `Space.warnings`). A point is a dict
 of knob values that `EngineConfig.parse({**point, **fixed, "model": ..., "device": ...})` accepts.
@@ -27,16 +29,21 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import ValidationError
 
 from yoloray.config import MAX_STRIDE, ConfigError, EngineConfig, load_yaml, parse_imgsz
-from yoloray.engines.capabilities import CAPABILITIES
+from yoloray.engines.capabilities import CAPABILITIES, KNOB_DEFAULTS, capability, rows
 
-KNOBS = ("backend", "precision", "batch_size", "imgsz", "cuda_graph", "channels_last", "compile_mode",
+KNOBS = ("backend", "provider", "precision", "batch_size", "imgsz", "cuda_graph", "channels_last", "compile_mode",
          "decode", "reduced_decode", "workspace_gib")
 NOT_SETTABLE = {"model": "the model is set with --model", "device": "the device follows --gpus (cuda or cpu)"}
 GPU_BATCHES = (32, 64, 128, 256)
 CPU_BATCHES = (1, 2, 4, 8, 16)
-# which capability flag makes a knob take effect (None: always), and the value it has where it does not
-_HONOURED = {"cuda_graph": ("cuda_graph", False), "channels_last": ("channels_last", False),
-             "compile_mode": ("compile", None), "workspace_gib": ("workspace", None)}
+# knobs that take effect only where the capability table says so, and the value each has where it does not
+_HONOURED = {k: KNOB_DEFAULTS[k] for k in KNOBS if k in KNOB_DEFAULTS}
+
+
+def split_row(row: str) -> tuple[str, str | None]:
+    """An engine row of the space: a backend, or `onnxruntime/<provider>`."""
+    backend, _, provider = row.partition("/")
+    return backend, provider or None
 
 
 def format_imgsz(value: Any) -> str:
@@ -73,7 +80,10 @@ def default_values(cuda: bool, frame_size: tuple[int, int] = (1920, 1080)) -> di
         # torch.compile costs 45-60 s per trial and cannot raise a trial's figure: a trial times the whole
         # Detector, which nvJPEG decode bounds (H200, YOLOv8s fp16 384x640: Detector 2,750 images/s, eager
         # model alone 6,200); a space file may list torch-compile. CPU: long builds, little gain.
-        "backend": ("torch",),
+        # onnxruntime: on the CPU its provider ships with yoloray (fp32 and int8 against torch); on CUDA a space
+        # file lists it (onnxruntime-gpu is an optional install, and benchmarks/engines.py measures it first)
+        "backend": ("torch",) if cuda else ("torch", "onnxruntime"),
+        "provider": ("cuda",) if cuda else ("cpu",),
         # CUDA: fp32 is ~1.7x slower on tensor cores (bare YOLOv8s at 640 on the H200: 2,257 vs 3,939 images/s
         # fp16); it stays the fidelity reference and a space file may list it. CPU: fp16 needs CUDA.
         "precision": tuple(p for p in precisions if p != ("fp32" if cuda else "fp16")),
@@ -95,11 +105,11 @@ def default_values(cuda: bool, frame_size: tuple[int, int] = (1920, 1080)) -> di
         # where the CPU decodes: the DCT-domain 1/2-1/8 decode (taken only when the input is at most half the
         # frame) skips pixels the letterbox scales away; fidelity is checked per trial. nvJPEG: full size
         "reduced_decode": (True,),
-        "workspace_gib": (None,),  # no backend honours it today
+        "workspace_gib": (None,),  # TensorRT's builder workspace: a space file lists sizes (not run here)
     }
 
 
-_LITERALS = ("backend", "precision", "decode", "compile_mode")
+_LITERALS = ("backend", "provider", "precision", "decode", "compile_mode")
 
 
 def _validate(knob: str, value: Any, backend: str):
@@ -136,7 +146,7 @@ def _check_value(knob: str, value: Any, source: str) -> Any:
     if knob in _LITERALS:
         allowed = [v for v in literal_values(knob) if _accepted(knob, v)]
         raise ConfigError(f"{source}: {knob}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
-    if knob in _HONOURED and not any(getattr(c, _HONOURED[knob][0]) for c in CAPABILITIES.values()):
+    if knob in _HONOURED and not any(c.honours(knob) for c in CAPABILITIES.values()):
         raise ConfigError(f"{source}: {knob} is not honoured by any backend today; leave it out")
     msg = "; ".join(err["msg"].removeprefix("Value error, ") for err in error.errors())
     raise ConfigError(f"{source}: {knob}: {value!r}: {msg}")
@@ -191,33 +201,41 @@ class Space:
         if not space.points():
             raise ConfigError("space: no backend honours this combination of values; "
                               "precisions per backend: "
-                              + ", ".join(f"{b}: {'/'.join(c.precisions)}" for b, c in CAPABILITIES.items()))
+                              + ", ".join(f"{b}{'/' + p if p else ''}: {'/'.join(c.precisions)}"
+                                          for b, p, c in rows()))
         return space
 
-    def options(self, backend: str) -> dict[str, tuple]:
-        """Knob -> the values that take effect for `backend` (one value where the knob has no effect)."""
-        cap = CAPABILITIES[backend]
+    def options(self, row: str) -> dict[str, tuple]:
+        """Knob -> the values that take effect for the engine row (one value where the knob has no effect)."""
+        backend, provider = split_row(row)
+        cap = capability(backend, provider)
         out = {}
         for knob in KNOBS[1:]:
             vals = self.values[knob]
-            if knob == "precision":
+            if knob == "provider":
+                vals = (provider,)
+            elif knob == "precision":
                 vals = tuple(p for p in vals if p in cap.precisions)
             elif knob in _HONOURED:
-                flag, inactive = _HONOURED[knob]
-                vals = vals if getattr(cap, flag) else (inactive,)
+                vals = vals if cap.honours(knob) else (_HONOURED[knob],)
             out[knob] = vals
         return out
 
     def backends(self) -> list[str]:
-        return [b for b in self.values["backend"] if self.options(b)["precision"]]
+        """The engine rows searched: each backend, with onnxruntime once per provider listed."""
+        rows = []
+        for b in self.values["backend"]:
+            providers = [p for p in self.values["provider"] if p] or [None]
+            rows += [f"{b}/{p}" if p else b for p in providers] if capability(b).honours("provider") else [b]
+        return [r for r in rows if self.options(r)["precision"]]
 
     def points(self) -> list[dict[str, Any]]:
         """Every distinct valid point (grid order)."""
         seen, out = set(), []
-        for backend in self.backends():
-            opts = self.options(backend)
+        for row in self.backends():
+            opts = self.options(row)
             for combo in itertools.product(*opts.values()):
-                point = {"backend": backend, **dict(zip(opts, combo))}
+                point = {"backend": split_row(row)[0], **dict(zip(opts, combo))}
                 if point["decode"] == "gpu":
                     point["reduced_decode"] = False  # nvJPEG decodes at full size
                 key = tuple(point.items())
@@ -230,11 +248,12 @@ class Space:
         out = []
         if not self.cuda:
             points = self.points()
-            for knob, bad in (("precision", "fp16"), ("cuda_graph", True), ("decode", "gpu"), ("decode", "hybrid")):
+            for knob, bad in (("precision", "fp16"), ("cuda_graph", True), ("decode", "gpu"), ("decode", "hybrid"),
+                              ("provider", "cuda"), ("provider", "tensorrt")):
                 if any(p[knob] == bad for p in points):
                     out.append(f"{knob} {bad} needs CUDA: those trials will fail at start on this CPU-only run")
-        for knob, (flag, inactive) in _HONOURED.items():
-            honoured = any(getattr(CAPABILITIES[b], flag) for b in self.backends())
+        for knob, inactive in _HONOURED.items():
+            honoured = any(capability(*split_row(r)).honours(knob) for r in self.backends())
             if knob in self.given and set(self.values[knob]) - {inactive} and not honoured:
                 out.append(f"{knob} has no effect on backend(s) {', '.join(self.backends())}: it stays {inactive}")
         return out
@@ -263,7 +282,7 @@ class OptunaSpace:
     def __call__(self, trial) -> dict[str, Any]:
         backends = self.space.backends()
         backend = trial.suggest_categorical("backend", backends) if len(backends) > 1 else backends[0]
-        point: dict[str, Any] = {"backend": backend}
+        point: dict[str, Any] = {"backend": split_row(backend)[0]}  # an Optuna "backend" is an engine row
         for knob, vals in self.space.options(backend).items():
             if knob == "reduced_decode" and point["decode"] == "gpu":
                 vals = (False,)

@@ -22,6 +22,7 @@ import gc
 import hashlib
 import os
 import pickle
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,6 +45,22 @@ def engine_fields(point: dict[str, Any], settings: TuneConfig) -> dict[str, Any]
     """The full EngineConfig mapping of a point: knobs, the space's fixed fields, model and device."""
     fixed = {k: v for k, v in settings.space.items() if k not in KNOBS}
     return {**fixed, **point, "model": settings.model, "device": "cuda" if settings.gpus else "cpu"}
+
+
+def calibration_folder(images: list[bytes]) -> Path:
+    """The trial's frames as files (int8 calibration reads a folder), once per node and set of frames."""
+    digest = hashlib.sha256(b"".join(hashlib.sha256(i).digest() for i in images)).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / "yoloray-calibration" / digest
+    if not folder.is_dir():
+        work = folder.with_name(f".{digest}.{os.getpid()}")
+        work.mkdir(parents=True, exist_ok=True)
+        for i, data in enumerate(images):
+            (work / f"{i:04d}.jpg").write_bytes(data)  # decoded by content, whatever the format
+        try:
+            work.rename(folder)
+        except OSError:  # another trial on this node finished first: the same files
+            shutil.rmtree(work, ignore_errors=True)
+    return folder
 
 
 def run_trial(config: dict, settings: dict, images: list[bytes], weights: bytes | None = None) -> None:
@@ -184,6 +201,8 @@ def measure(point: dict, settings: TuneConfig, images: list[bytes], report: Call
     try:
         try:
             cfg = EngineConfig.parse(engine_fields(point, settings), source="trial")
+            if cfg.precision == "int8" and cfg.calibration is None:  # calibrate on the sweep's own frames
+                cfg = cfg.model_copy(update={"calibration": str(calibration_folder(images))})
             base["engine_key"] = cfg.key()
             reference = reference_detections(cfg, fid_images, Path(settings.out) / "reference")
             if cfg.device.startswith("cuda"):

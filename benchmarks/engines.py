@@ -1,0 +1,206 @@
+"""Engines side by side: per backend / provider / precision, the model alone and the whole Detector, each row
+with its fidelity, and an actor's start-up with a cold and a warm artifact cache (issue 17).
+
+    python benchmarks/engines.py --mode gpu --out $OUT   # H200: YOLOv8s (random weights), 384x640, batch 128
+    python benchmarks/engines.py --mode cpu --out $OUT   # this 2-core machine: the demo YOLOv8n, 640, batch 4
+
+Speed: "model" = the engine alone on a ready (B, 3, H, W) batch on the device; "detector" = `Detector.detect`
+on encoded 1080p JPEGs (decode, letterbox, engine, NMS), batches of B; each row is timed for at least
+`--seconds` after a warm-up. Fidelity: the same engine configuration built on the demo detector (real boxes),
+compared with the exact path (torch fp32, TF32 off) on its held-out frames at the fast-mode tolerance
+(IoU >= 0.9, score within 0.05); the GPU rows' YOLOv8s has random weights, so its own boxes would say nothing.
+Start-up: a new process builds and warms a Detector (imports included) with an empty cache folder (cold), then
+another with the cache the first one filled (warm); the inductor cache of each process is empty too.
+Frames are generated in the run (the scene generator, seed 0: its val split is the demo detector's held-out
+set; the train split is the int8 calibration folder, 32 frames drawn from it). Rows that cannot run here say why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+MODES = {
+    "gpu": {"model": "yolov8s.yaml", "imgsz": (384, 640), "batch": 128, "device": "cuda", "rows": [
+        {"backend": "torch"},
+        {"backend": "torch", "precision": "fp16", "channels_last": True, "cuda_graph": True},
+        {"backend": "torch-compile", "precision": "fp16", "channels_last": True},
+        {"backend": "onnxruntime", "provider": "cuda"},
+        {"backend": "onnxruntime", "provider": "cuda", "precision": "fp16"},
+        {"backend": "onnxruntime", "provider": "cuda", "precision": "fp16", "cuda_graph": True},
+        {"backend": "onnxruntime", "provider": "tensorrt", "precision": "fp16"},
+        {"backend": "onnxruntime", "provider": "tensorrt", "precision": "int8"},
+    ]},
+    "cpu": {"model": None, "imgsz": (640, 640), "batch": 4, "device": "cpu", "rows": [
+        {"backend": "torch"},
+        {"backend": "torch", "channels_last": True},
+        {"backend": "onnxruntime", "provider": "cpu"},
+        {"backend": "onnxruntime", "provider": "cpu", "precision": "int8"},
+    ]},
+}
+FAST_IOU, FAST_SCORE, MIN_FIDELITY = 0.9, 0.05, 0.97
+START = """
+import json, sys, time
+t0 = time.perf_counter()
+from yoloray.config import EngineConfig
+from yoloray.detector import Detector
+Detector(EngineConfig.parse(json.loads(sys.argv[1]))).warmup()
+print(json.dumps({"start_s": time.perf_counter() - t0}))
+"""
+
+
+def name(row: dict) -> str:
+    parts = [row["backend"] + (f"/{row['provider']}" if row.get("provider") else ""), row.get("precision", "fp32")]
+    parts += [k for k in ("channels_last", "cuda_graph") if row.get(k)]
+    return " ".join(parts)
+
+
+def frames(work: Path, n: int) -> tuple[list[bytes], list[bytes], str]:
+    """n generated 1080p scene JPEGs (the demo detector's training seed, so its held-out val split is real
+    ground for fidelity): (all of them for timing, the held-out val split, the train folder for calibration)."""
+    from yoloray.data.synthetic import generate
+
+    data = generate(work / "frames", frames=n, seed=0, formats=("folder",), workers=os.cpu_count())
+    val = [f.read_bytes() for f in sorted(Path(data.images_val).glob("*.jpg"))]
+    train = [f.read_bytes() for f in sorted(Path(data.images_train).glob("*.jpg"))]
+    return train + val, val, str(data.images_train)
+
+
+def timed(fn, images_per_call: int, seconds: float, sync) -> float:
+    fn()
+    sync()
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        sync()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds and calls >= 3:
+            return calls * images_per_call / elapsed
+
+
+def start_up(fields: dict, cache: str, work: Path) -> tuple[float, float]:
+    out = []
+    for run in ("cold", "warm"):
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(work / f"inductor-{run}")}
+        p = subprocess.run([sys.executable, "-c", START, json.dumps({**fields, "cache_dir": cache})],
+                           capture_output=True, text=True, env=env, timeout=900)
+        if p.returncode:
+            raise RuntimeError(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "start-up failed")
+        out.append(json.loads(p.stdout.strip().splitlines()[-1])["start_s"])
+    return out[0], out[1]
+
+
+def measure(row: dict, spec: dict, args, model: str, images: list[bytes], held: list[bytes], calib: str,
+            exact, work: Path) -> dict:
+    from yoloray.config import EngineConfig
+    from yoloray.detector import Detector
+    from yoloray.fidelity import compare
+
+    device = spec["device"]
+    base = {"imgsz": list(spec["imgsz"]), "batch_size": args.batch or spec["batch"], "device": device, **row}
+    if row.get("precision") == "int8":
+        base["calibration"] = calib
+    result = {"row": name(row)}
+    cache = str(work / "cache" / name(row).replace(" ", "-"))
+    try:
+        det = Detector(EngineConfig.parse({**base, "model": model, "cache_dir": cache})).warmup()
+    except Exception as e:  # a provider or library missing here: the row says why
+        return {**result, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+    sync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
+    b = det.batch_size
+    x = torch.rand((b, 3, *spec["imgsz"]), device=det.device).to(det.engine.dtype)
+    result["model_images_per_s"] = timed(lambda: det.infer(x), b, args.seconds, sync)
+    batches = [images[i : i + b] for i in range(0, len(images) - b + 1, b)]
+    state = {"i": 0}
+
+    def detect():
+        det.detect(batches[state["i"] % len(batches)])
+        state["i"] += 1
+
+    result["detector_images_per_s"] = timed(detect, b, args.seconds, sync)
+    det.close()
+    demo = Detector(EngineConfig.parse({**base, "cache_dir": cache})).warmup()  # default model: the demo detector
+    fid = compare(exact, demo.detect(held), iou=FAST_IOU, score_tol=FAST_SCORE)
+    result.update(fidelity=fid.rate, boxes=int(fid.reference))
+    demo.close()
+    if args.startup:
+        try:
+            result["start_cold_s"], result["start_warm_s"] = start_up({**base, "model": model},
+                                                                       str(work / "startup" / name(row)), work)
+        except Exception as e:
+            result["start_error"] = str(e)[:200]
+    return result
+
+
+def table(results: list[dict], ref: float | None) -> str:
+    head = (f"{'engine':<40} {'model img/s':>12} {'x torch fp32':>12} {'detector img/s':>15} {'fidelity':>9} "
+            f"{'start cold s':>13} {'warm s':>7}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['row']:<40} not run: {r['error']}")
+            continue
+        ratio = r["model_images_per_s"] / ref if ref else float("nan")
+        cold, warm = r.get("start_cold_s", float("nan")), r.get("start_warm_s", float("nan"))
+        lines.append(f"{r['row']:<40} {r['model_images_per_s']:>12,.1f} {ratio:>12.2f} "
+                     f"{r['detector_images_per_s']:>15,.1f} {r['fidelity']:>9.3f} {cold:>13.1f} {warm:>7.1f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=list(MODES), required=True)
+    p.add_argument("--out", help="folder for results.json")
+    p.add_argument("--batch", type=int, help="override the mode's batch size")
+    p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per measurement (default 5)")
+    p.add_argument("--frames", type=int, help="1080p frames to generate (default max(2 batches, 160)); a fifth are "
+                   "the held-out fidelity frames, the rest the Detector's timing set and the int8 calibration folder")
+    p.add_argument("--rows", help="comma-separated row numbers to run (default all)")
+    p.add_argument("--no-startup", dest="startup", action="store_false", help="skip the cold/warm start-up runs")
+    args = p.parse_args(argv)
+    spec = MODES[args.mode]
+    from yoloray.config import EngineConfig
+    from yoloray.detector import Detector
+    from yoloray.engines.torch_backend import save_random_checkpoint
+
+    work = Path(tempfile.mkdtemp(prefix="yoloray-engines-"))
+    model = str(save_random_checkpoint(spec["model"], work / "model.pt")) if spec["model"] else None
+    b = args.batch or spec["batch"]
+    t0 = time.perf_counter()
+    images, held, calib = frames(work, args.frames or max(2 * b, 160))
+    print(f"frames generated in {time.perf_counter() - t0:.1f} s", flush=True)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    exact = Detector(EngineConfig(imgsz=spec["imgsz"], batch_size=b, device=spec["device"])).detect(held)
+    rows = spec["rows"] if not args.rows else [spec["rows"][int(i)] for i in args.rows.split(",")]
+    results = []
+    for row in rows:
+        r = measure(row, spec, args, model or EngineConfig().model, images, held, calib, exact, work)
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    ref = next((r["model_images_per_s"] for r in results if r["row"] == "torch fp32" and "error" not in r), None)
+    print(f"\nengines, mode {args.mode}: model {spec['model'] or 'demo YOLOv8n'}, imgsz {spec['imgsz']}, batch {b}, "
+          f"device {spec['device']}, torch {torch.__version__}")
+    print(table(results, ref))
+    ok = [r for r in results if "error" not in r and r["fidelity"] >= MIN_FIDELITY]
+    if ok and ref:
+        best = max(ok, key=lambda r: r["model_images_per_s"])
+        print(f"fastest engine with fidelity >= {MIN_FIDELITY}: {best['row']}, "
+              f"{best['model_images_per_s'] / ref:.2f}x torch fp32 (model alone), "
+              f"{best['detector_images_per_s']:,.1f} images/s through the Detector")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "engines.json").write_text(json.dumps({"mode": args.mode, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
