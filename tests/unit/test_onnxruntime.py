@@ -101,6 +101,27 @@ def test_export_metadata_round_trip(checkpoints, tmp_path, batch):
     np.testing.assert_allclose(got, expect.numpy(), atol=1e-2, rtol=1e-4)  # box pixels: float summation order
 
 
+def test_fp16_conversion_keeps_the_box_decode_in_fp32(checkpoints, tmp_path):
+    """The CUDA provider's fp16 graph (run in tests/gpu): fp16 input and convolutions, the head's decode and the
+    output in fp32, metadata saying fp16."""
+    from yoloray.engines.export import head_nodes, to_fp16
+
+    export_onnx(load_model(str(checkpoints["v8"])), tmp_path / "m.onnx", (256, 256), None)
+    meta = to_fp16(tmp_path / "m.onnx", tmp_path / "h.onnx")
+    assert meta.precision == "fp16" == read_metadata(tmp_path / "h.onnx").precision
+    half = onnx.load(str(tmp_path / "h.onnx"))
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    assert half.graph.input[0].type.tensor_type.elem_type == f16
+    assert half.graph.output[0].type.tensor_type.elem_type == f32
+    weights = {i.name: i.data_type for i in half.graph.initializer}
+    decode, output_convs = head_nodes(half)
+    assert decode and len(output_convs) == 6  # 3 scales x (box, class) branches
+    convs = {n.name: n for n in half.graph.node if n.op_type == "Conv"}
+    assert weights[convs[output_convs[0]].input[1]] == f16  # the branches run in fp16
+    dfl = [n for n in decode if n.endswith("dfl/conv/Conv")]
+    assert dfl and weights[convs[dfl[0]].input[1]] == f32  # the decode does not
+
+
 def test_second_build_loads_from_the_cache(checkpoints, tmp_path, monkeypatch):
     cfg = ort_config(checkpoints["v8"], tmp_path, imgsz=256)
     first = build_engine(cfg, torch.device("cpu"))

@@ -111,6 +111,8 @@ class OrtEngine(Engine):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: ONNX Runtime logs node placement warnings per session
+        if self.provider == "cpu":  # the process's CPU share, as torch has it (Ray's OMP_NUM_THREADS, a trial's cpus)
+            options.intra_op_num_threads = torch.get_num_threads()
         index = device.index or 0
         try:
             self.session = ort.InferenceSession(
