@@ -36,6 +36,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                    "a pyarrow URI such as s3://bucket/dir (default $YOLORAY_CACHE or ~/.cache/yoloray)")
     g.add_argument("--batch-size", type=int, dest="batch_size")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    g.add_argument("--decode", help="cpu (OpenCV / PyAV) | gpu (the GPU's JPEG decoder; NVDEC for video, needs "
+                   "PyNvVideoCodec, not tested without a GPU) | hybrid (default cpu)")
     g.add_argument("--conf", type=float, help="confidence threshold (default 0.25)")
     g.add_argument("--iou", type=float, help="NMS IoU threshold (default 0.7)")
     g.add_argument("--max-det", type=int, dest="max_det", help="max detections per image (default 300)")
@@ -50,7 +52,7 @@ def engine_config(args):
         base = EngineConfig.from_yaml(args.config)
         fields = base.model_dump()
     for name in ("model", "backend", "provider", "imgsz", "precision", "calibration", "cache_dir", "batch_size",
-                 "device", "conf", "iou", "max_det"):
+                 "device", "decode", "conf", "iou", "max_det"):
         value = getattr(args, name, None)
         if value is not None:
             fields[name] = value
@@ -59,6 +61,8 @@ def engine_config(args):
 
 # ----------------------------------------------------------------------------------------- commands
 def cmd_detect(args) -> int:
+    from yoloray.batch.video import detect_video
+    from yoloray.data.inputs import kind_of
     from yoloray.detector import Detector
 
     paths = [Path(p) for p in args.images]
@@ -67,11 +71,14 @@ def cmd_detect(args) -> int:
         raise UserError(f"no such file: {', '.join(missing)}")
     config = engine_config(args)
     detector = Detector(config).warmup()
-    dets = detector.detect([p.read_bytes() for p in paths])
-    rows = dets.to_rows()
-    for p, row in zip(paths, rows):
+    videos = [p for p in paths if kind_of(p.name) == "video"]
+    images = [p for p in paths if p not in videos]
+    rows = detector.detect([p.read_bytes() for p in images]).to_rows()
+    for p, row in zip(images, rows):
         row["key"] = str(p)
         row["engine"] = detector.key
+    for p in videos:  # every frame of each clip, decoded by PyAV (NVDEC on a GPU with PyNvVideoCodec)
+        rows.extend(detect_video(detector, str(p)))
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
@@ -107,7 +114,8 @@ def cmd_infer(args) -> int:
     config = engine_config(args)
     if config.precision == "int8" and config.calibration is None:  # calibrate on the job's own frames
         config = config.model_copy(update={"calibration": args.sources[0]})
-    source_options = SourceOptions(video_stride=args.video_stride, video_fps=args.video_fps)
+    source_options = SourceOptions(video_stride=args.video_stride, video_fps=args.video_fps,
+                                   video_start=args.start, video_end=args.end)
     units = list_units(args.sources, source_options)  # missing / empty / unsupported inputs fail before Ray starts
     init_ray(args.address)
     summary = run_job(
@@ -191,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    d = sub.add_parser("detect", help="detect objects in image files and print the detections")
-    d.add_argument("images", nargs="+", metavar="IMAGE")
+    d = sub.add_parser("detect", help="detect objects in image or video files and print the detections")
+    d.add_argument("images", nargs="+", metavar="FILE", help="images, or videos (.mp4 .mkv .avi .mov: every frame)")
     _engine_args(d)
     d.add_argument("--json", action="store_true", help="print JSON rows in the output schema")
     d.add_argument("--show", type=int, default=10, help="detections listed per image (text output)")
@@ -211,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine batches of rows per actor call; a call's last batch may be short (default 4)")
     i.add_argument("--video-stride", type=int, default=1, dest="video_stride", help="every Nth video frame")
     i.add_argument("--video-fps", type=float, dest="video_fps", help="resample videos to this frame rate")
+    i.add_argument("--start", type=float, help="videos: first second to detect (presentation time; default 0)")
+    i.add_argument("--end", type=float, help="videos: detect frames before this second (default: to the end)")
     i.add_argument("--address", help="Ray address (ray://host:10001 or auto); default: start a local Ray")
     i.set_defaults(func=cmd_infer)
 

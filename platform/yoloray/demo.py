@@ -1,5 +1,6 @@
 """`yoloray demo` (what `make demo` runs): generate sample footage, run the batch job on a local Ray with the
-demo detector (GPU when present, else CPU), print the summary, and write a contact sheet of annotated frames."""
+demo detector (GPU when present, else CPU), print the summary, and write a contact sheet of annotated frames
+(stills from the tar shards and frames of the H.264 clip)."""
 
 from __future__ import annotations
 
@@ -67,11 +68,23 @@ def run_demo(out: Path, frames: int = 48, device: str = "auto") -> int:
     summary = run_job([str(data_dir / "shards"), str(data_dir / "clip.mp4")], str(results), config)
     print(summary.text())
     table = pq.read_table(results).to_pylist()
-    rows = sorted((r for r in table if r["frame"] is None and r["error"] is None), key=lambda r: r["key"])[:6]
-    images = {r["key"]: cv2.imread(str(data_dir / "images" / _split(data_dir, r["key"]) / r["key"].split("::")[1])) for r in rows}
+    stills = sorted((r for r in table if r["frame"] is None and r["error"] is None), key=lambda r: r["key"])[:3]
+    frames = sorted((r for r in table if r["frame"] is not None and r["error"] is None), key=lambda r: r["frame"])
+    rows = stills + frames[:: max(1, len(frames) // 3)][:3]
+    images = {r["key"]: cv2.imread(str(data_dir / "images" / _split(data_dir, r["key"]) / r["key"].split("::")[1])) for r in stills}
+    images.update(_video_frames(data_dir / "clip.mp4", rows))
     sheet = contact_sheet(rows, images, out / "contact_sheet.png")
     print(f"contact sheet  {sheet}")
     return 0
+
+
+def _video_frames(path: Path, rows: list[dict]) -> dict[str, np.ndarray]:
+    """The clip's frames that `rows` name (PyAV, presentation order)."""
+    import av
+
+    wanted = {r["frame"]: r["key"] for r in rows if r["frame"] is not None}
+    with av.open(str(path)) as container:
+        return {wanted[i]: f.to_ndarray(format="bgr24") for i, f in enumerate(container.decode(video=0)) if i in wanted}
 
 
 def _split(data_dir: Path, key: str) -> str:

@@ -133,6 +133,11 @@ class Detector:
         dets.class_ids = cls.numpy().astype(np.int16)
         return dets
 
+    def stream(self):
+        """Context manager: the calling thread's CUDA stream (a no-op on the CPU). Decoders that queue GPU work
+        for `run` (NVDEC) run inside it, so their frames are ready in the stream's order."""
+        return self._stream()
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -31,7 +31,7 @@ def _rows(photos):
     n = len(images)
     return pa.Table.from_pydict(
         {"key": [f"k{i}" for i in range(n)], "image": images, "source": ["s"] * n, "frame": [None] * n,
-         "ts": [None] * n, "error": errors},
+         "ts": [None] * n, "error": errors, "segment": [None] * n},
         schema=INPUT_SCHEMA,
     )
 

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from yoloray.batch.predecode import predecode
 from yoloray.batch.predictor import Predictor
+from yoloray.batch.video import drop_done_frames, expand_on_cpu, frames_per_row
 from yoloray.config import EngineConfig
 from yoloray.data.inputs import SourceOptions
 from yoloray.data.sink import OUTPUT_SCHEMA, write_parquet_atomic
@@ -110,11 +111,13 @@ def _resources(options: ActorOptions) -> tuple[float, int]:
     return gpus, actors
 
 
-def detect(ds, config: EngineConfig, options: ActorOptions | None = None):
-    """Ray Dataset of input rows (key, image, source, frame, ts, error) -> Dataset of output rows.
+def detect(ds, config: EngineConfig, options: ActorOptions | None = None, frames_per_row: float | None = None):
+    """Ray Dataset of input rows (key, image, source, frame, ts, error[, segment]) -> Dataset of output rows.
 
     Composes with a user's own pipeline: anything upstream (filters, unions, their own readers) and
-    downstream (joins, writes) is plain Ray Data. Missing optional columns are filled with nulls."""
+    downstream (joins, writes) is plain Ray Data. Missing optional columns are filled with nulls.
+    `frames_per_row`: set when the rows hold video segment references (batch/video.py `frames_per_row`);
+    the CPU share of the segments is then decoded upstream and actor calls are sized in frames."""
     from ray.data import ActorPoolStrategy
 
     options = options or ActorOptions()
@@ -128,11 +131,16 @@ def detect(ds, config: EngineConfig, options: ActorOptions | None = None):
         ds = ds.map_batches(predecode, batch_format="pyarrow", batch_size=None, fn_kwargs={
             "imgsz": config.imgsz, "max_pixels": config.max_pixels, "reduced_decode": config.reduced_decode,
             "share": config.hybrid_cpu_share})
+    if frames_per_row is not None and config.decode != "gpu":  # video: the CPU share decoded in Ray tasks
+        share = 1.0 if config.decode == "cpu" else config.hybrid_cpu_share
+        ds = ds.map_batches(expand_on_cpu, batch_format="pyarrow", batch_size=None,
+                            fn_kwargs={"imgsz": config.imgsz, "share": share})
+    rows_per_call = config.batch_size * options.batches_per_call / (frames_per_row or 1.0)
     return ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"config": config.model_dump(mode="json"), "decode_threads": options.decode_threads,
                                "predecoded": predecoded},
-        batch_size=config.batch_size * options.batches_per_call,  # the Detector runs it in engine batches
+        batch_size=max(1, round(rows_per_call)),  # the Detector runs it in engine batches
         batch_format="pyarrow",
         # A fixed pool: every actor starts (and warms) at once, instead of the pool growing from one mid-job.
         # Ray Data runs one call of a class at a time per actor unless true multi-threading is on; the Detector
@@ -152,7 +160,8 @@ def _check_columns(columns: list[str]) -> None:
 def _normalize(batch: pa.Table) -> pa.Table:
     _check_columns(batch.column_names)
     n = batch.num_rows
-    for name, typ in (("source", pa.string()), ("frame", pa.int64()), ("ts", pa.float64()), ("error", pa.string())):
+    for name, typ in (("source", pa.string()), ("frame", pa.int64()), ("ts", pa.float64()), ("error", pa.string()),
+                      ("segment", pa.string())):
         if name not in batch.column_names:
             batch = batch.append_column(name, pa.nulls(n, typ))
     return batch
@@ -160,7 +169,7 @@ def _normalize(batch: pa.Table) -> pa.Table:
 
 def _drop_done(batch: pa.Table, done: frozenset) -> pa.Table:
     keep = pc.invert(pc.is_in(batch.column("key"), value_set=pa.array(list(done), pa.string())))
-    return batch.filter(keep)
+    return drop_done_frames(batch.filter(keep), done)
 
 
 def _fs(out: str) -> tuple[pafs.FileSystem, str]:
@@ -236,6 +245,8 @@ def error_kind(message: str) -> str:
     """Group error messages into kinds for the summary (the full message stays in the row)."""
     m = message.lower()
     for pattern, kind in (
+        (r"cannot open video", "unreadable video"),
+        (r"cannot (?:decode|read) video", "corrupt video"),
         (r"0 bytes", "empty file"),
         (r"truncated", "truncated image"),
         (r"over the limit", "too many pixels"),
@@ -282,7 +293,9 @@ def run_job(
     ds = read_units(units, source_options)
     if done:
         ds = ds.map_batches(_drop_done, batch_format="pyarrow", batch_size=None, fn_kwargs={"done": done})
-    results = detect(ds, config, options)
+    video = any(u["kind"] == "video" for u in units)
+    per_row = frames_per_row(units, config.decode, config.hybrid_cpu_share) if video else None
+    results = detect(ds, config, options, per_row)
     run_id = uuid.uuid4().hex[:8]
     written: set[str] = set()
     buffer: list[pa.Table] = []

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from yoloray.batch.predecode import prepared_inputs
+from yoloray.batch.video import SegmentRunner, segment_mask
 from yoloray.config import EngineConfig
 from yoloray.data.sink import OUTPUT_SCHEMA, detections_to_table, error_table
 
@@ -25,6 +26,7 @@ class Predictor:
         if predecoded:
             engine = engine.model_copy(update={"decode": "gpu"})
         self.detector = Detector(engine, decode_threads=decode_threads).warmup()
+        self.video = None  # made on the first segment row
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from yoloray.observe.metrics import record_batch
@@ -41,10 +43,18 @@ class Predictor:
             batch = batch.filter(pa.array(~unreadable))
         timings: dict[str, float] = {}
         errors = int(unreadable.sum())
+        segments = segment_mask(batch)
+        if segments.any():  # video segments this actor decodes itself (batch/video.py)
+            if self.video is None:
+                self.video = SegmentRunner(self.detector, self.engine)
+            table, timings, n_bad = self.video.run(batch.filter(pa.array(segments)))
+            parts.append(table)
+            errors += n_bad
+            batch = batch.filter(pa.array(~segments))
         if batch.num_rows:
             images = prepared_inputs(batch, self.detector.imgsz)
             dets = self.detector.detect(images)
-            timings = dets.timings
+            timings = {k: timings.get(k, 0.0) + v for k, v in dets.timings.items()}
             errors += sum(e is not None for e in dets.errors)
             parts.append(
                 detections_to_table(dets, batch["key"], batch["source"], batch["frame"], batch["ts"], self.engine)

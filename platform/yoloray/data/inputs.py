@@ -11,19 +11,17 @@ Row columns (`INPUT_COLUMNS`, Arrow types in `INPUT_SCHEMA`):
                             video           <file>#frame=<index>                 clip.mp4#frame=120
                           where <archive>/<file> is the path relative to the given root (its basename when the
                           archive itself was given).
-    image   large_binary  ENCODED image bytes, exactly as stored (null only when `error` is set). Video frames
-                          are decoded by the reader (data/readers.py) and re-encoded losslessly as PNG (compression
-                          level 1), so every row has the same shape - "bytes the detector decodes" - and the detector
-                          needs no second input path. (A tensor column mixed with nulls/ragged shapes is brittle in
-                          Ray Data/Arrow, and raw pixels would need a shape column; PNG costs some CPU in the reader
-                          tasks only.)
-                          GPU JPEG decode must fall back to CPU for these PNG frames.
+    image   large_binary  ENCODED image bytes, exactly as stored (null when `error` or `segment` is set). Video
+                          frames are never re-encoded: a video is read as segment references (below).
     source  string        the file the row came from: the archive/video/parquet path, or the image file path
                           (the given folder/glob root + key), spelled as the user gave it (URIs stay URIs)
     frame   int64         video frame index; null for still images
-    ts      float64       video timestamp in seconds = frame / native fps; null for images or unknown fps
-    error   string        null, or why this input could not be READ (unreadable member, video that stopped
-                          decoding mid-way, archive that is not a tar/zip, null value in a parquet image column)
+    ts      float64       video: the frame's presentation time from the container, seconds from the first frame
+    error   string        null, or why this input could not be READ (unreadable member, video that cannot be
+                          opened, archive that is not a tar/zip, null value in a parquet image column)
+    segment string        video only: a keyframe segment reference (JSON of its unit, data/video_index.py) whose
+                          sampled frames the batch job decodes and detects (batch/video.py); `image` is null.
+                          Each such row becomes one output row per kept frame, keyed `<file>#frame=<index>`
 
 Paths are local paths or any URI `pyarrow.fs.FileSystem.from_uri` understands (file://, s3://, gs://, ...).
 """
@@ -54,6 +52,7 @@ INPUT_SCHEMA = pa.schema(
         pa.field("frame", pa.int64()),
         pa.field("ts", pa.float64()),
         pa.field("error", pa.string()),
+        pa.field("segment", pa.string()),
     ]
 )
 INPUT_COLUMNS: tuple[str, ...] = tuple(INPUT_SCHEMA.names)
@@ -67,6 +66,8 @@ class SourceError(ValueError):
 class SourceOptions:
     video_stride: int = 1
     video_fps: float | None = None
+    video_start: float | None = None  # seconds: only frames with video_start <= ts < video_end
+    video_end: float | None = None
     image_column: str | None = None
     files_per_task: int = 64
 

@@ -3,22 +3,16 @@
 Bad image BYTES are not detected here (readers only read bytes); the detector decodes and reports them.
 Rows are never dropped: anything that cannot be read becomes a row with `error` set.
 
-tar/zip/parquet are streamed through pyarrow's filesystem with nothing extracted to disk. OpenCV needs a local
-path, so a video on a remote filesystem is copied to a local temp file by the task reading it. Video frames kept:
-every frame, every `video_stride`-th, or resampled to `video_fps` - frame i is kept when
-floor(i * video_fps / native_fps) changes; every frame when the container reports no fps. A unit's rows come out
-in tables of at most ~32 MB.
+tar/zip/parquet are streamed through pyarrow's filesystem with nothing extracted to disk. A video unit (one
+keyframe segment) reads as one segment reference row (data/video_index.py); its frames are decoded downstream
+(batch/video.py). A unit's rows come out in tables of at most ~32 MB.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import math
-import os
-import shutil
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -38,6 +32,7 @@ from yoloray.data.inputs import (
     locate,
     resolve_path,
 )
+from yoloray.data.video_index import reference_rows
 
 _FLUSH_ROWS, _FLUSH_BYTES = 512, 32 << 20
 READ_ERRORS = (
@@ -88,7 +83,7 @@ def open_zip(fs: pafs.FileSystem, path: str) -> Iterator[zipfile.ZipFile]:
 
 
 def _row(key: str, image: bytes | None, source: str, frame=None, ts=None, error=None) -> dict:
-    return {"key": key, "image": image, "source": source, "frame": frame, "ts": ts, "error": error}
+    return {"key": key, "image": image, "source": source, "frame": frame, "ts": ts, "error": error, "segment": None}
 
 
 def _err(e: BaseException) -> str:
@@ -155,68 +150,6 @@ def _read_zip(unit: dict, options: SourceOptions) -> Iterator[dict]:
         yield _row(prefix, None, source, error=f"cannot read zip archive: {_err(e)}")
 
 
-def _keep_frame(i: int, fps: float | None, options: SourceOptions) -> bool:
-    if options.video_fps is not None and fps and options.video_fps < fps:
-        r = options.video_fps / fps
-        return i == 0 or math.floor(i * r + 1e-9) != math.floor((i - 1) * r + 1e-9)
-    return i % options.video_stride == 0
-
-
-def _read_video(unit: dict, options: SourceOptions) -> Iterator[dict]:
-    import cv2
-
-    prefix, source, start, stop = unit["prefix"], unit["source"], unit["start"], unit["stop"]
-    fs, path = locate(unit)
-    tmp = None
-    try:
-        if not isinstance(fs, pafs.LocalFileSystem):  # OpenCV needs a local path
-            fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1], prefix="yoloray-video-")
-            with os.fdopen(fd, "wb") as out, fs.open_input_stream(path, compression=None) as src:
-                shutil.copyfileobj(src, out, 8 << 20)
-        cap = cv2.VideoCapture(tmp or path)
-        if not cap.isOpened():
-            yield _row(prefix, None, source, error="cannot open video (unsupported codec or corrupt file)")
-            return
-        fps = float(cap.get(cv2.CAP_PROP_FPS)) or unit.get("fps") or None
-        i = 0
-        if start and cap.set(cv2.CAP_PROP_POS_FRAMES, start):
-            i = start
-        while stop is None or i < stop:
-            keep = i >= start and _keep_frame(i, fps, options)
-            ok = cap.grab()
-            frame = cap.retrieve()[1] if ok and keep else None
-            if not ok or (keep and frame is None):
-                if stop is None and not ok:
-                    if i == 0:
-                        yield _row(prefix, None, source, error="video has no decodable frames")
-                    break  # end of stream
-                end = stop if not ok else i + 1
-                for j in range(max(i, start), end):
-                    if _keep_frame(j, fps, options):
-                        yield _row(
-                            f"{prefix}#frame={j}",
-                            None,
-                            source,
-                            j,
-                            j / fps if fps else None,
-                            f"cannot decode video frame {j} (stream ended or is corrupt)",
-                        )
-                if not ok:
-                    break
-            elif keep:
-                ok, buf = cv2.imencode(".png", frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-                err = None if ok else f"cannot encode video frame {i} as PNG"
-                image = buf.tobytes() if ok else None
-                yield _row(f"{prefix}#frame={i}", image, source, i, i / fps if fps else None, err)
-            i += 1
-        cap.release()
-    except READ_ERRORS as e:
-        yield _row(prefix, None, source, error=f"cannot read video: {_err(e)}")
-    finally:
-        if tmp:
-            os.unlink(tmp)
-
-
 def _parquet_tables(unit: dict, options: SourceOptions) -> Iterator[pa.Table]:
     prefix, source = unit["prefix"], unit["source"]
     image_col, key_col = unit["image_column"], unit["key_column"]
@@ -245,13 +178,14 @@ def _parquet_tables(unit: dict, options: SourceOptions) -> Iterator[pa.Table]:
         pa.nulls(n, pa.int64()),
         pa.nulls(n, pa.float64()),
         error,
+        pa.nulls(n, pa.string()),
     ]
     table = pa.Table.from_arrays(cols, schema=INPUT_SCHEMA)
     for i in range(0, n, _FLUSH_ROWS):
         yield table.slice(i, _FLUSH_ROWS)
 
 
-_ROW_READERS = {"files": _read_files, "tar": read_tar, "zip": _read_zip, "video": _read_video}
+_ROW_READERS = {"files": _read_files, "tar": read_tar, "zip": _read_zip, "video": reference_rows}
 
 
 def read_tables(unit: dict, options: SourceOptions) -> Iterator[pa.Table]:

@@ -2,7 +2,8 @@
 
 ``generate()`` renders frames in worker processes (output does not depend on the worker count), JPEG-encodes
 each once and writes the same bytes as an ultralytics folder dataset, WebDataset tar shards, a zip and a
-Parquet file, plus a continuous video clip with per-frame labels.
+Parquet file, plus a continuous video clip with per-frame labels, encoded as H.264 (clip.mp4) and HEVC
+(clip_hevc.mp4) with PyAV, a keyframe every 15 frames.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class SampleData:
     video_path: Path | None
     video_labels: Path | None
     frames: int
+    video_hevc_path: Path | None = None
 
 
 def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -76,17 +78,39 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+VIDEO_CODECS = {"h264": "libx264", "hevc": "libx265"}  # PyAV's FFmpeg (the PyPI wheel) has both encoders
+
+
+def write_clip(path: Path, frames, width: int, height: int, fps: float, codec: str = "h264", gop: int = 15,
+               crf: int = 20) -> None:
+    """Encode BGR frames into an mp4 with PyAV: H.264 (libx264) or HEVC (libx265), a keyframe every `gop`
+    frames, B-frames on (so presentation order differs from decode order, as in camera archives)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(VIDEO_CODECS[codec], rate=round(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if codec == "h264":
+            stream.options = {"g": str(gop), "keyint_min": str(gop), "crf": str(crf), "preset": "veryfast"}
+        else:
+            stream.options = {"crf": str(crf), "preset": "veryfast",
+                              "x265-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:log-level=error"}
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
 def _write_video(data: SampleData, frames, width: int, height: int, fps: float) -> None:
+    """clip.mp4 (H.264) and clip_hevc.mp4 (HEVC) of the same frames; labels once per frame in clip_labels/."""
     data.video_labels.mkdir(exist_ok=True)
-    writer = cv2.VideoWriter(str(data.video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise RuntimeError(f"cv2.VideoWriter could not open {data.video_path} with fourcc mp4v")
-    try:
-        for t, (img, txt) in enumerate(frames):
-            writer.write(img)
-            (data.video_labels / f"frame_{t:06d}.txt").write_text(txt)
-    finally:
-        writer.release()
+    images = []
+    for t, (img, txt) in enumerate(frames):
+        images.append(img)
+        (data.video_labels / f"frame_{t:06d}.txt").write_text(txt)
+    write_clip(data.video_path, images, width, height, fps, "h264")
+    write_clip(data.video_hevc_path, images, width, height, fps, "hevc")
 
 
 def _mp_context():
@@ -115,7 +139,8 @@ def generate(out: str | Path, frames: int = 200, seed: int = 0, width: int = 192
     data = SampleData(root, dirs["images_train"], dirs["images_val"], dirs["labels_train"], dirs["labels_val"],
                       root / "dataset.yaml", [], root / "archive.zip" if has("zip") else None,
                       root / "images.parquet" if has("parquet") else None, root / "clip.mp4" if has("video") else None,
-                      root / "clip_labels" if has("video") else None, frames)
+                      root / "clip_labels" if has("video") else None, frames,
+                      root / "clip_hevc.mp4" if has("video") else None)
     workers = max(1, workers or os.cpu_count() or 1)
     with ExitStack() as stack:
         pool = stack.enter_context(ProcessPoolExecutor(workers, _mp_context(), cv2.setNumThreads, (1,))) if workers > 1 else None

@@ -8,8 +8,8 @@ HF-style struct with a `bytes` field - named image/img/bytes/jpg/jpeg; keys from
 file_name column when present, else the row index in the file), videos (mp4 mkv avi mov).
 
 `list_units` expands the inputs into units (a group of `files_per_task` image files, one tar, one zip, one parquet
-row group, one video chunk), each with a stable `unit_id`. A video on a remote filesystem is one unit; local
-videos are split into chunks of `VIDEO_FRAMES_PER_UNIT` frames (read using frame-accurate seeks).
+row group, one keyframe segment of a video), each with a stable `unit_id`. Videos are cut at keyframes found by
+demuxing their packets (data/video_index.py).
 
 User mistakes raise `SourceError` on the driver: missing path, nothing supported found, unsupported file type,
 an explicitly given archive with no image members, a parquet file without an image column, bad options. An
@@ -39,10 +39,10 @@ from yoloray.data.inputs import (
     resolve_path,
 )
 from yoloray.data.readers import READ_ERRORS, open_zip, read_tar, zip_member_ok
+from yoloray.data.video_index import video_units
 
 IMAGE_COLUMN_NAMES = ("image", "img", "bytes", "jpg", "jpeg")
 KEY_COLUMN_NAMES = ("key", "__key__", "id", "filename", "file_name")
-VIDEO_FRAMES_PER_UNIT = 512
 # An explicitly given tar this small is read on the driver to reject an empty one with a SourceError.
 SMALL_ARCHIVE_BYTES = 64 * 1024
 
@@ -93,6 +93,10 @@ def _check_options(o: SourceOptions) -> None:
         raise SourceError(f"video_fps must be > 0 or None, got {o.video_fps!r}")
     if o.video_fps is not None and o.video_stride != 1:
         raise SourceError("set either video_stride or video_fps, not both")
+    if o.video_start is not None and o.video_start < 0:
+        raise SourceError(f"video start must be >= 0 seconds, got {o.video_start!r}")
+    if o.video_end is not None and o.video_end <= (o.video_start or 0):
+        raise SourceError(f"video end ({o.video_end!r} s) must be after its start ({o.video_start or 0!r} s)")
     if not isinstance(o.files_per_task, int) or o.files_per_task < 1:
         raise SourceError(f"files_per_task must be an integer >= 1, got {o.files_per_task!r}")
 
@@ -183,7 +187,7 @@ def _archive_unit(e: _Entry, options: SourceOptions) -> list[dict]:
         return [{"unit_id": f"zip:{source}", **base}]
     if e.kind == "parquet":
         return _parquet_units(e, base, options)
-    return _video_units(e, base)
+    return video_units(base, options)
 
 
 def _image_column(schema: pa.Schema, wanted: str | None, source: str) -> str:
@@ -242,25 +246,6 @@ def _parquet_units(e: _Entry, base: dict, options: SourceOptions) -> list[dict]:
         offset += n
     if not units and e.explicit:
         raise SourceError(f"parquet {base['source']!r} has no rows")
-    return units
-
-
-def _video_units(e: _Entry, base: dict) -> list[dict]:
-    count, fps = 0, 0.0
-    fs, p = locate(base)
-    if isinstance(fs, pafs.LocalFileSystem):
-        import cv2
-
-        cap = cv2.VideoCapture(p)
-        if cap.isOpened():
-            count, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS))
-        cap.release()
-    bounds = list(range(0, max(count, 1), VIDEO_FRAMES_PER_UNIT))
-    units = []
-    for i, start in enumerate(bounds):
-        stop = bounds[i + 1] if i + 1 < len(bounds) else None  # last chunk reads to the end of the stream
-        unit_id = f"video:{base['source']}#frames={start}-{'end' if stop is None else stop}"
-        units.append({"unit_id": unit_id, **base, "start": start, "stop": stop, "fps": fps or None})
     return units
 
 

@@ -1,0 +1,349 @@
+"""Video end to end on one GPU: the decoders alone, the usual peers, and `yoloray infer`, on the same clips.
+
+    python benchmarks/video.py --out $OUT            (on the H200; see benchmarks/README.md)
+    python benchmarks/video.py --quick --out /tmp/v  (a smoke run: tiny clips, anywhere, CPU included)
+
+Data, generated in the run: `--unique` 1920x1080 inspection-line frames rendered and encoded in parallel
+processes (one per file) as `--files` H.264 mp4s (libx264 veryfast, a keyframe every second, B-frames) and the
+same as HEVC (libx265); the files are repeated as hard links until a folder holds `--frames` frames (distinct
+keys, the same decode and model work per frame). All model rows use the same YOLOv8s random weights.
+Rows (frames/s):
+  (1) NVDEC alone: PyNvVideoCodec, one decoder per thread, 7 and 14 threads, NV12 -> RGB on the GPU included
+  (2) PyAV (FFmpeg) CPU decode alone to BGR, one process per core, one thread each
+  (3) ultralytics predict on the files (batch 32, half)
+  (4) Ray Data's `read_videos` docs pattern (needs decord; a row says so when it is missing)
+  (5) `yoloray infer` end to end, files -> Parquet, actor start included, with its steady rate
+plus the ratios of the best (5) to the others and a per-stage breakdown of the Detector on NVDEC frames
+(synchronized stages, ms per frame). A row that cannot run prints why instead of stopping the run. Prints a
+table last; writes video.json under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+os.environ.setdefault("YOLO_OFFLINE", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import torch  # noqa: E402
+
+RESULTS: list[dict] = []
+GPU = torch.cuda.is_available()
+
+
+def row(name: str, frames: int, seconds: float, **extra) -> dict:
+    r = {"row": name, "frames": frames, "seconds": round(seconds, 2), "frames_per_s": round(frames / seconds, 1), **extra}
+    RESULTS.append(r)
+    print(f"  -> {name}: {r['frames_per_s']:,} frames/s ({frames} in {seconds:.1f} s)", flush=True)
+    return r
+
+
+def skipped(name: str, why: str) -> None:
+    RESULTS.append({"row": name, "skipped": why})
+    print(f"  -> {name}: skipped ({why})", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------ data
+def _encode_file(args: tuple) -> int:
+    from yoloray.data.scene import render_video_frame
+    from yoloray.data.synthetic import write_clip
+
+    folder, k, first, n, w, h, total = args
+    frames = [render_video_frame(11, first + i, w, h, total)[0] for i in range(n)]
+    for codec in ("h264", "hevc"):
+        write_clip(Path(folder) / codec / f"clip{k:03d}.mp4", frames, w, h, 30, codec, gop=30, crf=23)
+    return n
+
+
+def make_clips(work: Path, unique: int, files: int, w: int, h: int) -> dict[str, list[Path]]:
+    base = work / "clips"
+    if not (base / "done").exists():
+        shutil.rmtree(base, ignore_errors=True)
+        for codec in ("h264", "hevc"):
+            (base / codec).mkdir(parents=True)
+        per = unique // files
+        jobs = [(str(base), k, k * per, per, w, h, unique) for k in range(files)]
+        t = time.perf_counter()
+        with ProcessPoolExecutor(min(files, os.cpu_count() or 1)) as pool:
+            list(pool.map(_encode_file, jobs))
+        (base / "done").touch()
+        print(f"data: {files} x {per} frames of {w}x{h} as H.264 and HEVC in {time.perf_counter() - t:.0f} s", flush=True)
+    return {c: sorted((base / c).glob("*.mp4")) for c in ("h264", "hevc")}
+
+
+def repeat_clips(clips: list[Path], folder: Path, frames: int, per_clip: int) -> tuple[Path, int]:
+    """`folder` with the clips repeated as hard links (distinct names) until it holds >= `frames` frames."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n = copies = 0
+    while n < frames:
+        for c in clips:
+            if n >= frames:
+                break
+            dst = folder / f"copy{copies:04d}-{c.name}"
+            if not dst.exists():
+                try:
+                    os.link(c, dst)
+                except OSError:
+                    shutil.copyfile(c, dst)
+            n += per_clip
+        copies += 1
+    return folder, n
+
+
+def units_of(paths: list[Path]) -> list[dict]:
+    from yoloray.data.inputs import SourceOptions
+    from yoloray.data.units import list_units
+
+    return list_units([str(p) for p in paths], SourceOptions())
+
+
+# ------------------------------------------------------------------------------------------------------ rows
+def nvdec_alone(codec: str, units: list[dict], threads: int) -> None:
+    from yoloray.vision.decoders.nvdec import NvdecDecoder, nvdec_missing
+
+    name = f"(1) NVDEC alone {codec}, {threads} threads"
+    if (why := nvdec_missing()) is not None:
+        return skipped(name, why)
+    dec = NvdecDecoder(torch.device("cuda"), (384, 640), 32)
+
+    def run(unit: dict) -> int:
+        with _thread_stream():  # one CUDA stream per thread, as the Detector gives each call
+            n = sum(len(b) for b in dec.batches(unit) if b.device_groups)
+            torch.cuda.current_stream().synchronize()
+            return n
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run, units[:threads]))  # one decoder session per thread, opened before timing
+        t = time.perf_counter()
+        frames = sum(pool.map(run, units))
+    row(name, frames, time.perf_counter() - t, codec=codec, threads=threads)
+
+
+_STREAMS = {}
+
+
+def _thread_stream():
+    import threading
+
+    s = _STREAMS.setdefault(threading.get_ident(), torch.cuda.Stream())
+    return torch.cuda.stream(s)
+
+
+def _pyav_segment(unit: dict) -> int:
+    from yoloray.vision.decoders.pyav import decode_segment
+
+    return sum(1 for _, im, err in decode_segment(unit) if err is None)
+
+
+def pyav_alone(codec: str, units: list[dict]) -> None:
+    procs = os.cpu_count() or 1
+    with ProcessPoolExecutor(procs) as pool:
+        list(pool.map(_pyav_segment, units[:procs]))
+        t = time.perf_counter()
+        frames = sum(pool.map(_pyav_segment, units))
+    row(f"(2) PyAV CPU decode alone {codec}, {procs} processes x 1 thread", frames, time.perf_counter() - t,
+        codec=codec, processes=procs)
+
+
+def ultralytics_predict(weights: Path, clips: list[Path], frames: int, imgsz: tuple) -> None:
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights))
+    kw = {"batch": 32, "half": GPU, "imgsz": list(imgsz), "stream": True, "verbose": False, "device": 0 if GPU else "cpu"}
+    sum(1 for _ in model.predict(str(clips[0]), **kw))  # warm
+    t, n = time.perf_counter(), 0
+    for c in clips:
+        n += sum(1 for _ in model.predict(str(c), **kw))
+        if n >= frames:
+            break
+    row("(3) ultralytics predict(clip, batch=32, half)", n, time.perf_counter() - t)
+
+
+class DocsPatternPredictor:
+    def __init__(self, weights: str):
+        from ultralytics import YOLO
+
+        self.model = YOLO(weights)
+
+    def __call__(self, batch):
+        results = self.model.predict(list(batch["frame"]), half=GPU, verbose=False)
+        return {"n_boxes": [len(r.boxes) for r in results]}
+
+
+def ray_docs_pattern(weights: Path, clips: list[Path], frames: int) -> None:
+    name = "(4) Ray Data docs pattern (read_videos -> map_batches YOLO)"
+    try:
+        import decord  # noqa: F401
+    except ImportError as e:
+        return skipped(name, f"ray.data.read_videos needs decord, not installed here ({e})")
+    import ray
+
+    t = time.perf_counter()
+    ds = ray.data.read_videos([str(c) for c in clips]).limit(frames)
+    ds = ds.map_batches(DocsPatternPredictor, fn_constructor_kwargs={"weights": str(weights)},
+                        compute=ray.data.ActorPoolStrategy(size=1), num_gpus=1 if GPU else 0, batch_size=32)
+    row(name, ds.count(), time.perf_counter() - t)
+
+
+def yoloray_infer(name: str, weights: Path, folder: Path, out: Path, engine: dict, actor: dict) -> dict:
+    from yoloray.batch import ActorOptions, run_job
+    from yoloray.config import EngineConfig
+
+    cfg = EngineConfig(model=str(weights), **engine)
+    dest = out / name
+    shutil.rmtree(dest, ignore_errors=True)
+    t = time.perf_counter()
+    summary = run_job([str(folder)], str(dest), cfg, ActorOptions(**actor))
+    seconds = time.perf_counter() - t
+    run = seconds - summary.first_result_s
+    steady = summary.images / run if run > 1.0 else None
+    shutil.rmtree(dest, ignore_errors=True)
+    return row(f"(5) yoloray infer {name}", summary.images, seconds, config=name, engine=engine, actor=actor,
+               startup_s=round(summary.first_result_s, 1), steady_frames_per_s=round(steady, 1) if steady else None,
+               errors=sum(summary.errors.values()))
+
+
+def stage_breakdown(weights: Path, units: list[dict], engine: dict, frames: int) -> None:
+    """The Detector on decoded segments in this process, stages synchronized (they add up), ms per frame."""
+    import pyarrow as pa
+
+    from yoloray.batch.video import SegmentRunner
+    from yoloray.config import EngineConfig
+    from yoloray.detector import Detector
+
+    det = Detector(EngineConfig(model=str(weights), **engine), profile=True).warmup()
+    runner = SegmentRunner(det, det.key)
+    picked, n = [], 0
+    for u in units:
+        picked.append(u)
+        n += len(u["keep"])
+        if n >= frames:
+            break
+    table = pa.table({"source": [u["source"] for u in picked], "segment": [json.dumps(u) for u in picked]})
+    runner.run(table.slice(0, 1))  # warm the decoder
+    t = time.perf_counter()
+    out, timings, _ = runner.run(table)
+    wall = time.perf_counter() - t
+    per = {k: round(1000 * v / out.num_rows, 3) for k, v in timings.items()}
+    RESULTS.append({"row": f"stage breakdown ({type(runner.decoder).__name__}, ms per frame, synchronized)",
+                    "engine": engine, "ms_per_frame": per, "frames_per_s_synchronized": round(out.num_rows / wall, 1)})
+    print(f"  -> stages ms/frame: {per}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, default=100_000, help="frames of the (5) job (hard-linked repeats)")
+    p.add_argument("--unique", type=int, default=3000, help="unique frames rendered and encoded")
+    p.add_argument("--files", type=int, default=16, help="clips per codec")
+    p.add_argument("--peer-frames", type=int, default=3000, help="frames for the slow peer rows (3) and (4)")
+    p.add_argument("--model", default="yolov8s.yaml")
+    p.add_argument("--work", default="/tmp/yoloray-video")
+    p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    p.add_argument("--skip", default="", help="comma list of rows to skip: nvdec,pyav,predict,docs,infer,stages")
+    p.add_argument("--quick", action="store_true", help="a smoke run: tiny clips and jobs (any machine)")
+    a = p.parse_args()
+    w, h = 1920, 1080
+    if a.quick:
+        a.frames, a.unique, a.files, a.peer_frames, w, h = 96, 24, 2, 24, 320, 192
+    skip = set(a.skip.split(","))
+    work, out = Path(a.work), Path(a.out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"device: {torch.cuda.get_device_name(0) if GPU else 'cpu'}; CPUs: {os.cpu_count()}", flush=True)
+    clips = make_clips(work, a.unique, a.files, w, h)
+    per_clip = a.unique // a.files
+    from yoloray.engines.torch_backend import save_random_checkpoint
+
+    weights = save_random_checkpoint(a.model, work / "yolov8s-random.pt")
+    units = {c: units_of(clips[c]) for c in clips}
+    imgsz = (384, 640) if not a.quick else (192, 320)
+    fast = {"precision": "fp16", "channels_last": True, "cuda_graph": True, "imgsz": imgsz, "batch_size": 128,
+            "micro_batch": 32, "device": "cuda"} if GPU else {"imgsz": imgsz, "batch_size": 8, "device": "cpu"}
+    configs = {  # name -> (engine fields, actor options)
+        "pyav-cpu": ({**fast, "decode": "cpu"}, {"calls_per_actor": 2}),
+        "nvdec-1actor-8calls": ({**fast, "decode": "gpu"}, {"calls_per_actor": 8}),
+        "nvdec-2actors-4calls": ({**fast, "decode": "gpu"}, {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 4}),
+        "hybrid.2-1actor-8calls": ({**fast, "decode": "hybrid", "hybrid_cpu_share": 0.2}, {"calls_per_actor": 8}),
+    }
+    if not GPU:
+        configs = {"pyav-cpu": configs["pyav-cpu"]}
+    steps = []
+    for codec in ("h264", "hevc"):
+        for threads in (7, 14):
+            steps.append(("nvdec", lambda c=codec, k=threads: nvdec_alone(c, units[c], k)))
+        steps.append(("pyav", lambda c=codec: pyav_alone(c, units[c])))
+    steps.append(("predict", lambda: ultralytics_predict(weights, clips["h264"], a.peer_frames, imgsz)))
+    ray_started = []
+
+    def start_ray():
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ray_started.append(True)
+
+    steps.append(("docs", lambda: (start_ray(), ray_docs_pattern(weights, clips["h264"], a.peer_frames))))
+    for codec in ("h264", "hevc"):
+        folder, n = repeat_clips(clips[codec], work / f"job-{codec}", a.frames, per_clip)
+        for name, (engine, actor) in configs.items():
+            if codec == "hevc" and name != next(iter(configs)) and not name.startswith("nvdec-1"):
+                continue  # HEVC: the CPU row and the first NVDEC row
+            if not GPU:
+                actor = {**actor, "gpus_per_actor": 0}
+            steps.append(("infer", lambda nm=f"{name} {codec} {n:,} frames", f=folder, e=engine, ac=actor:
+                          (start_ray(), yoloray_infer(nm, weights, f, work / "out", e, ac))))
+    for name, step in steps:
+        if name in skip:
+            continue
+        try:
+            step()
+        except Exception:
+            traceback.print_exc()
+            RESULTS.append({"row": name, "error": traceback.format_exc(limit=3)})
+        (out / "video.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+    infer_rows = [r for r in RESULTS if r["row"].startswith("(5)") and "frames_per_s" in r]
+    if infer_rows and "stages" not in skip:
+        best = max(infer_rows, key=lambda r: r["frames_per_s"])
+        try:
+            stage_breakdown(weights, units["h264"], best["engine"], 2048 if not a.quick else 16)
+        except Exception:
+            traceback.print_exc()
+            RESULTS.append({"row": "stages", "error": traceback.format_exc(limit=3)})
+    (out / "video.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+    print_table(infer_rows)
+    return 0
+
+
+def print_table(infer_rows: list[dict]) -> None:
+    print("\n| row | frames | s | frames/s | steady frames/s | startup s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in RESULTS:
+        if "frames_per_s" in r:
+            print(f"| {r['row']} | {r['frames']:,} | {r['seconds']} | {r['frames_per_s']:,} | "
+                  f"{r.get('steady_frames_per_s') or ''} | {r.get('startup_s', '')} |")
+        elif "skipped" in r or "error" in r:
+            print(f"| {r['row']} | - | - | {'skipped: ' + r['skipped'] if 'skipped' in r else 'ERROR (see video.json)'} | | |")
+    for r in RESULTS:
+        if "ms_per_frame" in r:
+            print(f"\n{r['row']}: {r['ms_per_frame']}")
+    if not infer_rows:
+        return
+    best = max(infer_rows, key=lambda r: r["frames_per_s"])
+    print(f"\nbest (5): {best['row']} = {best['frames_per_s']:,} frames/s")
+    for r in RESULTS:
+        if "frames_per_s" in r and r["row"][:3] in ("(1)", "(2)", "(3)", "(4)"):
+            print(f"  (5) / {r['row']}: {best['frames_per_s'] / r['frames_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""Videos -> keyframe segments, on the driver: the container's packets are demuxed (never decoded) to learn
+every frame's presentation time and where the keyframes are; a video becomes units of whole GOPs.
+
+A unit (`kind: video`) is one segment: frames [start, stop) in presentation order, the keyframe to seek to, the
+presentation timestamps of its frames (container ticks) and the frames to keep (sampling, --start/--end). Frame
+N is the N-th frame in presentation order; its `ts` is (pts - first pts) x time base, in seconds, so variable
+frame rates and B-frames get their true times. Short GOPs are merged until a segment has at least
+`SEGMENT_MIN_FRAMES` frames, so a unit is worth a task. A file that cannot be opened or has no video stream is
+one unit that reads as one error row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from yoloray.data.inputs import SourceOptions, locate
+
+SEGMENT_MIN_FRAMES = 120
+OPEN_ERRORS = (OSError, ValueError, IndexError)  # av.FFmpegError is an OSError or ValueError subclass
+
+
+@dataclass
+class VideoIndex:
+    pts: np.ndarray  # int64 container ticks of every frame, presentation order
+    keyframes: list[int]  # frame indices (presentation order) of the keyframes, ascending
+    time_base: tuple[int, int]
+    fps: float | None  # the container's average rate (for --video-fps)
+    codec: str
+    width: int
+    height: int
+    colorspace: int  # FFmpeg's AVColorSpace tag (2: unspecified) and AVColorRange (2: full), for NVDEC's conversion
+    color_range: int
+
+    def ts(self, frames) -> np.ndarray:
+        num, den = self.time_base
+        return (self.pts[frames] - self.pts[0]) * num / den
+
+
+def open_video(unit: dict):
+    """(container, its first video stream) of a unit's file; local files by path, others through pyarrow."""
+    import av
+    import pyarrow.fs as pafs
+
+    fs, path = locate(unit)
+    if isinstance(fs, pafs.LocalFileSystem):
+        container = av.open(path, metadata_errors="ignore")
+    else:
+        container = av.open(fs.open_input_file(path), metadata_errors="ignore")
+    if not container.streams.video:
+        container.close()
+        raise ValueError("no video stream in the file")
+    return container, container.streams.video[0]
+
+
+def index_video(unit: dict) -> VideoIndex:
+    container, stream = open_video(unit)
+    with container:
+        pts, key = [], []
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.pts is None:  # the demuxer's final flush packet, or no timestamp
+                continue
+            pts.append(packet.pts)
+            key.append(packet.is_keyframe)
+        cc = stream.codec_context
+        rate = stream.average_rate or stream.guessed_rate
+        tb = stream.time_base
+        order = np.argsort(np.asarray(pts, np.int64), kind="stable")
+        ordered = np.asarray(pts, np.int64)[order]
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        keyframes = sorted(int(rank[i]) for i, k in enumerate(key) if k)
+        full = cc.color_range == 2 or (cc.format is not None and cc.format.name.startswith("yuvj"))
+        return VideoIndex(ordered, keyframes, (tb.numerator, tb.denominator), float(rate) if rate else None,
+                          cc.name, cc.width, cc.height, int(cc.colorspace), 2 if full else int(cc.color_range))
+
+
+def keep_frame(i: int, fps: float | None, options: SourceOptions) -> bool:
+    """Sampling on absolute frame indices: every video_stride-th frame, or frame i when floor(i*video_fps/fps)
+    changes (every frame when the container reports no rate)."""
+    if options.video_fps is not None and fps and options.video_fps < fps:
+        r = options.video_fps / fps
+        return i == 0 or math.floor(i * r + 1e-9) != math.floor((i - 1) * r + 1e-9)
+    return i % options.video_stride == 0
+
+
+def video_units(base: dict, options: SourceOptions, min_frames: int | None = None) -> list[dict]:
+    """Keyframe segments of one video (see the module doc); `base` has kind/root/source/prefix."""
+    try:
+        index = index_video(base)
+    except OPEN_ERRORS as e:
+        return [{"unit_id": f"video:{base['source']}", **base, "error": f"cannot open video: {type(e).__name__}: {e}"}]
+    n = len(index.pts)
+    if n == 0:
+        return [{"unit_id": f"video:{base['source']}", **base, "error": "video has no frames"}]
+    ts = index.ts(np.arange(n))
+    t0 = options.video_start or 0.0
+    t1 = math.inf if options.video_end is None else options.video_end
+    keep = [i for i in range(n) if t0 <= ts[i] < t1 and keep_frame(i, index.fps, options)]
+    cuts = [k for k in index.keyframes if k > 0] + [n]
+    min_frames = SEGMENT_MIN_FRAMES if min_frames is None else min_frames
+    units, start, k = [], 0, 0
+    first_key = index.keyframes[0] if index.keyframes else 0
+    for stop in cuts:
+        if stop - start < min_frames and stop != n:
+            continue
+        kept = [i for i in keep[k:] if i < stop]
+        k += len(kept)
+        if kept:
+            seek = int(index.pts[max(start, first_key)] if start == 0 else index.pts[start])
+            units.append({
+                "unit_id": f"video:{base['source']}#frames={start}-{stop}", **base, "start": start, "stop": stop,
+                "seek_pts": seek, "pts": index.pts[start:stop].tolist(), "keep": kept,
+                "time_base": list(index.time_base), "first_pts": int(index.pts[0]), "codec": index.codec,
+                "width": index.width, "height": index.height, "colorspace": index.colorspace,
+                "color_range": index.color_range,
+            })
+        start = stop
+    return units
+
+
+def frame_ts(unit: dict, frame: int) -> float:
+    num, den = unit["time_base"]
+    return (unit["pts"][frame - unit["start"]] - unit["first_pts"]) * num / den
+
+
+def reference_rows(unit: dict, options: SourceOptions | None = None) -> list[dict]:
+    """The read stage's rows of a video unit: one segment reference (the segment travels, never its frames;
+    batch/video.py decodes it), or the unit's one error row when the file could not be opened."""
+    import json
+
+    row = {"key": unit["prefix"], "image": None, "source": unit["source"], "frame": None, "ts": None,
+           "error": unit.get("error"), "segment": None}
+    if row["error"] is None:
+        row.update(key=f"{unit['prefix']}#frames={unit['start']}-{unit['stop']}", frame=unit["start"],
+                   segment=json.dumps(unit))
+    return [row]

@@ -1,0 +1,156 @@
+"""Video decoder `nvdec`: the GPU's hardware video decoders (NVDEC) through PyNvVideoCodec 2.x (NVIDIA's
+bindings, `pip install pynvvideocodec`), frames staying in GPU memory from the decoder to the letterbox.
+
+NOT RUN ON THE DEVELOPMENT MACHINES (no GPU there): covered by tests/gpu/test_video_gpu.py on a CUDA machine;
+the colour conversion (`yuv_to_rgb`) is also tested on the CPU against FFmpeg's.
+
+One `SimpleDecoder` per calling thread (several per actor when the actor runs several calls at once, so the
+GPU's NVDEC engines are all busy), reused across segments and files (`reconfigure_decoder` keeps a cache of
+decoder sessions: a new session per clip halved the measured rate, GPU.md). A segment's kept frames are fetched
+by index in batches, NV12 (or 4:4:4, or 10-bit in 16-bit words) as CUDA memory through DLPack, converted to RGB
+on the device with the stream's own matrix (BT.709 when tagged, else BT.601; full range only when tagged, as
+FFmpeg does: vision/decoders/pyav.py), and handed to `Detector.run` as device groups. Each delivered frame's
+presentation time is checked against the container index; a segment the decoder refuses (a codec or profile
+this GPU's NVDEC lacks, corrupt data, a timestamp mismatch) is decoded by PyAV on the CPU instead, so every kept
+frame still gets its row or its error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from functools import cache
+
+import numpy as np
+import torch
+
+from yoloray.vision.decoders.frames import FrameBatch
+from yoloray.vision.decoders.pyav import PyAVDecoder, set_video_meta
+
+log = logging.getLogger(__name__)
+
+# Kr, Kb of the YCbCr matrices (ITU-R BT.601 / BT.709 / BT.2020)
+MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722), "bt2020": (0.2627, 0.0593)}
+_AVCOL_SPC = {1: "bt709", 9: "bt2020", 10: "bt2020"}  # FFmpeg's AVColorSpace values; anything else: BT.601
+
+
+@cache
+def nvdec_missing() -> str | None:
+    """Why NVDEC cannot be used here (None when it can)."""
+    if not torch.cuda.is_available():
+        return "NVDEC needs a CUDA GPU"
+    try:
+        import PyNvVideoCodec  # noqa: F401
+    except Exception as e:  # ImportError, or the driver's video libraries are missing
+        return f"PyNvVideoCodec is not importable ({e}); pip install pynvvideocodec"
+    return None
+
+
+def matrix_of(unit: dict) -> tuple[str, bool]:
+    """(matrix name, full range) from the stream's tags recorded at listing."""
+    return _AVCOL_SPC.get(unit.get("colorspace", 2), "bt601"), unit.get("color_range") == 2
+
+
+def yuv_to_rgb(yuv: torch.Tensor, height: int, width: int, matrix: str = "bt601", full_range: bool = False) -> torch.Tensor:
+    """NVDEC's native output (N, rows, width) -> RGB uint8 (N, 3, height, width) on its device.
+
+    Each surface is NV12 (rows = height * 3/2: the Y plane, then U/V interleaved at half resolution), planar
+    4:4:4 (rows = 3 * height), or either in 16-bit words (10/12-bit streams, the value in the high bits).
+    Chroma is upsampled by repetition, as swscale's unscaled yuv420p -> RGB converter does."""
+    if yuv.dim() == 4 and yuv.shape[-1] == 1:  # (N, rows, width, 1) views
+        yuv = yuv[..., 0]
+    if yuv.dtype != torch.uint8:
+        yuv = (yuv.to(torch.int32) >> 8).to(torch.uint8)
+    n, rows = yuv.shape[0], yuv.shape[1]
+    y = yuv[:, :height].float()
+    if rows == 3 * height:
+        u, v = yuv[:, height : 2 * height].float(), yuv[:, 2 * height :].float()
+    elif rows * 2 == 3 * height:
+        uv = yuv[:, height:].reshape(n, height // 2, width // 2, 2).float()
+        u = uv[..., 0].repeat_interleave(2, 1).repeat_interleave(2, 2)
+        v = uv[..., 1].repeat_interleave(2, 1).repeat_interleave(2, 2)
+    else:
+        raise ValueError(f"decoded surface of {tuple(yuv.shape[1:])} is neither NV12 nor 4:4:4 for {width}x{height}")
+    kr, kb = MATRICES[matrix]
+    kg = 1.0 - kr - kb
+    if full_range:
+        u, v = u - 128.0, v - 128.0
+    else:
+        y, u, v = (y - 16.0) * (255.0 / 219.0), (u - 128.0) * (255.0 / 224.0), (v - 128.0) * (255.0 / 224.0)
+    r = y + 2 * (1 - kr) * v
+    g = y - (2 * kb * (1 - kb) / kg) * u - (2 * kr * (1 - kr) / kg) * v
+    b = y + 2 * (1 - kb) * u
+    return torch.stack([r, g, b], 1).floor_().clamp_(0, 255).to(torch.uint8)  # swscale truncates too
+
+
+class NvdecDecoder:
+    """A segment -> FrameBatches of at most `batch_size` kept frames, as device groups (full-size RGB)."""
+
+    name = "nvdec"
+
+    def __init__(self, device: torch.device, imgsz: tuple[int, int], batch_size: int):
+        from yoloray.vision.decoders.stills import GPU_LETTERBOX_GROUP
+
+        self.device, self.imgsz = device, imgsz
+        self.batch_size = min(batch_size, GPU_LETTERBOX_GROUP)  # one device group per FrameBatch
+        self.gpu_id = device.index if device.index is not None else torch.cuda.current_device()
+        self.cpu = PyAVDecoder(imgsz, batch_size)
+        self._local = threading.local()
+
+    def batches(self, unit: dict) -> Iterator[FrameBatch]:
+        from yoloray.data.inputs import locate
+
+        fs, path = locate(unit)
+        if type(fs).__name__ != "LocalFileSystem":  # SimpleDecoder reads a local path
+            yield from self.cpu.batches(unit)
+            return
+        keep, done = unit["keep"], 0
+        try:
+            decoder = self._decoder(path)
+            for done in range(0, len(keep), self.batch_size):
+                batch = self._fetch(decoder, unit, keep[done : done + self.batch_size])
+                yield batch
+            return
+        except Exception as e:  # noqa: BLE001 - any refusal of the hardware path falls back to FFmpeg
+            log.warning("NVDEC could not decode %s frames %s-%s (%s); decoding the rest with PyAV on the CPU",
+                        unit["source"], unit["start"], unit["stop"], e)
+        yield from self.cpu.batches({**unit, "keep": keep[done:]})
+
+    def _decoder(self, path: str):
+        import PyNvVideoCodec as nvc
+
+        current = getattr(self._local, "decoder", None)
+        if current is not None and self._local.path == path:
+            return current
+        if current is None:
+            stream = torch.cuda.current_stream(self.device).cuda_stream
+            current = nvc.SimpleDecoder(path, gpu_id=self.gpu_id, cuda_stream=stream, use_device_memory=True,
+                                        output_color_type=nvc.OutputColorType.NATIVE)
+            self._local.decoder = current
+        else:
+            current.reconfigure_decoder(path)
+        self._local.path = path
+        return current
+
+    def _fetch(self, decoder, unit: dict, frames: list[int]) -> FrameBatch:
+        """Frames by index -> one FrameBatch; RuntimeError when a frame is not the one the index names."""
+        h, w = unit["height"], unit["width"]
+        matrix, full = matrix_of(unit)
+        decoded = decoder.get_batch_frames_by_index(frames)
+        if len(decoded) != len(frames):
+            raise RuntimeError(f"asked for {len(frames)} frames, got {len(decoded)}")
+        for i, frame in zip(frames, decoded):
+            expected = unit["pts"][i - unit["start"]]
+            if frame.getPTS() != expected:
+                raise RuntimeError(f"frame {i} has pts {frame.getPTS()}, the container index says {expected}")
+        surfaces = torch.stack([torch.from_dlpack(f) for f in decoded])  # one copy out of the decoder's surfaces
+        batch = FrameBatch.empty(len(frames))
+        for j in range(len(frames)):
+            batch.geom.set(j, (h, w), self.imgsz, (h, w))
+        batch.device_groups.append(yuv_to_rgb(surfaces, h, w, matrix, full))
+        batch.slots = np.arange(len(frames), dtype=np.int64)
+        from yoloray.data.video_index import frame_ts
+
+        set_video_meta(batch, unit, frames, frame_ts)
+        return batch

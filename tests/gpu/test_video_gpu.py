@@ -1,0 +1,101 @@
+"""NVDEC (PyNvVideoCodec) against PyAV and against ultralytics `predict`, on a CUDA machine with
+`pip install pynvvideocodec`; skipped elsewhere. H.264 and HEVC must decode on NVDEC; VP9/AV1 clips must give
+every frame a row (NVDEC where the GPU has it, else PyAV's fallback).
+Tolerances: NVDEC RGB within 3 levels of FFmpeg's (the decoders agree bit for bit; the colour conversions
+differ by swscale's truncation); detections >= 97% of ultralytics' boxes at IoU >= 0.9, scores within 0.05."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from yoloray.config import EngineConfig
+from yoloray.data.inputs import SourceOptions
+from yoloray.data.scene import render_video_frame
+from yoloray.data.synthetic import write_clip
+from yoloray.data.video_index import video_units
+from yoloray.vision.decoders.nvdec import NvdecDecoder, nvdec_missing
+from yoloray.vision.decoders.pyav import decode_segment
+
+W, H, N = 640, 360, 48
+pytestmark = pytest.mark.skipif(nvdec_missing() is not None, reason=str(nvdec_missing()))
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gpu_clips")
+    frames = [render_video_frame(5, i, W, H, N)[0] for i in range(N)]
+    out = {}
+    for codec in ("h264", "hevc"):
+        out[codec] = d / f"{codec}.mp4"
+        write_clip(out[codec], frames, W, H, 30, codec, gop=12)
+    return out
+
+
+def _units(path, **kw):
+    base = {"kind": "video", "root": str(path.parent), "source": str(path), "prefix": path.name}
+    return video_units(base, SourceOptions(**kw), min_frames=1)
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_nvdec_frames_match_pyav(clips, codec, caplog):
+    dec = NvdecDecoder(torch.device("cuda"), (384, 640), 16)
+    for unit in _units(clips[codec], video_stride=3):
+        cpu = {i: im[..., ::-1] for i, im, err in decode_segment(unit) if err is None}
+        got = {}
+        for batch in dec.batches(unit):
+            assert batch.device_groups, "NVDEC fell back to the CPU"  # the fallback has host frames only
+            rgb = batch.device_groups[0].permute(0, 2, 3, 1).cpu().numpy()
+            got.update(zip(batch.frame_index.tolist(), rgb))
+        assert sorted(got) == sorted(cpu) == unit["keep"]
+        worst = max(int(np.abs(got[i].astype(int) - cpu[i]).max()) for i in got)
+        assert worst <= 3, worst
+    assert "NVDEC could not decode" not in caplog.text
+
+
+def test_nvdec_detections_match_ultralytics(clips, demo_model):
+    from ultralytics import YOLO
+
+    from yoloray.batch.video import SegmentRunner, detect_video
+    from yoloray.detector import Detector
+    from yoloray.fidelity import compare, from_ultralytics
+    from yoloray.results import Detections
+
+    det = Detector(EngineConfig(model=demo_model, imgsz=(384, 640), batch_size=16, device="cuda")).warmup()
+    assert type(SegmentRunner(det, det.key).decoder).__name__ == "NvdecDecoder"
+    rows = detect_video(det, str(clips["h264"]))
+    assert [r["frame"] for r in rows] == list(range(N)) and all(r["error"] is None for r in rows)
+    ours = Detections.empty(N, det.names)
+    ours.offsets[1:] = np.cumsum([len(r["detections"]) for r in rows])
+    flat = [d for r in rows for d in r["detections"]]
+    ours.boxes = np.asarray([(d["x1"], d["y1"], d["x2"], d["y2"]) for d in flat], np.float32).reshape(-1, 4)
+    ours.scores = np.asarray([d["score"] for d in flat], np.float32)
+    ours.class_ids = np.asarray([d["class_id"] for d in flat], np.int16)
+    ref = from_ultralytics(list(YOLO(demo_model).predict(str(clips["h264"]), imgsz=(384, 640), rect=False,
+                                                        device="cuda", stream=True, verbose=False)))
+    assert ref.offsets[-1] >= N
+    fid = compare(ref, ours, iou=0.9, score_tol=0.05)
+    assert fid.rate >= 0.97, fid
+
+
+@pytest.mark.parametrize("codec,encoder", [("vp9", "libvpx-vp9"), ("av1", "libsvtav1")])
+def test_vp9_and_av1_give_every_frame_a_row(tmp_path, codec, encoder):
+    import av
+
+    try:
+        av.codec.Codec(encoder, "w")
+    except Exception:  # noqa: BLE001
+        pytest.skip(f"this PyAV build has no {encoder} encoder to make the clip")
+    path = tmp_path / f"{codec}.mkv"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream(encoder, rate=30)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        for i in range(12):
+            for p in s.encode(av.VideoFrame.from_ndarray(render_video_frame(1, i, W, H, 12)[0], format="bgr24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    dec = NvdecDecoder(torch.device("cuda"), (384, 640), 16)
+    seen = [i for u in _units(path) for b in dec.batches(u) for i, e in zip(b.frame_index, b.errors) if e is None]
+    assert sorted(seen) == list(range(12))

@@ -1,0 +1,193 @@
+"""Video in the batch job on a local Ray (CPU, PyAV, the demo detector): keyframe segments from the container
+index, one row per sampled frame with the container's presentation time, a corrupt stretch as error rows,
+an unopenable file as one error row, segment-level resume, `yoloray detect clip.mp4`.
+
+End states only: timings never go into assertions. NVDEC paths are in tests/gpu/test_video_gpu.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from yoloray.batch import run_job
+from yoloray.config import EngineConfig
+from yoloray.data import video_index
+from yoloray.data.inputs import SourceOptions
+from yoloray.data.readers import read_tables
+from yoloray.data.scene import render_video_frame
+from yoloray.data.synthetic import write_clip
+from yoloray.data.units import list_units
+from yoloray.vision.decoders.pyav import decode_segment
+
+W, H, N, GOP, FPS = 320, 192, 36, 12, 30
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict:
+    """The same 36 rendered frames as H.264 and HEVC mp4s (B-frames, a keyframe every 12 frames), the frames
+    as OpenCV decodes them, and a copy of the H.264 clip with garbage over a quarter of its media data."""
+    d = tmp_path_factory.mktemp("clips")
+    frames = [render_video_frame(3, i, W, H, N)[0] for i in range(N)]
+    out = {"dir": d}
+    for codec in ("h264", "hevc"):
+        out[codec] = d / f"{codec}.mp4"
+        write_clip(out[codec], frames, W, H, FPS, codec, gop=GOP)
+    cap = cv2.VideoCapture(str(out["h264"]))
+    out["cv2"] = [r[1] for r in iter(cap.read, (False, None)) if r[0]]
+    cap.release()
+    data = bytearray(out["h264"].read_bytes())
+    mdat = data.index(b"mdat") + 4
+    size = int.from_bytes(data[mdat - 8 : mdat - 4], "big") - 8
+    start = mdat + size // 3
+    data[start : start + size // 4] = np.random.default_rng(0).integers(0, 256, size // 4, np.uint8).tobytes()
+    out["corrupt"] = d / "corrupt.mp4"
+    out["corrupt"].write_bytes(bytes(data))
+    return out
+
+
+@pytest.fixture(scope="module")
+def config(demo_model) -> EngineConfig:
+    return EngineConfig(model=demo_model, imgsz=(H, W), batch_size=8, device="cpu")
+
+
+def _units(path, **options) -> list[dict]:
+    return list_units([str(path)], SourceOptions(**options))
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_keyframe_segments_decode_every_frame_once(clips, codec, monkeypatch):
+    monkeypatch.setattr(video_index, "SEGMENT_MIN_FRAMES", 1)
+    units = _units(clips[codec])
+    assert [(u["start"], u["stop"]) for u in units] == [(0, 12), (12, 24), (24, 36)]
+    assert len({u["unit_id"] for u in units}) == 3
+    decoded = {}
+    for u in units:
+        for i, image, error in decode_segment(u):
+            assert error is None and i not in decoded
+            decoded[i] = image
+    assert sorted(decoded) == list(range(N))
+    if codec == "h264":  # the frames OpenCV's FFmpeg reader gives, in presentation order (B-frames reordered)
+        worst = max(int(np.abs(decoded[i].astype(int) - clips["cv2"][i]).max()) for i in range(N))
+        assert worst <= 2, worst
+    # the reader sends one segment reference per unit, never frames
+    (table,) = list(read_tables(units[1], SourceOptions()))
+    assert table.num_rows == 1 and table.column("image").null_count == 1
+    assert json.loads(table.column("segment")[0].as_py())["keep"] == list(range(12, 24))
+
+
+def test_sampling_and_time_range_select_frames(clips):
+    keep = lambda **o: [i for u in _units(clips["h264"], **o) for i in u["keep"]]  # noqa: E731
+    assert keep(video_stride=5) == list(range(0, N, 5))
+    assert keep(video_fps=10) == list(range(0, N, 3))
+    assert keep(video_start=0.4, video_end=0.8) == list(range(12, 24))  # ts = i / 30 from the container
+
+
+def test_job_rows_corrupt_stretch_and_unopenable_file(clips, config, tmp_path):
+    broken = clips["dir"] / "not_a_video.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    out = tmp_path / "out"
+    summary = run_job([str(clips["corrupt"]), str(broken)], str(out), config, rows_per_part=16)
+    rows = pq.read_table(out).to_pylist()
+    keys = Counter(r["key"] for r in rows)
+    assert max(keys.values()) == 1
+    assert set(keys) == {f"corrupt.mp4#frame={i}" for i in range(N)} | {"not_a_video.mp4"}
+    (bad,) = [r for r in rows if r["key"] == "not_a_video.mp4"]
+    assert "cannot open video" in bad["error"]
+    frames = sorted((r for r in rows if r["frame"] is not None), key=lambda r: r["frame"])
+    lost = [r["frame"] for r in frames if r["error"]]
+    assert 0 < len(lost) < N, lost  # the corrupt stretch, and only it, has no results
+    assert all("cannot decode video frame" in r["error"] for r in frames if r["error"])
+    assert all(r["width"] == W and r["ts"] == pytest.approx(r["frame"] / FPS) for r in frames if not r["error"])
+    assert sum(bool(r["detections"]) for r in frames if not r["error"]) > 0
+    assert summary.errors == {"corrupt video": len(lost), "unreadable video": 1}
+
+
+def test_resume_redoes_only_missing_frames_of_a_segment(clips, config, tmp_path, monkeypatch):
+    """A first run that stopped mid-segment (here: one that only asked for the first 0.5 s) leaves some of a
+    segment's frames done; the rerun decodes the segment again but detects and writes only the rest."""
+    monkeypatch.setattr(video_index, "SEGMENT_MIN_FRAMES", 1)
+    out = tmp_path / "out"
+    first = run_job([str(clips["hevc"])], str(out), config, source_options=SourceOptions(video_end=0.5),
+                    rows_per_part=4)
+    assert first.images == 15  # frames 0..14: segment 0 and part of segment 1
+    second = run_job([str(clips["hevc"])], str(out), config, rows_per_part=4)
+    assert (second.images, second.skipped_done) == (N - 15, 15)
+    keys = pq.read_table(out, columns=["key"]).column("key").to_pylist()
+    assert sorted(keys) == sorted(f"hevc.mp4#frame={i}" for i in range(N))
+    third = run_job([str(clips["hevc"])], str(out), config, rows_per_part=4)
+    assert third.images == 0
+
+
+def test_detect_cli_on_a_clip(clips, demo_model):
+    r = subprocess.run(
+        [sys.executable, "-m", "yoloray.cli", "detect", str(clips["h264"]), "--imgsz", f"{H}x{W}", "--device", "cpu",
+         "--json", "--model", demo_model],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(r.stdout)
+    assert [row["frame"] for row in rows] == list(range(N))
+    assert all(row["error"] is None and row["key"] == f"h264.mp4#frame={row['frame']}" for row in rows)
+    assert sum(bool(row["detections"]) for row in rows) > N / 2
+
+
+def test_cpu_share_and_actor_decode_agree(clips, config):
+    """The same segment decoded upstream in a Ray task (decode cpu) and by the actor itself (the path GPU
+    actors take, PyAV here) gives the same rows."""
+    from yoloray.batch.predictor import Predictor
+    from yoloray.batch.video import expand_on_cpu
+
+    (unit,) = _units(clips["h264"], video_stride=4)
+    rows = pa.concat_tables(list(read_tables(unit, SourceOptions())))
+    predictor = Predictor(config.model_dump(mode="json"))
+    in_actor = predictor(rows).sort_by("key").to_pylist()
+    upstream = predictor(expand_on_cpu(rows, config.imgsz, 1.0)).sort_by("key").to_pylist()
+    assert [r["key"] for r in in_actor] == [f"h264.mp4#frame={i}" for i in sorted(range(0, N, 4), key=str)]
+    assert in_actor == upstream
+
+
+def test_exactly_once_after_a_killed_driver(clips, demo_model, tmp_path):
+    """As for stills (test_batch.py): kill the driver once a part is on disk, rerun, every frame exactly once."""
+    import os
+    import signal
+    import time
+
+    import ray
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for k in range(6):  # six files (six units) of the same clip
+        os.link(clips["h264"], folder / f"cam{k}.mp4")
+    expected = {f"cam{k}.mp4#frame={i}" for k in range(6) for i in range(0, N, 3)}
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "yoloray.cli", "infer", str(folder), "--out", str(out), "--imgsz", f"{H}x{W}",
+           "--batch-size", "4", "--device", "cpu", "--model", demo_model, "--video-stride", "3",
+           "--address", ray.get_runtime_context().gcs_address]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"YOLORAY_ROWS_PER_PART": "4"}
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("part-*.parquet")) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    done = {k for p in out.glob("part-*.parquet") for k in pq.read_table(p, columns=["key"]).column("key").to_pylist()}
+    assert done and done <= expected
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    keys = pq.read_table(out, columns=["key"]).column("key").to_pylist()
+    assert Counter(keys) == Counter(expected), "every sampled frame exactly once"
+    if len(done) < len(expected):
+        assert f"{len(expected) - len(done):,} new ({len(done):,} already done" in second.stdout
