@@ -70,6 +70,33 @@ def test_int8_within_fast_mode_tolerance(demo_model, held_out, tmp_path):
     assert fid.rate >= 0.97, fid
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int8_graph_forms(checkpoints, tmp_path, symmetric):
+    """CPU form: uint8 activations (U8S8); TensorRT form: int8 activations with zero point 0 (explicit
+    quantization). Weights int8 per channel in both; the head's decode and output convolutions not quantized."""
+    from onnx import numpy_helper
+
+    from yoloray.engines.export import head_nodes
+    from yoloray.engines.quantize import quantize_int8
+
+    export_onnx(load_model(str(checkpoints["v8"])), tmp_path / "m.onnx", (128, 128), None)
+    frames = [np.random.default_rng(i).random((1, 3, 128, 128), dtype=np.float32) for i in range(2)]
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", frames, symmetric=symmetric)
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [init[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[2] in init]
+    assert zero_points
+    if symmetric:
+        assert all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    else:
+        assert {z.dtype for z in zero_points} == {np.dtype(np.uint8)}
+    decode, output_convs = head_nodes(model)
+    quantized_inputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
+    assert all(init[convs[c].input[1]].dtype == np.float32 for c in output_convs)  # fp32 weights
+    assert sum(c.input[1] in quantized_inputs for c in convs.values()) > 40  # the rest: int8 weights
+
+
 def test_int8_needs_calibration_frames(checkpoints, tmp_path):
     with pytest.raises(EngineError, match="precision int8 needs calibration frames"):
         build_engine(ort_config(checkpoints["v8"], tmp_path, precision="int8", imgsz=256), torch.device("cpu"))

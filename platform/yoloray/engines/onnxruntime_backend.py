@@ -56,25 +56,22 @@ def onnx_artifact(config, provider: str, cache: ArtifactCache, static_batch: int
         key = cache_key("onnx-fp16", {"from": key}, environment(None, ORT_PACKAGES))
         return cache.file("onnx-fp16", key, "model.onnx", lambda p: to_fp16(fp32, p)), key
     if config.precision == "int8":
-        return _int8(config, cache, fp32, key)
+        return _int8(config, cache, fp32, key, symmetric=provider == "tensorrt")
     raise EngineError(f"precision {config.precision!r} is not supported by backend onnxruntime")
 
 
-def _int8(config, cache: ArtifactCache, fp32: Path, fp32_key: str) -> tuple[Path, str]:
-    from yoloray.engines.quantize import frames_from_images, quantize_int8, sample_inputs
+def _int8(config, cache: ArtifactCache, fp32: Path, fp32_key: str, symmetric: bool) -> tuple[Path, str]:
+    from yoloray.engines.quantize import frames_from_images, images_digest, quantize_int8, sample_inputs
 
     if not config.calibration:
         raise EngineError("precision int8 needs calibration frames: set calibration to a folder, glob or archive "
                           "of your own images (yoloray infer and tune use the job's own inputs when it is unset)")
     images = sample_inputs(config.calibration)
-    import hashlib
-
-    digest = hashlib.sha256(b"".join(hashlib.sha256(bytes(i)).digest() for i in images)).hexdigest()[:16]
-    key = cache_key("onnx-int8", {"from": fp32_key, "calibration": digest, "frames": len(images)},
-                    environment(None, ORT_PACKAGES))
+    key = cache_key("onnx-int8", {"from": fp32_key, "calibration": images_digest(images), "frames": len(images),
+                                  "symmetric": symmetric}, environment(None, ORT_PACKAGES))
 
     def build(path: Path) -> None:
-        quantize_int8(fp32, path, frames_from_images(images, config.imgsz)[0])
+        quantize_int8(fp32, path, frames_from_images(images, config.imgsz), symmetric)
 
     return cache.file("onnx-int8", key, "model.onnx", build), key
 

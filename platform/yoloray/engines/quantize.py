@@ -3,7 +3,7 @@
 Calibration: `CALIBRATION_FRAMES` (32) frames drawn evenly across the inputs `calibration` names (a folder,
 glob, tar/zip/Parquet archive or video, anything `yoloray infer` reads), letterboxed exactly as the Detector
 letterboxes them; activation ranges by min/max over those frames. Weights int8 per output channel (symmetric),
-activations uint8 per tensor (min/max
+activations uint8 per tensor (int8 with zero point 0 for TensorRT) (min/max
 calibration keeps only each tensor's running range, so memory does not grow with the frame count). The head's box decode and its output convolutions stay fp32
 (`export.head_nodes`): quantizing the class logits moves scores by several hundredths.
 
@@ -30,24 +30,26 @@ def _as_tensor(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pixels[..., ::-1].transpose(2, 0, 1)[None], dtype=np.float32) / 255
 
 
-def frames_from_images(images: Sequence[bytes | np.ndarray], imgsz: tuple[int, int]) -> tuple[list[np.ndarray], str]:
-    """Calibration tensors from encoded images or BGR arrays, and a digest of their content (the cache key)."""
+def images_digest(images: Sequence[bytes]) -> str:
+    """A short digest of encoded images' content (what a calibration is keyed by)."""
+    return hashlib.sha256(b"".join(hashlib.sha256(bytes(i)).digest() for i in images)).hexdigest()[:16]
+
+
+def frames_from_images(images: Sequence[bytes | np.ndarray], imgsz: tuple[int, int]) -> list[np.ndarray]:
+    """Calibration tensors from encoded images or BGR arrays; undecodable ones are skipped."""
     from yoloray.vision.decode import ImageError
     from yoloray.vision.prepare import prepare_cpu
 
-    digest = hashlib.sha256()
     frames = []
     for item in images:
         try:
-            prepared = prepare_cpu(item, imgsz, 10**9, False)
+            frames.append(_as_tensor(prepare_cpu(item, imgsz, 10**9, False).pixels))
         except ImageError:
             continue  # an unreadable input is no calibration frame; the job reports it in its own row
-        digest.update(item.tobytes() if isinstance(item, np.ndarray) else bytes(item))
-        frames.append(_as_tensor(prepared.pixels))
     if not frames:
         raise EngineError("none of the calibration inputs could be decoded as an image; point calibration at "
                           "a folder or archive of your own frames")
-    return frames, digest.hexdigest()[:16]
+    return frames
 
 
 def sample_inputs(source: str, count: int = CALIBRATION_FRAMES) -> list[bytes]:
@@ -93,8 +95,10 @@ class _Reader:
         raise NotImplementedError
 
 
-def quantize_int8(src: str | Path, dst: str | Path, frames: list[np.ndarray]) -> None:
-    """Write the QDQ int8 version of the fp32 ONNX file `src` to `dst`, calibrated on `frames`."""
+def quantize_int8(src: str | Path, dst: str | Path, frames: list[np.ndarray], symmetric: bool = False) -> None:
+    """Write the QDQ int8 version of the fp32 ONNX file `src` to `dst`, calibrated on `frames`. `symmetric`:
+    int8 activations with zero point 0, the form TensorRT's explicit quantization takes (ONNX Runtime's
+    quantization guide for TensorRT); otherwise uint8 activations, the CPU provider's fast form (U8S8)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -108,8 +112,9 @@ def quantize_int8(src: str | Path, dst: str | Path, frames: list[np.ndarray]) ->
     decode, output_convs = head_nodes(model)
     quantize_static(
         str(pre), str(dst), _Reader(INPUT, frames), quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=decode + output_convs,
+        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+        per_channel=True, calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=decode + output_convs,
+        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
     )
     pre.unlink(missing_ok=True)
     quantized = onnx.load(str(dst))

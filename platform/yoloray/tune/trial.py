@@ -49,7 +49,9 @@ def engine_fields(point: dict[str, Any], settings: TuneConfig) -> dict[str, Any]
 
 def calibration_folder(images: list[bytes]) -> Path:
     """The trial's frames as files (int8 calibration reads a folder), once per node and set of frames."""
-    digest = hashlib.sha256(b"".join(hashlib.sha256(i).digest() for i in images)).hexdigest()[:16]
+    from yoloray.engines.quantize import images_digest
+
+    digest = images_digest(images)
     folder = Path(tempfile.gettempdir()) / "yoloray-calibration" / digest
     if not folder.is_dir():
         work = folder.with_name(f".{digest}.{os.getpid()}")
