@@ -165,7 +165,7 @@ class AsyncClient:
         try:
             msg = await call
         except grpc.aio.AioRpcError as e:
-            status = http_status(e.code())
+            status = http_status(e.code(), e.details() or "")
             return Answer(status, {"error": e.details() or e.code().name, "status": status}), None
         trailing = dict(await call.trailing_metadata() or ())
         return Answer(200, to_dict(msg), trailing.get("yoloray-replica")), None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import time
 from collections import Counter
@@ -80,8 +81,13 @@ def service(tmp_path_factory, demo_model):
     }
     started = not ray.is_initialized()
     if started:  # the ingress guard rides on the environment Serve's processes inherit (as `yoloray serve`)
-        prepare([ServeConfig.parse(config["applications"][0]["args"])])
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        saved = dict(os.environ)
+        try:
+            prepare([ServeConfig.parse(config["applications"][0]["args"])])
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        finally:  # this process's own environment as it was (Ray's processes keep theirs)
+            os.environ.clear()
+            os.environ.update(saved)
     path = tmp_path_factory.mktemp("serve") / "serve.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     try:

@@ -52,4 +52,6 @@ def test_grpc_message_round_trip_and_statuses():
     for http in (400, 413, 415, 422, 503):
         assert grpc_api.http_status(grpc_api.grpc_status(http)) == (503 if http == 503 else 400)
     assert grpc_api.http_status(grpc.StatusCode.RESOURCE_EXHAUSTED) == 503  # Serve's back-pressure
+    too_big = "Received message larger than max (5242880 vs. 4194304)"
+    assert grpc_api.http_status(grpc.StatusCode.RESOURCE_EXHAUSTED, too_big) == 413  # not worth a retry
     assert grpc_api.grpc_status(500) == grpc.StatusCode.INTERNAL

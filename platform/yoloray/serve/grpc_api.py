@@ -41,8 +41,11 @@ def grpc_status(http_status: int) -> grpc.StatusCode:
     return _STATUS.get(http_status, grpc.StatusCode.INTERNAL)
 
 
-def http_status(code: grpc.StatusCode) -> int:
-    """The HTTP status a gRPC status stands for (clients and the benchmark count both alike)."""
+def http_status(code: grpc.StatusCode, details: str = "") -> int:
+    """The HTTP status a gRPC status stands for (clients and the benchmark count both alike). gRPC's own
+    message size limit (4 MiB by default) is RESOURCE_EXHAUSTED too, but no retry helps it: 413."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (details or ""):
+        return 413
     return _HTTP.get(code, 500)
 
 
