@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -38,6 +39,7 @@ import torch  # noqa: E402
 
 RESULTS: list[dict] = []
 GPU = torch.cuda.is_available()
+_SPAWN = multiprocessing.get_context("forkserver")  # no fork of a process that holds a CUDA context
 
 
 def row(name: str, frames: int, seconds: float, **extra) -> dict:
@@ -73,7 +75,7 @@ def make_clips(work: Path, unique: int, files: int, w: int, h: int) -> dict[str,
         per = unique // files
         jobs = [(str(base), k, k * per, per, w, h, unique) for k in range(files)]
         t = time.perf_counter()
-        with ProcessPoolExecutor(min(files, os.cpu_count() or 1)) as pool:
+        with ProcessPoolExecutor(min(files, os.cpu_count() or 1), mp_context=_SPAWN) as pool:
             list(pool.map(_encode_file, jobs))
         (base / "done").touch()
         print(f"data: {files} x {per} frames of {w}x{h} as H.264 and HEVC in {time.perf_counter() - t:.0f} s", flush=True)
@@ -146,7 +148,7 @@ def _pyav_segment(unit: dict) -> int:
 
 def pyav_alone(codec: str, units: list[dict]) -> None:
     procs = os.cpu_count() or 1
-    with ProcessPoolExecutor(procs) as pool:
+    with ProcessPoolExecutor(procs, mp_context=_SPAWN) as pool:
         list(pool.map(_pyav_segment, units[:procs]))
         t = time.perf_counter()
         frames = sum(pool.map(_pyav_segment, units))

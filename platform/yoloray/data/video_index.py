@@ -45,10 +45,7 @@ def open_video(unit: dict):
     import pyarrow.fs as pafs
 
     fs, path = locate(unit)
-    if isinstance(fs, pafs.LocalFileSystem):
-        container = av.open(path, metadata_errors="ignore")
-    else:
-        container = av.open(fs.open_input_file(path), metadata_errors="ignore")
+    container = av.open(path) if isinstance(fs, pafs.LocalFileSystem) else av.open(fs.open_input_file(path))
     if not container.streams.video:
         container.close()
         raise ValueError("no video stream in the file")

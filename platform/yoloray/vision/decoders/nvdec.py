@@ -92,8 +92,8 @@ class NvdecDecoder:
     def __init__(self, device: torch.device, imgsz: tuple[int, int], batch_size: int):
         from yoloray.vision.decoders.stills import GPU_LETTERBOX_GROUP
 
-        self.device, self.imgsz = device, imgsz
-        self.batch_size = min(batch_size, GPU_LETTERBOX_GROUP)  # one device group per FrameBatch
+        self.device, self.imgsz, self.batch_size = device, imgsz, batch_size
+        self.group = GPU_LETTERBOX_GROUP  # frames fetched, converted and letterboxed at a time
         self.gpu_id = device.index if device.index is not None else torch.cuda.current_device()
         self.cpu = PyAVDecoder(imgsz, batch_size)
         self._local = threading.local()
@@ -134,21 +134,24 @@ class NvdecDecoder:
         return current
 
     def _fetch(self, decoder, unit: dict, frames: list[int]) -> FrameBatch:
-        """Frames by index -> one FrameBatch; RuntimeError when a frame is not the one the index names."""
+        """Frames by index -> one FrameBatch (device groups of `group` frames, so an engine batch is full);
+        RuntimeError when a frame is not the one the container index names."""
         h, w = unit["height"], unit["width"]
         matrix, full = matrix_of(unit)
-        decoded = decoder.get_batch_frames_by_index(frames)
-        if len(decoded) != len(frames):
-            raise RuntimeError(f"asked for {len(frames)} frames, got {len(decoded)}")
-        for i, frame in zip(frames, decoded):
-            expected = unit["pts"][i - unit["start"]]
-            if frame.getPTS() != expected:
-                raise RuntimeError(f"frame {i} has pts {frame.getPTS()}, the container index says {expected}")
-        surfaces = torch.stack([torch.from_dlpack(f) for f in decoded])  # one copy out of the decoder's surfaces
         batch = FrameBatch.empty(len(frames))
+        for k in range(0, len(frames), self.group):
+            wanted = frames[k : k + self.group]
+            decoded = decoder.get_batch_frames_by_index(wanted)
+            if len(decoded) != len(wanted):
+                raise RuntimeError(f"asked for {len(wanted)} frames, got {len(decoded)}")
+            for i, frame in zip(wanted, decoded):
+                expected = unit["pts"][i - unit["start"]]
+                if frame.getPTS() != expected:
+                    raise RuntimeError(f"frame {i} has pts {frame.getPTS()}, the container index says {expected}")
+            surfaces = torch.stack([torch.from_dlpack(f) for f in decoded])  # one copy out of the decoder's surfaces
+            batch.device_groups.append(yuv_to_rgb(surfaces, h, w, matrix, full))
         for j in range(len(frames)):
             batch.geom.set(j, (h, w), self.imgsz, (h, w))
-        batch.device_groups.append(yuv_to_rgb(surfaces, h, w, matrix, full))
         batch.slots = np.arange(len(frames), dtype=np.int64)
         from yoloray.data.video_index import frame_ts
 
