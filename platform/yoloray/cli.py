@@ -95,21 +95,19 @@ def cmd_detect(args) -> int:
     return 1 if all(r["error"] for r in rows) else 0
 
 
-def init_ray(address: str | None):
-    import ray
+def init_ray(address: str | None) -> bool:
+    """Ray for `infer`: a new local Ray without --address, else the cluster named (yoloray/cluster.py). True
+    when this call connected (the caller shuts down)."""
+    from yoloray.cluster import connect
 
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return connect(address, log_to_driver=False, configure_logging=False, logging_level=logging.WARNING)
 
 
 def cmd_infer(args) -> int:
     from yoloray.batch import ActorOptions, run_job
     from yoloray.data.inputs import SourceOptions
     from yoloray.data.units import list_units
+    from yoloray.runlog import log_path, ray_output_to
 
     config = engine_config(args)
     if config.precision == "int8" and config.calibration is None:  # calibrate on the job's own frames
@@ -117,22 +115,41 @@ def cmd_infer(args) -> int:
     source_options = SourceOptions(video_stride=args.video_stride, video_fps=args.video_fps,
                                    video_start=args.start, video_end=args.end)
     units = list_units(args.sources, source_options)  # missing / empty / unsupported inputs fail before Ray starts
-    init_ray(args.address)
-    summary = run_job(
-        args.sources,
-        args.out,
-        config,
-        ActorOptions(
-            actors=args.actors, gpus_per_actor=args.gpus_per_actor, calls_per_actor=args.calls_per_actor,
-            decode_threads=args.decode_threads, batches_per_call=args.batches_per_call,
-        ),
-        source_options,
-        units=units,
-    )
-    if summary.images == 0 and summary.skipped_done:
-        print(f"nothing to do: all {summary.skipped_done:,} inputs already have results in {args.out}")
-        return 0
-    print(summary.text())
+    log = log_path("infer")
+    with ray_output_to(log) as terminal:
+        try:
+            started = init_ray(args.address)
+            try:
+                summary = run_job(
+                    args.sources,
+                    args.out,
+                    config,
+                    ActorOptions(
+                        actors=args.actors, gpus_per_actor=args.gpus_per_actor, calls_per_actor=args.calls_per_actor,
+                        decode_threads=args.decode_threads, batches_per_call=args.batches_per_call,
+                    ),
+                    source_options,
+                    rows_per_part=args.part_rows,
+                    units=units,
+                    seconds_per_part=args.part_seconds,
+                )
+            finally:
+                if started:
+                    import ray
+
+                    ray.shutdown()
+        except BaseException as e:
+            import traceback
+
+            traceback.print_exc()  # into the log
+            e.log = log  # main() names it
+            raise
+        if summary.images == 0 and summary.skipped_done:
+            print(f"nothing to do: all {summary.skipped_done:,} inputs already have results in {args.out}",
+                  file=terminal)
+            return 0
+        print(summary.text(), file=terminal)
+        print(f"ray log       {log}", file=terminal)
     return 0
 
 
@@ -221,7 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--video-fps", type=float, dest="video_fps", help="resample videos to this frame rate")
     i.add_argument("--start", type=float, help="videos: first second to detect (presentation time; default 0)")
     i.add_argument("--end", type=float, help="videos: detect frames before this second (default: to the end)")
-    i.add_argument("--address", help="Ray address (ray://host:10001 or auto); default: start a local Ray")
+    i.add_argument("--part-rows", type=int, dest="part_rows",
+                   help="write a Parquet part every N result rows at the latest (default 4096)")
+    i.add_argument("--part-seconds", type=float, default=30.0, dest="part_seconds",
+                   help="write a Parquet part every S seconds at the latest while results come (default 30)")
+    i.add_argument("--address", help="Ray cluster to join: HOST:PORT, ray://HOST:10001 or auto (the running one); "
+                   "default: a new local Ray for this command (RAY_ADDRESS, when set, counts as --address)")
     i.set_defaults(func=cmd_infer)
 
     m = sub.add_parser("demo", help="generate sample footage and run the detector on it (the README's demo)")
@@ -278,6 +300,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
+def _log_note(e: BaseException) -> str:
+    log = getattr(e, "log", None)
+    return f" (Ray's output and the traceback: {log})" if log else ""
+
+
 # subcommands with their own argument parser: everything after the name is theirs (including --help)
 DELEGATED = {"finetune": cmd_finetune, "eval": cmd_eval, "tune": cmd_tune, "serve": cmd_serve}
 
@@ -300,8 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ConfigError, EngineError, FileNotFoundError, ConnectionError, *_user_errors()) as e:
         if args.verbose:
             raise
-        print(f"yoloray {args.command}: error: {e}", file=sys.stderr)
+        print(f"yoloray {args.command}: error: {e}{_log_note(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # not the user's doing: one line, the traceback in the run's log when there is one
+        if args.verbose or not hasattr(e, "log"):
+            raise
+        print(f"yoloray {args.command}: error: {type(e).__name__}: {e}{_log_note(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"yoloray {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -44,10 +44,9 @@ def contact_sheet(rows: list[dict], images: dict[str, np.ndarray], path: Path, c
 
 
 def run_demo(out: Path, frames: int = 48, device: str = "auto") -> int:
-    import ray
-
     from yoloray.assets import demo_weights
     from yoloray.batch import run_job
+    from yoloray.cluster import connect
     from yoloray.config import EngineConfig
     from yoloray.data.synthetic import generate
 
@@ -63,8 +62,7 @@ def run_demo(out: Path, frames: int = 48, device: str = "auto") -> int:
     config = EngineConfig(
         device=device, imgsz=(384, 640), batch_size=16, **({"model": str(weights)} if weights else {"model": "yolov8n.yaml"})
     )
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    connect(None, log_to_driver=False, configure_logging=False)  # a new local Ray unless one is up in-process
     summary = run_job([str(data_dir / "shards"), str(data_dir / "clip.mp4")], str(results), config)
     print(summary.text())
     table = pq.read_table(results).to_pylist()

@@ -441,6 +441,11 @@ def test_cli_errors(footage, jpegs, tmp_path):
     assert "--batches-per-call must be >= 1" in msg
     assert not (tmp_path / "o4").exists()
 
+    # fp16 where the actors get no GPU: said on the driver, before any actor starts
+    msg = _cli_error([str(footage.zip_path), "--out", str(tmp_path / "o5"), *ENGINE_FLAGS[:-2], "--precision", "fp16"])
+    assert "fp16 needs a CUDA device" in msg and "get no GPU" in msg
+    assert not list((tmp_path / "o5").glob("part-*"))
+
 
 def test_out_folder_of_another_engine_config(footage, config, tmp_path):
     out = tmp_path / "out"
@@ -459,3 +464,98 @@ def test_weights_that_are_not_a_checkpoint(footage, config, tmp_path):
     with pytest.raises(JobError, match="not an ultralytics checkpoint"):
         run_job([str(footage.zip_path)], str(tmp_path / "out"), config.model_copy(update={"model": str(bad)}))
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+# ------------------------------------------------------------------- 7. issue 14: what a hostile archive found
+def test_parts_reach_disk_while_the_job_runs(many, tmp_path):
+    """A multi-shard job killed part-way (SIGKILL) leaves rows on disk: with the default rows per part, a part
+    is still written every --part-seconds. The rerun redoes only what is missing, each key exactly once."""
+    out = tmp_path / "out"
+    cmd = [*YOLORAY, "infer", str(many), "--out", str(out), *ENGINE_FLAGS, "--address", ray_address(),
+           "--part-seconds", "1"]
+    env = cli_env(YOLORAY_LOG_DIR=str(tmp_path / "logs"))
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not parts(out) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL, ("the job ended before its first part", first.stderr.read()[-2000:])
+    done_before = {k for p in parts(out) for k in pq.read_table(p, columns=["key"]).column("key").to_pylist()}
+    assert 0 < len(done_before) < MANY and done_before <= many_keys()
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"{MANY - len(done_before):,} new ({len(done_before):,} already done" in second.stdout
+    assert_exactly_once(out, many_keys())
+
+
+def test_reads_run_as_their_own_tasks_not_inside_the_actors(many, config):
+    """Ray Data fused a task-based read into the actor stage: every unit of a small job in one actor call.
+    Reads are now a Ray Data read operator of their own, one task per unit, and actor calls get engine batches."""
+    from yoloray.data.sources import read_sources
+
+    out = detect(read_sources([str(many)]), config)
+    blocks = list(out.iter_batches(batch_format="pyarrow", batch_size=None))
+    assert sum(b.num_rows for b in blocks) == MANY
+    # a call takes whole read blocks (5 rows) until it holds an engine-sized batch of rows; fused, one call took
+    # batch_size x batches_per_call read units: all 30 shards (150 rows)
+    assert len(blocks) > 1
+    assert max(b.num_rows for b in blocks) < config.batch_size * ActorOptions().batches_per_call + PER_SHARD
+    operators = [line for line in out.stats().splitlines() if line.startswith("Operator")]
+    read = [line for line in operators if "ReadUnits" in line]
+    assert read and not any("Predictor" in line for line in read), operators
+
+
+def test_awkward_names_and_repeats_end_to_end(jpegs, config, tmp_path):
+    """Names that are not UTF-8 in a folder, tar and zip, repeated tar members and repeated parquet keys: every
+    input one row with a unique key; the summary agrees with the Parquet; a rerun finds them all done."""
+    src = tmp_path / "src"
+    (src / "frames").mkdir(parents=True)
+    with open(os.path.join(os.fsencode(src / "frames"), b"caf\xe9.jpg"), "wb") as f:
+        f.write(jpegs[0])
+    (src / "frames" / "ok.jpg").write_bytes(jpegs[1])
+    with tarfile.open(src / "shard.tar", "w", format=tarfile.GNU_FORMAT, errors="surrogateescape") as tf:
+        for name, data in (("a.jpg", jpegs[2]), ("caf\udce9.jpg", jpegs[3]), ("a.jpg", jpegs[4]),
+                           ("junk.jpg", os.urandom(290))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    pq.write_table(pa.table({"key": ["k", "k"], "image": [jpegs[5], jpegs[6]]}), src / "frames.parquet")
+    expected = {"frames/caf\\xe9.jpg", "frames/ok.jpg", "shard.tar::a.jpg", "shard.tar::caf\\xe9.jpg",
+                "shard.tar::a.jpg#dup=2", "shard.tar::junk.jpg", "frames.parquet::k", "frames.parquet::k#dup=2"}
+    out = tmp_path / "out"
+    summary = run_job([str(src)], str(out), config)
+    table = assert_exactly_once(out, expected)
+    assert summary.images == table.num_rows == len(expected)
+    errors = Counter(error_kind(e) for e in table.column("error").drop_null().to_pylist())
+    assert summary.errors == dict(errors) == {"not an image": 1}  # 290 bytes of garbage, not "empty file"
+    again = run_job([str(src)], str(out), config)
+    assert again.images == 0 and again.skipped_done == len(expected)
+
+
+def test_a_failed_start_is_one_line_and_leaves_out_reusable(footage, config, tmp_path):
+    """A checkpoint that is not one: one line that names the actor and the problem, Ray's output and the
+    traceback in a log file; the same --out then takes a fixed configuration."""
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "out"
+    logs = tmp_path / "logs"
+    r = subprocess.run([*YOLORAY, "infer", str(footage.zip_path), "--out", str(out), "--model", str(bad),
+                        *ENGINE_FLAGS, "--address", ray_address()],
+                       env=cli_env(YOLORAY_LOG_DIR=str(logs)), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "detector actor" in lines[0] and "not an ultralytics checkpoint" in lines[0], lines[0]
+    (log,) = logs.glob("infer-*.log")
+    assert str(log) in lines[0] and "Traceback" in log.read_text()
+    assert not parts(out)
+    fixed = subprocess.run([*YOLORAY, "infer", str(footage.zip_path), "--out", str(out), *ENGINE_FLAGS,
+                            "--model", config.model, "--address", ray_address()],
+                           env=cli_env(YOLORAY_LOG_DIR=str(logs)), capture_output=True, text=True, timeout=300)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert f"{FRAMES:,} new" in fixed.stdout

@@ -176,7 +176,10 @@ def test_archives(ray_local, data):
 
 def test_parquet(ray_local, data):
     rows = _by_key(_rows([data["parquet"], data["parquet_nokey"], data["parquet_hf"]]))
-    assert len(list_units([str(data["parquet"])])) == 3  # one unit per row group
+    assert len(list_units([str(data["parquet"])])) == 1  # small row groups: one range of row groups
+    units = list_units([str(data["parquet"])], SourceOptions(files_per_task=2))  # row groups of 2, 2, 1 rows
+    assert [u["row_groups"] for u in units] == [[0], [1], [2]]
+    assert [r["key"] for u in units for r in read_unit(u, SourceOptions())] == [f"images.parquet::k{i}" for i in range(5)]
     for i, img in enumerate(data["pq_imgs"]):
         assert rows[f"images.parquet::k{i}"]["image"] == img
     for i in range(3):

@@ -186,3 +186,26 @@ def test_gpu_decoder_choice_and_refusals(photos):
     ref = decode_cpu(data, probe(data, 10**9))[..., ::-1]
     assert tuple(ok.shape) == (3, *ref.shape[:2])
     assert np.abs(ok.permute(1, 2, 0).numpy().astype(int) - ref.astype(int)).mean() < 2.0
+
+
+def test_jpeg_with_bytes_after_the_end_marker_is_not_truncated(photos):
+    """Decoders accept bytes after EOI (padding, appended data); only a missing EOI is truncation."""
+    jpeg = photos["zidane"].read_bytes()
+    reference = decode_cpu(jpeg, probe(jpeg, 1 << 30))
+    for tail in (b"\x00" * 2048, bytes(range(256)) * 8):
+        padded = jpeg + tail
+        assert cv2.imdecode(np.frombuffer(padded, np.uint8), cv2.IMREAD_COLOR) is not None  # what decoders do
+        np.testing.assert_array_equal(decode_cpu(padded, probe(padded, 1 << 30)), reference)
+    for cut in (jpeg[: len(jpeg) // 2], jpeg[: len(jpeg) // 2] + b"\x00" * 2048):
+        with pytest.raises(ImageError, match="truncated JPEG"):
+            probe(cut, 1 << 30)
+    # a truncated photo whose EXIF thumbnail has its own end marker (before the photo's scan) is still truncated
+    exif = photos["exif6"].read_bytes()
+    thumb = Image.new("RGB", (16, 16))
+    buf = io.BytesIO()
+    thumb.save(buf, "JPEG")
+    app1 = b"Exif\x00\x00" + buf.getvalue()
+    with_thumb = exif[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + exif[2:]
+    probe(with_thumb, 1 << 30)
+    with pytest.raises(ImageError, match="truncated JPEG"):
+        probe(with_thumb[: len(with_thumb) // 2], 1 << 30)

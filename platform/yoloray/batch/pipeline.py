@@ -1,9 +1,10 @@
 """Build and run the batch job: sources -> map_batches(Predictor) -> Parquet parts, exactly once.
 
-Resume is key-level bookkeeping in the output folder: the driver writes each chunk of results as one Parquet
-part, atomically (temp name, then rename). A rerun reads the `key` column of the parts already there, skips
-those inputs, and writes only the rest; a finished job finds nothing to do and says so. Any crash (driver,
-actor, node) loses at most the chunks not yet renamed into place, which the rerun recomputes.
+Resume is key-level bookkeeping in the output folder: the driver writes results as Parquet parts as they come
+(batch/parts.py: every `rows_per_part` rows or `seconds_per_part` seconds, atomically: temp name, then rename).
+A rerun reads the `key` column of the parts already there, skips those inputs, and writes only the rest; a
+finished job finds nothing to do and says so. Any crash (driver, actor, node) loses at most the rows not yet
+renamed into place, which the rerun recomputes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import re
 import time
 import uuid
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -22,12 +22,12 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from yoloray.batch.parts import PartWriter, batches_or_ticks
 from yoloray.batch.predecode import predecode
 from yoloray.batch.predictor import Predictor
 from yoloray.batch.video import drop_done_frames, expand_on_cpu, frames_per_row
 from yoloray.config import EngineConfig
 from yoloray.data.inputs import SourceOptions
-from yoloray.data.sink import OUTPUT_SCHEMA, write_parquet_atomic
 from yoloray.data.sources import read_units
 from yoloray.data.units import list_units
 
@@ -37,6 +37,8 @@ JOB_FILE = "_job.json"
 SUMMARY_FILE = "_summary.json"
 COMPLETE_FILE = "_complete.json"  # unit ids of a run that finished; a rerun over the same units returns at once
 ROWS_PER_PART = 4096
+SECONDS_PER_PART = 30.0
+READ_TASK_CPUS = 1.0  # Ray Data's default for a read task: what must stay free beside the actor pool
 ROWS_PER_PART_ENV = "YOLORAY_ROWS_PER_PART"  # overrides the default rows per part (tests, small outputs)
 
 
@@ -93,7 +95,8 @@ def _resources(options: ActorOptions) -> tuple[float, int]:
     if options.batches_per_call < 1:
         raise JobError(f"--batches-per-call must be >= 1, got {options.batches_per_call}")
 
-    cluster_gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    resources = ray.cluster_resources() if ray.is_initialized() else {}
+    cluster_gpus = resources.get("GPU", 0)
     gpus = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if cluster_gpus else 0.0)
     if gpus and not cluster_gpus:
         raise JobError(f"--gpus-per-actor {gpus} asked for, but the Ray cluster has no GPUs")
@@ -108,6 +111,12 @@ def _resources(options: ActorOptions) -> tuple[float, int]:
         actors = max(1, int(cluster_gpus / gpus))
     else:
         actors = 1
+    cpus = resources.get("CPU")
+    if cpus is not None and actors * options.cpus_per_actor > cpus - READ_TASK_CPUS + 1e-9:
+        raise JobError(
+            f"{actors} actors x {options.cpus_per_actor:g} CPU leave no CPU for the read tasks on this Ray cluster "
+            f"of {cpus:g} CPUs; lower --actors (inputs are read in Ray tasks beside the actors)"
+        )
     return gpus, actors
 
 
@@ -200,12 +209,13 @@ def _check_job_file(fs, root: str, config: EngineConfig, sources: list[str]) -> 
     if info.type == pafs.FileType.File:
         with fs.open_input_stream(path) as f:
             old = json.loads(f.read())
-        if old.get("engine") != record["engine"]:
+        if old.get("engine") != record["engine"] and _parts(fs, root):
             raise JobError(
                 f"{root} holds results of another engine configuration ({old.get('engine')}, now "
                 f"{record['engine']}); use a new --out folder to run this configuration"
             )
-        return
+        if old.get("engine") == record["engine"]:
+            return  # else: a start that failed before any result; this configuration takes the folder
     fs.create_dir(root, recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(json.dumps(record, indent=1).encode())
@@ -247,7 +257,7 @@ def error_kind(message: str) -> str:
     for pattern, kind in (
         (r"cannot open video", "unreadable video"),
         (r"cannot (?:decode|read) video", "corrupt video"),
-        (r"0 bytes", "empty file"),
+        (r"\b0 bytes", "empty file"),
         (r"truncated", "truncated image"),
         (r"over the limit", "too many pixels"),
         (r"unsupported image format", "unsupported format"),
@@ -267,19 +277,26 @@ def run_job(
     source_options: SourceOptions | None = None,
     rows_per_part: int | None = None,
     units: list[dict] | None = None,
+    seconds_per_part: float = SECONDS_PER_PART,
 ) -> Summary:
     """Run (or resume) detection over `sources` into the Parquet folder `out`. Needs ray initialised.
 
-    `rows_per_part` defaults to $YOLORAY_ROWS_PER_PART when set, else ROWS_PER_PART; `units` are the
+    A part is written every `rows_per_part` rows or `seconds_per_part` seconds, whichever comes first;
+    `rows_per_part` defaults to $YOLORAY_ROWS_PER_PART when set, else ROWS_PER_PART. `units` are the
     sources' `list_units` when the caller has listed them already."""
     t0 = time.perf_counter()
     if rows_per_part is None:
         rows_per_part = int(os.environ.get(ROWS_PER_PART_ENV) or ROWS_PER_PART)
     if rows_per_part < 1:
-        raise JobError(f"rows per part must be >= 1, got {rows_per_part}")
+        raise JobError(f"--part-rows must be >= 1, got {rows_per_part}")
+    if not seconds_per_part > 0:
+        raise JobError(f"--part-seconds must be > 0, got {seconds_per_part}")
     fs, root = _fs(out)
     source_options = source_options or SourceOptions()
-    _resources(options or ActorOptions())  # bad actor options fail before the output folder is touched
+    gpus, _ = _resources(options or ActorOptions())  # bad actor options fail before the output folder is touched
+    if not gpus and (reasons := config.cuda_only()):  # would fail in every actor's constructor
+        raise JobError(f"{reasons[0]} (the detector actors get no GPU: the Ray cluster has none, or "
+                       "--gpus-per-actor is 0)")
     if units is None:  # SourceError for missing / empty / unsupported inputs
         units = list_units(sources, source_options)
     _check_model(config)
@@ -296,54 +313,29 @@ def run_job(
     video = any(u["kind"] == "video" for u in units)
     per_row = frames_per_row(units, config.decode, config.hybrid_cpu_share) if video else None
     results = detect(ds, config, options, per_row)
-    run_id = uuid.uuid4().hex[:8]
-    written: set[str] = set()
-    buffer: list[pa.Table] = []
-    buffered = seq = 0
-    errors: Counter = Counter()
-    per_class: Counter = Counter()
-
-    def flush():
-        nonlocal buffer, buffered, seq
-        if not buffered:
-            return
-        table = pa.concat_tables(buffer)
-        tw = time.perf_counter()
-        write_parquet_atomic(table, f"{root}/part-{run_id}-{seq:05d}.parquet", filesystem=fs)
-        summary.write_s += time.perf_counter() - tw
-        seq += 1
-        buffer, buffered = [], 0
-
-    def collect(batch: pa.Table):
-        nonlocal buffered
-        keys = batch.column("key").to_pylist()
-        fresh = [k not in written for k in keys]
-        if not all(fresh):  # a retried task re-emitted rows: keep each key once
-            batch = batch.filter(pa.array(fresh))
-            keys = [k for k, f in zip(keys, fresh) if f]
-        written.update(keys)
-        errors.update(error_kind(e) for e in batch.column("error").drop_null().to_pylist())
-        labels = pc.struct_field(pc.list_flatten(batch.column("detections")), "label")
-        per_class.update(dict(zip(*[c.to_pylist() for c in pc.value_counts(labels).flatten()])))
-        buffer.append(batch.cast(OUTPUT_SCHEMA))
-        buffered += batch.num_rows
-        if buffered >= rows_per_part:
-            flush()
-
+    writer = PartWriter(fs, root, uuid.uuid4().hex[:8], rows_per_part, seconds_per_part, error_kind)
     try:
-        for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+        for batch in batches_or_ticks(results.iter_batches(batch_format="pyarrow", batch_size=None), writer.wait_s):
+            if batch is None:  # no result for a while: the buffered rows are due
+                writer.flush()
+                continue
             if not summary.first_result_s:
                 summary.first_result_s = time.perf_counter() - t0
-            collect(batch)
+            writer.add(batch)
+            if writer.wait_s() == 0.0:
+                writer.flush()
     except Exception as e:
+        writer.flush()  # what came back before the failure is kept: a rerun does only the rest
         message = _actor_init_error(e)
         if message is None:
             raise
-        raise JobError(message) from e
-    flush()
+        raise JobError(f"the detector actor (batch/predictor.py Predictor) failed to start: {message}") from e
+    writer.flush()
+    written = writer.written
     summary.images = len(written)
-    summary.errors = dict(errors)
-    summary.detections_per_class = {str(k): int(v) for k, v in per_class.items()}
+    summary.errors = dict(writer.errors)
+    summary.detections_per_class = {str(k): int(v) for k, v in writer.per_class.items()}
+    summary.write_s = writer.write_s
     summary.seconds = time.perf_counter() - t0
     with fs.open_output_stream(f"{root}/{COMPLETE_FILE}") as f:  # every unit read and written
         f.write(json.dumps({"units": unit_ids, "rows": len(done) + len(written)}).encode())

@@ -8,6 +8,8 @@ Row columns (`INPUT_COLUMNS`, Arrow types in `INPUT_SCHEMA`):
                             folder / glob   path relative to the given root       images/val/frame_000001.jpg
                             tar / zip       <archive>::<member>                  shard-000000.tar::frame_000001.jpg
                             parquet         <file>::<key column value | row #>   images.parquet::17
+                          Names that are not UTF-8 are escaped losslessly and repeated member names / parquet
+                          keys get `#dup=N` (data/names.py; README "Keys").
                             video           <file>#frame=<index>                 clip.mp4#frame=120
                           where <archive>/<file> is the path relative to the given root (its basename when the
                           archive itself was given).
@@ -69,7 +71,8 @@ class SourceOptions:
     video_start: float | None = None  # seconds: only frames with video_start <= ts < video_end
     video_end: float | None = None
     image_column: str | None = None
-    files_per_task: int = 64
+    files_per_task: int = 64  # images per read unit (folder files, tar/zip members, parquet rows)
+    unit_bytes: int = 64 << 20  # an archive or parquet file bigger than this is cut into units of about this size
 
 
 def kind_of(name: str) -> str | None:
@@ -93,6 +96,21 @@ def join_path(root: str, rel: str) -> str:
     if not root:
         return rel
     return root + rel if root.endswith("/") else f"{root}/{rel}"
+
+
+def is_local(root: str) -> bool:
+    """Local paths are listed and opened with Python's own os/open, which take names in any bytes (pyarrow's
+    local filesystem fails on names that are not UTF-8); URIs go through pyarrow's filesystems."""
+    return "://" not in root
+
+
+def open_file(root: str, rel: str, random_access: bool = True):
+    """A binary file object for `rel` under `root` (a local path or a URI)."""
+    if is_local(root):
+        return open(os.path.join(root, rel), "rb", buffering=1 << 20)
+    fs, base = resolve_path(root)
+    path = join_path(base, rel)
+    return fs.open_input_file(path) if random_access else fs.open_input_stream(path, compression=None, buffer_size=1 << 20)
 
 
 def locate(unit: dict) -> tuple[pafs.FileSystem, str]:

@@ -20,18 +20,19 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from yoloray.data.inputs import (
     INPUT_COLUMNS,
     INPUT_SCHEMA,
     SourceOptions,
+    is_local,
     join_path,
     kind_of,
-    locate,
-    resolve_path,
+    open_file,
 )
+from yoloray.data.names import UniqueNames, escape_name, unique_names, zip_member_name
+from yoloray.data.splits import parquet_ids
 from yoloray.data.video_index import reference_rows
 
 _FLUSH_ROWS, _FLUSH_BYTES = 512, 32 << 20
@@ -77,8 +78,11 @@ class _RandomAccess(io.RawIOBase):
 
 
 @contextlib.contextmanager
-def open_zip(fs: pafs.FileSystem, path: str) -> Iterator[zipfile.ZipFile]:
-    with io.BufferedReader(_RandomAccess(fs.open_input_file(path)), 1 << 16) as f, zipfile.ZipFile(f) as zf:
+def open_zip(root: str, rel: str) -> Iterator[zipfile.ZipFile]:
+    f = open_file(root, rel)
+    if not is_local(root):
+        f = io.BufferedReader(_RandomAccess(f), 1 << 16)
+    with f, zipfile.ZipFile(f) as zf:
         yield zf
 
 
@@ -91,11 +95,10 @@ def _err(e: BaseException) -> str:
 
 
 def _read_files(unit: dict, options: SourceOptions) -> Iterator[dict]:
-    fs, root = resolve_path(unit["root"])
-    for key in unit["keys"]:
-        source = join_path(unit["source_root"], key)
+    for name in unit["keys"]:
+        key, source = escape_name(name), escape_name(join_path(unit["source_root"], name))
         try:
-            with fs.open_input_stream(join_path(root, key), compression=None) as f:
+            with open_file(unit["root"], name, random_access=False) as f:
                 data = f.read()
         except READ_ERRORS as e:
             yield _row(key, None, source, error=f"cannot read file: {_err(e)}")
@@ -104,18 +107,21 @@ def _read_files(unit: dict, options: SourceOptions) -> Iterator[dict]:
 
 
 def read_tar(unit: dict, options: SourceOptions | None = None) -> Iterator[dict]:
-    prefix, source = unit["prefix"], unit["source"]
-    fs, path = locate(unit)
+    if "members" in unit:  # a range of an indexed tar (data/splits.py)
+        yield from _read_tar_members(unit)
+        return
+    prefix, source = escape_name(unit["prefix"]), unit["source"]
+    unique = UniqueNames()
     key = prefix
     try:
         with (
-            fs.open_input_stream(path, compression=None, buffer_size=1 << 20) as raw,
-            tarfile.open(fileobj=raw, mode="r|*") as tf,
+            open_file(unit["root"], unit["prefix"], random_access=False) as raw,
+            tarfile.open(fileobj=raw, mode="r|*", encoding="utf-8", errors="surrogateescape") as tf,
         ):
             for m in tf:
                 if not m.isfile() or kind_of(m.name) != "image":
                     continue
-                key = f"{prefix}::{m.name}"
+                key = f"{prefix}::{unique(escape_name(m.name))}"
                 f = tf.extractfile(m)
                 data = f.read() if f is not None else b""
                 yield _row(key, data, source)
@@ -125,6 +131,23 @@ def read_tar(unit: dict, options: SourceOptions | None = None) -> Iterator[dict]
         yield _row(key, None, source, error=f"cannot read {what}: {_err(e)}")
 
 
+def _read_tar_members(unit: dict) -> Iterator[dict]:
+    prefix, source = escape_name(unit["prefix"]), unit["source"]
+    members, done = unit["members"], 0
+    try:
+        with open_file(unit["root"], unit["prefix"]) as f:
+            for offset, size, name in members:
+                f.seek(offset)
+                data = f.read(size)
+                if len(data) != size:
+                    raise EOFError(f"tar member {name!r} ends after {len(data)} of {size} bytes")
+                yield _row(f"{prefix}::{name}", data, source)
+                done += 1
+    except READ_ERRORS as e:  # the rest of the range: one error row per member, none lost
+        for _, _, name in members[done:]:
+            yield _row(f"{prefix}::{name}", None, source, error=f"cannot read tar member: {_err(e)}")
+
+
 def zip_member_ok(info: zipfile.ZipInfo) -> bool:
     return (
         not info.is_dir() and not info.filename.startswith("__MACOSX/") and kind_of(info.filename) == "image"
@@ -132,14 +155,14 @@ def zip_member_ok(info: zipfile.ZipInfo) -> bool:
 
 
 def _read_zip(unit: dict, options: SourceOptions) -> Iterator[dict]:
-    prefix, source = unit["prefix"], unit["source"]
-    fs, path = locate(unit)
+    prefix, source = escape_name(unit["prefix"]), unit["source"]
     try:
-        with open_zip(fs, path) as zf:
-            for info in zf.infolist():
-                if not zip_member_ok(info):
-                    continue
-                key = f"{prefix}::{info.filename}"
+        with open_zip(unit["root"], unit["prefix"]) as zf:
+            infos = [i for i in zf.infolist() if zip_member_ok(i)]
+            keys = unique_names(escape_name(zip_member_name(i.filename, i.flag_bits)) for i in infos)
+            start, stop = unit.get("members", (0, len(infos)))
+            for info, name in zip(infos[start:stop], keys[start:stop]):
+                key = f"{prefix}::{name}"
                 try:
                     data = zf.read(info)
                 except READ_ERRORS as e:
@@ -151,38 +174,42 @@ def _read_zip(unit: dict, options: SourceOptions) -> Iterator[dict]:
 
 
 def _parquet_tables(unit: dict, options: SourceOptions) -> Iterator[pa.Table]:
-    prefix, source = unit["prefix"], unit["source"]
+    """One row group at a time; keys are the key column (or the row number in the file), with the unit's
+    renames of repeated keys (data/splits.py) applied."""
+    prefix, source = escape_name(unit["prefix"]), unit["source"]
     image_col, key_col = unit["image_column"], unit["key_column"]
-    n = unit["num_rows"]
-    index = pa.array(range(unit["row_offset"], unit["row_offset"] + n), pa.int64()).cast(pa.string())
-    fs, path = locate(unit)
-    try:
-        with fs.open_input_file(path) as f:
-            columns = [image_col] + ([key_col] if key_col else [])
-            t = pq.ParquetFile(f).read_row_group(unit["row_group"], columns=columns)
-        img = t.column(image_col).combine_chunks()
-        if pa.types.is_struct(img.type):
-            img = pc.struct_field(img, "bytes")
-        img = img.cast(pa.large_binary())
-        ids = pc.coalesce(t.column(key_col).combine_chunks().cast(pa.string()), index) if key_col else index
-        null = pa.scalar(None, pa.string())
-        error = pc.if_else(pc.is_null(img), pa.scalar(f"null value in image column {image_col!r}"), null)
-    except (OSError, pa.ArrowException) as e:  # unreadable row group: one error row per row, keyed by index
-        img, ids = pa.nulls(n, pa.large_binary()), index
-        error = pa.array([f"cannot read parquet row group {unit['row_group']}: {_err(e)}"] * n, pa.string())
-    keys = pc.binary_join_element_wise(pa.scalar(prefix), ids, "::")
-    cols = [
-        keys,
-        img,
-        pa.array([source] * n, pa.string()),
-        pa.nulls(n, pa.int64()),
-        pa.nulls(n, pa.float64()),
-        error,
-        pa.nulls(n, pa.string()),
-    ]
-    table = pa.Table.from_arrays(cols, schema=INPUT_SCHEMA)
-    for i in range(0, n, _FLUSH_ROWS):
-        yield table.slice(i, _FLUSH_ROWS)
+    renames = dict(unit.get("renames") or [])
+    columns = [image_col] + ([key_col] if key_col else [])
+    offset = unit["row_offset"]
+    with contextlib.ExitStack() as stack:
+        try:
+            pf = pq.ParquetFile(stack.enter_context(open_file(unit["root"], unit["prefix"])))
+        except (OSError, pa.ArrowException) as e:
+            pf, opened = None, e
+        for rg, n in zip(unit["row_groups"], unit["group_rows"]):
+            try:
+                if pf is None:
+                    raise opened
+                t = pf.read_row_group(rg, columns=columns)
+                img = t.column(image_col).combine_chunks()
+                if pa.types.is_struct(img.type):
+                    img = pc.struct_field(img, "bytes")
+                img = img.cast(pa.large_binary())
+                ids = parquet_ids(t, key_col, offset)
+                null = pa.scalar(None, pa.string())
+                error = pc.if_else(pc.is_null(img), pa.scalar(f"null value in image column {image_col!r}"), null)
+            except (OSError, pa.ArrowException) as e:  # unreadable row group: one error row per row, keyed by index
+                img, ids = pa.nulls(n, pa.large_binary()), parquet_ids(pa.table({"_": pa.nulls(n)}), None, offset)
+                error = pa.array([f"cannot read parquet row group {rg}: {_err(e)}"] * n, pa.string())
+            if renames:
+                ids = pa.array([renames.get(offset + i, k) for i, k in enumerate(ids.to_pylist())], pa.string())
+            keys = pc.binary_join_element_wise(pa.scalar(prefix), ids, "::")
+            cols = [keys, img, pa.array([source] * n, pa.string()), pa.nulls(n, pa.int64()), pa.nulls(n, pa.float64()),
+                    error, pa.nulls(n, pa.string())]
+            table = pa.Table.from_arrays(cols, schema=INPUT_SCHEMA)
+            for i in range(0, n, _FLUSH_ROWS):
+                yield table.slice(i, _FLUSH_ROWS)
+            offset += n
 
 
 _ROW_READERS = {"files": _read_files, "tar": read_tar, "zip": _read_zip, "video": reference_rows}
@@ -207,7 +234,7 @@ def read_tables(unit: dict, options: SourceOptions) -> Iterator[pa.Table]:
         cols = {
             c: [v]
             for c, v in _row(
-                unit["prefix"], None, unit["source"], error="archive has no image members"
+                escape_name(unit["prefix"]), None, unit["source"], error="archive has no image members"
             ).items()
         }
     if cols["key"]:

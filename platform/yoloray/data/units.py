@@ -7,9 +7,11 @@ Parquet (`.parquet`, `.pq`) with an image-bytes column (`SourceOptions.image_col
 HF-style struct with a `bytes` field - named image/img/bytes/jpg/jpeg; keys from a key/__key__/id/filename/
 file_name column when present, else the row index in the file), videos (mp4 mkv avi mov).
 
-`list_units` expands the inputs into units (a group of `files_per_task` image files, one tar, one zip, one parquet
-row group, one keyframe segment of a video), each with a stable `unit_id`. Videos are cut at keyframes found by
-demuxing their packets (data/video_index.py).
+`list_units` expands the inputs into units (a group of `files_per_task` image files; a tar, zip or parquet file, or
+a part of one when it is large (data/splits.py); one keyframe segment of a video), each with a stable `unit_id`.
+Videos are cut at keyframes found by demuxing their packets (data/video_index.py). Local paths are listed with
+Python's os functions, which take file names in any bytes; keys and sources are escaped when the rows are read
+(data/names.py).
 
 User mistakes raise `SourceError` on the driver: missing path, nothing supported found, unsupported file type,
 an explicitly given archive with no image members, a parquet file without an image column, bad options. An
@@ -21,7 +23,8 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from collections.abc import Sequence
+import stat
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -33,12 +36,15 @@ from yoloray.data.inputs import (
     KIND_EXTS,
     SourceError,
     SourceOptions,
+    is_local,
     join_path,
     kind_of,
-    locate,
+    open_file,
     resolve_path,
 )
+from yoloray.data.names import escape_name, raw_bytes
 from yoloray.data.readers import READ_ERRORS, open_zip, read_tar, zip_member_ok
+from yoloray.data.splits import parquet_renames, split_parquet, split_tar, split_zip
 from yoloray.data.video_index import video_units
 
 IMAGE_COLUMN_NAMES = ("image", "img", "bytes", "jpg", "jpeg")
@@ -105,53 +111,90 @@ def _supported() -> str:
     return ", ".join(e for exts in KIND_EXTS.values() for e in exts)
 
 
-def _walk(fs: pafs.FileSystem, base: str, root: str, source_root: str, match=None) -> list[_Entry]:
-    sel = pafs.FileSelector(base, recursive=True)
-    out = []
-    for info in fs.get_file_info(sel):
-        if info.type != pafs.FileType.File:
+def _stat(path: str) -> tuple[str, int | None]:
+    """("file" | "dir" | "missing", size) of a local path or URI."""
+    if is_local(path):
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return "missing", None
+        return ("dir" if stat.S_ISDIR(st.st_mode) else "file"), st.st_size
+    fs, fpath = resolve_path(path)
+    info = fs.get_file_info(fpath)
+    kind = {pafs.FileType.File: "file", pafs.FileType.Directory: "dir"}.get(info.type, "missing")
+    return kind, info.size
+
+
+def _files_under(base: str) -> Iterator[tuple[str, int | None]]:
+    """(relative path, size) of every file under a local folder or URI prefix; local names in any bytes."""
+    if not is_local(base):
+        fs, fbase = resolve_path(base)
+        for info in fs.get_file_info(pafs.FileSelector(fbase, recursive=True, allow_not_found=True)):
+            if info.type == pafs.FileType.File:
+                yield info.path[len(fbase) :].lstrip("/"), info.size
+        return
+    seen: set[tuple[int, int]] = set()  # (device, inode) of folders walked: a symlink loop ends there
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(os.path.join(base, rel) if rel else base) as it:
+                entries = list(it)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue
-        rel = info.path[len(base) :].lstrip("/")
-        kind = kind_of(rel)
-        if kind and (match is None or match.match(rel)):
-            out.append(_Entry(root, source_root, rel, info.size, kind, False))
-    return sorted(out, key=lambda e: e.rel)
+        for entry in entries:
+            sub = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                if entry.is_dir():
+                    st = entry.stat()
+                    if (st.st_dev, st.st_ino) not in seen:
+                        seen.add((st.st_dev, st.st_ino))
+                        stack.append(sub)
+                elif entry.is_file():
+                    yield sub, entry.stat().st_size
+            except OSError:
+                continue  # vanished or unreadable: not listed
+
+
+def _walk(base: str, root: str, source_root: str, match=None) -> list[_Entry]:
+    out = [
+        _Entry(root, source_root, rel, size, kind, False)
+        for rel, size in _files_under(base)
+        if (kind := kind_of(rel)) and (match is None or match.match(rel))
+    ]
+    return sorted(out, key=lambda e: raw_bytes(e.rel))
 
 
 def _expand(path: str) -> list[_Entry]:
-    is_uri = "://" in path
+    is_uri = not is_local(path)
     globbing = any(c in path.split("://", 1)[-1] for c in "*?[")
     if globbing and is_uri:  # in a URI these can only be wildcards ("?" would start a query)
-        fs = fpath = info = None
+        found_as, size = "missing", None
     else:
-        fs, fpath = resolve_path(path)
-        info = fs.get_file_info(fpath)
-    if globbing and (info is None or info.type == pafs.FileType.NotFound):
+        found_as, size = _stat(path)
+    if globbing and found_as == "missing":
         parts = path.split("/")
         skip = 3 if is_uri else 0  # never glob inside "scheme://bucket"
         first = next((i for i, p in enumerate(parts) if i >= skip and any(c in p for c in "*?[")), None)
         if first is None:
             raise SourceError(f"unsupported glob {path!r}: wildcards are only allowed after the bucket/host")
         source_root = "/".join(parts[:first]) or ("/" if path.startswith("/") else "")
-        fs, base = resolve_path(source_root or ".")
         root = _local_root(source_root or ".")
-        try:
-            found = _walk(fs, base, root, source_root, _glob_regex("/".join(parts[first:])))
-        except FileNotFoundError:
-            found = []
+        found = _walk(root, root, source_root, _glob_regex("/".join(parts[first:])))
         if not found:
             raise SourceError(f"glob {path!r} matched no supported files (supported: {_supported()})")
         return found
-    if info.type == pafs.FileType.NotFound:
+    if found_as == "missing":
         raise SourceError(f"input not found: {path!r}. Check the path (and credentials for cloud storage)")
-    if info.type == pafs.FileType.Directory:
-        found = _walk(fs, fpath, _local_root(path), path.rstrip("/") or "/")
+    if found_as == "dir":
+        found = _walk(_local_root(path), _local_root(path), path.rstrip("/") or "/")
         if not found:
             raise SourceError(
                 f"no supported inputs under folder {path!r} (looked for {_supported()}, case-insensitive)"
             )
         return found
-    kind = kind_of(info.base_name)
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    kind = kind_of(name)
     if kind is None:
         raise SourceError(
             f"unsupported input type {path!r}: expected a folder, a glob, or one of {_supported()}"
@@ -160,31 +203,31 @@ def _expand(path: str) -> list[_Entry]:
     if parent.endswith(":/"):
         parent += "/"  # "file:///x.tar" -> "file:///"
     root = _local_root(parent) if parent else os.path.abspath(".")
-    return [_Entry(root, parent, info.base_name, info.size, kind, True)]
+    return [_Entry(root, parent, name, size, kind, True)]
 
 
 def _archive_unit(e: _Entry, options: SourceOptions) -> list[dict]:
-    source = join_path(e.source_root, e.rel)
+    source = escape_name(join_path(e.source_root, e.rel))
     base = {"kind": e.kind, "root": e.root, "source": source, "prefix": e.rel}
     if e.kind == "tar":
         if e.explicit and (e.size or 0) <= SMALL_ARCHIVE_BYTES:
             rows = list(read_tar(base))
             if not rows:
                 raise SourceError(f"tar archive {source!r} has no image members ({', '.join(IMAGE_EXTS)})")
-            if len(rows) == 1 and rows[0]["key"] == e.rel:
+            if len(rows) == 1 and rows[0]["key"] == escape_name(e.rel):
                 raise SourceError(f"tar archive {source!r} is empty or not a tar file ({rows[0]['error']})")
-        return [{"unit_id": f"tar:{source}", **base}]
+        return split_tar(base, e.size, options)
     if e.kind == "zip":
-        if e.explicit:
-            fs, p = locate(base)
+        sizes = None
+        if e.explicit or (e.size or 0) > options.unit_bytes:
             try:
-                with open_zip(fs, p) as zf:
-                    n = sum(1 for i in zf.infolist() if zip_member_ok(i))
+                with open_zip(e.root, e.rel) as zf:
+                    sizes = [i.compress_size for i in zf.infolist() if zip_member_ok(i)]
             except READ_ERRORS:
-                n = -1  # unreadable: the reader reports it as an error row
-            if n == 0:
-                raise SourceError(f"zip archive {source!r} has no image members ({', '.join(IMAGE_EXTS)})")
-        return [{"unit_id": f"zip:{source}", **base}]
+                pass  # unreadable: the reader reports it as an error row
+        if e.explicit and sizes == []:
+            raise SourceError(f"zip archive {source!r} has no image members ({', '.join(IMAGE_EXTS)})")
+        return split_zip(base, sizes or [], options)
     if e.kind == "parquet":
         return _parquet_units(e, base, options)
     return video_units(base, options)
@@ -211,39 +254,25 @@ def _image_column(schema: pa.Schema, wanted: str | None, source: str) -> str:
 
 
 def _parquet_units(e: _Entry, base: dict, options: SourceOptions) -> list[dict]:
-    fs, p = locate(base)
     try:
-        with fs.open_input_file(p) as f:
+        with open_file(e.root, e.rel) as f:
             meta = pq.ParquetFile(f).metadata
             schema = meta.schema.to_arrow_schema()
+            image_col = _image_column(schema, options.image_column, base["source"])
+            key_col = next(
+                (
+                    f.name
+                    for f in schema
+                    if f.name.lower() in KEY_COLUMN_NAMES
+                    and (pa.types.is_string(f.type) or pa.types.is_integer(f.type))
+                ),
+                None,
+            )
+            renames = parquet_renames(f, key_col)
     except (OSError, pa.ArrowException) as err:
         raise SourceError(f"cannot read parquet metadata of {base['source']!r}: {err}") from err
-    image_col = _image_column(schema, options.image_column, base["source"])
-    key_col = next(
-        (
-            f.name
-            for f in schema
-            if f.name.lower() in KEY_COLUMN_NAMES
-            and (pa.types.is_string(f.type) or pa.types.is_integer(f.type))
-        ),
-        None,
-    )
-    units, offset = [], 0
-    for rg in range(meta.num_row_groups):
-        n = meta.row_group(rg).num_rows
-        if n:
-            units.append(
-                {
-                    "unit_id": f"parquet:{base['source']}#rg={rg}",
-                    **base,
-                    "row_group": rg,
-                    "row_offset": offset,
-                    "num_rows": n,
-                    "image_column": image_col,
-                    "key_column": key_col,
-                }
-            )
-        offset += n
+    base = {**base, "image_column": image_col, "key_column": key_col}
+    units = split_parquet(base, meta, renames, options)
     if not units and e.explicit:
         raise SourceError(f"parquet {base['source']!r} has no rows")
     return units

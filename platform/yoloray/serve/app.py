@@ -158,10 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    started_ray = not ray.is_initialized()
+    from yoloray.cluster import ClusterError, connect
+
     # Serve itself is shut down on exit only when it lives in a Ray this command started on this machine;
     # on a cluster only this config's applications are deleted.
-    local = started_ray and not args.address and not os.environ.get("RAY_ADDRESS")
+    local = not ray.is_initialized() and not args.address and not os.environ.get("RAY_ADDRESS")
     from yoloray.serve.ingress import prepare
 
     try:  # Serve's processes inherit this environment; on a cluster, `ray start` must have had it
@@ -176,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
             "the replicas run",
             flush=True,
         )
-    if started_ray:
-        ray.init(address=args.address, namespace="serve", log_to_driver=args.blocking)
+    try:  # without --address a new local Ray (yoloray/cluster.py), never one a stale file names
+        started_ray = connect(args.address, namespace="serve", log_to_driver=args.blocking, include_dashboard=None)
+    except ClusterError as e:
+        print(f"yoloray serve: error: {e}", file=sys.stderr)
+        return 2
     http = schema.http_options.model_dump(exclude_unset=True)
     grpc = schema.grpc_options.model_dump(exclude_unset=True)
     serve.start(http_options=http, grpc_options=grpc or None, proxy_location=schema.proxy_location)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ray import tune
 
+from yoloray.cluster import ClusterError, connect
 from yoloray.config import ConfigError, TuneConfig, default_model
 
 DEFAULT_TRIALS = 16  # half the default CUDA space (32 points); a YOLOv8s trial takes ~10 s on an H200
@@ -257,10 +258,7 @@ def run(settings: TuneConfig, resume: bool, gpus: int | None = None, cpus: int |
 
     from yoloray.tune.report import write_report
 
-    started = not ray.is_initialized()
-    if started:
-        local = {} if address or os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}
-        ray.init(address=address, runtime_env=_runtime_env(), log_to_driver=False, configure_logging=False, **local)
+    started = connect(address, runtime_env=_runtime_env(), log_to_driver=False, configure_logging=False)
     try:
         if not resume:
             settings = _resources(settings, gpus, cpus)
@@ -283,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         settings, resume = settings_from_args(args)
         return run(settings, resume, gpus=args.gpus, cpus=args.cpus_per_trial, address=args.address)
-    except (UserError, ConfigError) as e:
+    except (UserError, ConfigError, ClusterError) as e:
         print(f"yoloray tune: error: {e}", file=sys.stderr)
         return 2
     except SystemExit as e:  # --help

@@ -84,9 +84,38 @@ def _checked(info: ImageInfo, data, max_pixels: int) -> ImageInfo:
             f"image is {info.width}x{info.height} = {info.width * info.height:,} pixels, over the limit of "
             f"{max_pixels:,} (max_pixels)"
         )
-    if info.is_jpeg and b"\xff\xd9" not in bytes(data[-1024:]):
+    if info.is_jpeg and not _has_end_marker(data):
         raise ImageError("truncated JPEG (no end-of-image marker); the file is incomplete")
     return info
+
+
+def _has_end_marker(data) -> bool:
+    """An end-of-image marker after the start of the image's scan, like decoders want: bytes after it (padding,
+    appended data) are fine. The last 1 KB is looked at first (the usual case), then the whole image."""
+    if b"\xff\xd9" in bytes(data[-1024:]):
+        return True
+    whole = bytes(data)
+    return whole.rfind(b"\xff\xd9") > _scan_start(whole)
+
+
+def _scan_start(data: bytes) -> int:
+    """Offset of the first start-of-scan marker, found by walking the marker segments (so markers inside an
+    EXIF thumbnail are skipped); 2 when the walk cannot tell."""
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return 2
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0xDA:
+            return pos
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if length < 2:
+            return 2
+        pos += 2 + length
+    return 2
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
