@@ -4,7 +4,7 @@
   `ray_current_cluster` file names (a stale one named a dead Ray, and ray.init retried it for minutes) nor one
   found by scanning processes. Its processes listen on loopback only (README "Exposure"). `RAY_ADDRESS`, when
   set (a `ray job submit` entrypoint gets it), counts as `--address`.
-- `auto`: the running cluster Ray finds (RAY_ADDRESS, the record `ray start` left in the temp dir, a local GCS).
+- `auto`: the running cluster: RAY_ADDRESS, else the record `ray start` left in the temp dir, else a local GCS.
 - `HOST:PORT` (the GCS) or `ray://HOST:PORT` (Ray Client): that cluster.
 
 Before ray.init, the address is resolved and its port tried: one that does not answer fails within
@@ -34,19 +34,28 @@ def _unreachable(address: str, why: str) -> ClusterError:
     )
 
 
+def _auto() -> str:
+    """What `auto` names: RAY_ADDRESS, else the cluster `ray start` recorded in the temp dir, else the one Ray's
+    process scan finds. The record comes before the scan (Ray itself prefers a lone GCS process it sees to the
+    record, so on a machine shared by several Rays `auto` could join someone else's)."""
+    from ray._private.services import canonicalize_bootstrap_address
+    from ray._private.utils import read_ray_address
+
+    found = os.environ.get("RAY_ADDRESS") or read_ray_address()
+    if found:
+        return found
+    try:
+        return canonicalize_bootstrap_address("auto")
+    except ConnectionError as e:
+        raise ClusterError(
+            f"--address auto: no running Ray cluster found ({e}). Start one with `ray start --head`, or "
+            "leave --address out to run on a new local Ray"
+        ) from None
+
+
 def resolve(address: str) -> tuple[str, int]:
     """HOST, PORT that `address` (auto, HOST:PORT, ray://HOST:PORT) stands for; ClusterError when none."""
-    target = address
-    if address == "auto":
-        from ray._private.services import canonicalize_bootstrap_address
-
-        try:
-            target = canonicalize_bootstrap_address("auto")
-        except ConnectionError as e:
-            raise ClusterError(
-                f"--address auto: no running Ray cluster found ({e}). Start one with `ray start --head`, or "
-                "leave --address out to run on a new local Ray"
-            ) from None
+    target = _auto() if address == "auto" else address
     hostport = target.split("://", 1)[-1].split("/", 1)[0]
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
@@ -88,5 +97,7 @@ def connect(address: str | None = None, **init_kwargs) -> bool:
         ray.init(address="local", **init_kwargs)
         return True
     check_reachable(address)
+    if address == "auto":  # join what was checked, not what ray.init would pick again
+        address = _auto()
     ray.init(address=address, **init_kwargs)
     return True
