@@ -175,10 +175,10 @@ class Client:
     """AsyncClient on a private event loop thread: a blocking client that threads may share."""
 
     def __init__(self, url: str, **options):
+        self._async = AsyncClient(url, **options)  # a bad argument fails before any thread starts
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="yoloray-client", daemon=True)
         self._thread.start()
-        self._async = AsyncClient(url, **options)
 
     def detect(self, images: bytes | Sequence[bytes], **params) -> dict:
         return self._run(self._async.detect(images, **params))

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -128,6 +129,10 @@ def applications_from(schema, source: str = "serve config") -> list[dict]:
     return out
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """`yoloray serve CONFIG [--address auto] [--no-block]`: deploy the config's applications and block
     until Ctrl-C (then shut them down)."""
@@ -207,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                     "yoloray serve: --no-block on a local Ray: the service ends with this process", flush=True
                 )
             return 0
-        print("yoloray serve: Ctrl-C to stop", flush=True)
+        print("yoloray serve: Ctrl-C (or SIGTERM) to stop", flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)  # a container's stop: the same clean shutdown as Ctrl-C
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
