@@ -77,7 +77,7 @@ def cmd_detect(args) -> int:
     for p, row in zip(images, rows):
         row["key"] = str(p)
         row["engine"] = detector.key
-    for p in videos:  # every frame of each clip, decoded by PyAV (NVDEC on a GPU with PyNvVideoCodec)
+    for p in videos:  # every frame of each clip, decoded by PyAV (--decode gpu: NVDEC, with PyNvVideoCodec)
         rows.extend(detect_video(detector, str(p)))
     if args.json:
         print(json.dumps(rows, indent=1))

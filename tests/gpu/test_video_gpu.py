@@ -62,7 +62,7 @@ def test_nvdec_detections_match_ultralytics(clips, demo_model):
     from yoloray.fidelity import compare, from_ultralytics
     from yoloray.results import Detections
 
-    det = Detector(EngineConfig(model=demo_model, imgsz=(384, 640), batch_size=16, device="cuda")).warmup()
+    det = Detector(EngineConfig(model=demo_model, imgsz=(384, 640), batch_size=16, device="cuda", decode="gpu")).warmup()
     assert type(SegmentRunner(det, det.key).decoder).__name__ == "NvdecDecoder"
     rows = detect_video(det, str(clips["h264"]))
     assert [r["frame"] for r in rows] == list(range(N)) and all(r["error"] is None for r in rows)

@@ -191,3 +191,36 @@ def test_exactly_once_after_a_killed_driver(clips, demo_model, tmp_path):
     assert Counter(keys) == Counter(expected), "every sampled frame exactly once"
     if len(done) < len(expected):
         assert f"{len(expected) - len(done):,} new ({len(done):,} already done" in second.stdout
+
+
+def test_variable_frame_rate_gets_the_container_times(tmp_path):
+    """A VFR clip (irregular presentation times, B-frames): ts is each frame's own time from the container,
+    and frame N is the N-th in presentation order."""
+    from fractions import Fraction
+
+    import av
+
+    times_ms = [0, 33, 66, 150, 183, 300, 333, 500, 533, 566, 700, 733]
+    frames = [render_video_frame(4, i, W, H, len(times_ms))[0] for i in range(len(times_ms))]
+    path = tmp_path / "vfr.mp4"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        s.options = {"g": "6", "bf": "2"}
+        for img, t in zip(frames, times_ms):
+            f = av.VideoFrame.from_ndarray(img, format="bgr24")
+            f.pts, f.time_base = t, Fraction(1, 1000)
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    (unit,) = _units(path)
+    from yoloray.data.video_index import frame_ts
+
+    assert [frame_ts(unit, i) for i in unit["keep"]] == pytest.approx([t / 1000 for t in times_ms], abs=1e-3)
+    decoded = {i: im for i, im, err in decode_segment(unit) if err is None}
+    assert sorted(decoded) == list(range(len(times_ms)))
+    for i, im in decoded.items():  # the right picture at the right index
+        diffs = [np.abs(im.astype(int) - f).mean() for f in frames]
+        assert int(np.argmin(diffs)) == i

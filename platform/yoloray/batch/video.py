@@ -105,11 +105,12 @@ def _with_pixel_columns(batch: pa.Table) -> pa.Table:
     return batch
 
 
-def open_video_decoder(device, imgsz: tuple[int, int], batch_size: int):
-    """NVDEC on a CUDA device where PyNvVideoCodec is installed, else PyAV (FFmpeg on the CPU)."""
+def open_video_decoder(device, imgsz: tuple[int, int], batch_size: int, gpu: bool = True):
+    """With `gpu` (decode gpu/hybrid), NVDEC on a CUDA device where PyNvVideoCodec is installed, else PyAV
+    (FFmpeg on the CPU)."""
     from yoloray.vision.decoders.pyav import PyAVDecoder
 
-    if device.type == "cuda":
+    if gpu and device.type == "cuda":
         from yoloray.vision.decoders.nvdec import NvdecDecoder, nvdec_missing
 
         why = nvdec_missing()
@@ -125,7 +126,8 @@ class SegmentRunner:
 
     def __init__(self, detector, engine_key: str):
         self.detector, self.engine_key = detector, engine_key
-        self.decoder = open_video_decoder(detector.device, detector.imgsz, detector.batch_size)
+        self.decoder = open_video_decoder(detector.device, detector.imgsz, detector.batch_size,
+                                          gpu=detector.config.decode != "cpu")
 
     def run(self, rows: pa.Table) -> tuple[pa.Table, dict[str, float], int]:
         """(output rows, stage timings summed, error rows)."""
