@@ -12,6 +12,7 @@ one unit that reads as one error row.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,26 @@ def open_video(unit: dict):
 
 
 def index_video(unit: dict) -> VideoIndex:
+    """The unit's file's index; a local file is indexed once per content (hard links and repeats of one file
+    share its inode, so an archive of links is demuxed once)."""
+    import pyarrow.fs as pafs
+
+    fs, path = locate(unit)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return _demux_index(unit)
+    st = os.stat(path)
+    content = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if content not in _LOCAL_INDEXES:
+        if len(_LOCAL_INDEXES) >= 4096:
+            _LOCAL_INDEXES.clear()
+        _LOCAL_INDEXES[content] = _demux_index(unit)
+    return _LOCAL_INDEXES[content]
+
+
+_LOCAL_INDEXES: dict[tuple, VideoIndex] = {}
+
+
+def _demux_index(unit: dict) -> VideoIndex:
     container, stream = open_video(unit)
     with container:
         pts, key = [], []
