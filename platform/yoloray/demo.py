@@ -59,8 +59,15 @@ def run_demo(out: Path, frames: int = 48, device: str = "auto") -> int:
     weights = demo_weights()
     if weights is None:
         print("note: no bundled demo detector in this install; using random YOLOv8n weights (detects nothing)")
+    # on a CPU the fastest engine that keeps exact-mode fidelity: ONNX Runtime's CPU provider at fp32
+    # (benchmarks/engines.py --mode cpu measures it against torch; tests/unit/test_onnxruntime.py holds its fidelity)
+    import torch
+
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    engine = {"backend": "onnxruntime", "provider": "cpu"} if on_cpu else {}
     config = EngineConfig(
-        device=device, imgsz=(384, 640), batch_size=16, **({"model": str(weights)} if weights else {"model": "yolov8n.yaml"})
+        device=device, imgsz=(384, 640), batch_size=16, **engine,
+        **({"model": str(weights)} if weights else {"model": "yolov8n.yaml"}),
     )
     connect(None, log_to_driver=False, configure_logging=False)  # a new local Ray unless one is up in-process
     summary = run_job([str(data_dir / "shards"), str(data_dir / "clip.mp4")], str(results), config)
