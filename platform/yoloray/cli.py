@@ -6,6 +6,7 @@ Errors a user can cause end in one clear line on stderr and exit code 2; never a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -60,17 +61,10 @@ def engine_config(args):
 
 
 # ----------------------------------------------------------------------------------------- commands
-def cmd_detect(args) -> int:
+def _detect_rows(detector, paths: list[Path]) -> list[dict]:
     from yoloray.batch.video import detect_video
     from yoloray.data.inputs import kind_of
-    from yoloray.detector import Detector
 
-    paths = [Path(p) for p in args.images]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise UserError(f"no such file: {', '.join(missing)}")
-    config = engine_config(args)
-    detector = Detector(config).warmup()
     videos = [p for p in paths if kind_of(p.name) == "video"]
     images = [p for p in paths if p not in videos]
     rows = detector.detect([p.read_bytes() for p in images]).to_rows()
@@ -79,19 +73,44 @@ def cmd_detect(args) -> int:
         row["engine"] = detector.key
     for p in videos:  # every frame of each clip, decoded by PyAV (--decode gpu: NVDEC, with PyNvVideoCodec)
         rows.extend(detect_video(detector, str(p)))
+    return rows
+
+
+def _print_rows(rows: list[dict], args) -> None:
     if args.json:
         print(json.dumps(rows, indent=1))
-    else:
-        for row in rows:
-            if row["error"]:
-                print(f"{row['key']}: ERROR {row['error']}")
-                continue
-            print(f"{row['key']}: {row['width']}x{row['height']}, {len(row['detections'])} detections")
-            for d in row["detections"][: args.show]:
-                print(
-                    f"  {d['label']:<12} {d['score']:.3f}  "
-                    f"[{d['x1']:.1f}, {d['y1']:.1f}, {d['x2']:.1f}, {d['y2']:.1f}]"
-                )
+        return
+    for row in rows:
+        if row["error"]:
+            print(f"{row['key']}: ERROR {row['error']}")
+            continue
+        print(f"{row['key']}: {row['width']}x{row['height']}, {len(row['detections'])} detections")
+        for d in row["detections"][: args.show]:
+            print(
+                f"  {d['label']:<12} {d['score']:.3f}  "
+                f"[{d['x1']:.1f}, {d['y1']:.1f}, {d['x2']:.1f}, {d['y2']:.1f}]"
+            )
+
+
+def cmd_detect(args) -> int:
+    from yoloray.detector import Detector
+    from yoloray.observe.trace import Tracer, stage
+
+    paths = [Path(p) for p in args.images]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"no such file: {', '.join(missing)}")
+    config = engine_config(args)
+    detector = Detector(config).warmup()
+    tracer = Tracer(args.trace, detector.device.type == "cuda") if args.trace else None
+    with tracer.call() if tracer else contextlib.nullcontext():
+        rows = _detect_rows(detector, paths)
+        with stage("write", detector.device.type == "cuda"):
+            _print_rows(rows, args)
+    if tracer:
+        tracer.close()
+        print(f"trace: {tracer.path} (open in https://ui.perfetto.dev or chrome://tracing)\n{tracer.table}",
+              file=sys.stderr)
     return 1 if all(r["error"] for r in rows) else 0
 
 
@@ -107,6 +126,8 @@ def cmd_infer(args) -> int:
     from yoloray.batch import ActorOptions, run_job
     from yoloray.data.inputs import SourceOptions
     from yoloray.data.units import list_units
+    from yoloray.observe.job_observer import JobObserver, run_label
+    from yoloray.observe.quiet import quiet_ray_startup
     from yoloray.runlog import log_path, ray_output_to
 
     config = engine_config(args)
@@ -118,21 +139,27 @@ def cmd_infer(args) -> int:
     log = log_path("infer")
     with ray_output_to(log) as terminal:
         try:
+            quiet_ray_startup(args.verbose)
             started = init_ray(args.address)
             try:
-                summary = run_job(
-                    args.sources,
-                    args.out,
-                    config,
-                    ActorOptions(
-                        actors=args.actors, gpus_per_actor=args.gpus_per_actor, calls_per_actor=args.calls_per_actor,
-                        decode_threads=args.decode_threads, batches_per_call=args.batches_per_call,
-                    ),
-                    source_options,
-                    rows_per_part=args.part_rows,
-                    units=units,
-                    seconds_per_part=args.part_seconds,
-                )
+                obs = JobObserver(units, source_options, args.run_name or run_label(args.out), args.trace,
+                                  args.verbose, stream=terminal)
+                with obs:
+                    summary = run_job(
+                        args.sources,
+                        args.out,
+                        config,
+                        ActorOptions(
+                            actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                            calls_per_actor=args.calls_per_actor, decode_threads=args.decode_threads,
+                            batches_per_call=args.batches_per_call, observe=obs.actor_observe,
+                        ),
+                        source_options,
+                        rows_per_part=args.part_rows,
+                        units=units,
+                        seconds_per_part=args.part_seconds,
+                        progress=obs.progress,
+                    )
             finally:
                 if started:
                     import ray
@@ -149,6 +176,7 @@ def cmd_infer(args) -> int:
                   file=terminal)
             return 0
         print(summary.text(), file=terminal)
+        print(obs.report(), file=terminal)
         print(f"ray log       {log}", file=terminal)
     return 0
 
@@ -161,12 +189,19 @@ def cmd_demo(args) -> int:
 
 def cmd_sample_data(args) -> int:
     from yoloray.data.synthetic import generate
+    from yoloray.observe.live import LiveLine, Rate
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    data = generate(
-        args.out, frames=args.frames, seed=args.seed, width=args.width, height=args.height,
-        formats=formats, video_frames=args.video_frames, workers=args.workers,
-    )
+    rendered = Rate(args.frames + (args.video_frames if "video" in formats else 0))
+
+    def count(n: int) -> None:
+        rendered.done += n
+
+    with LiveLine("sample-data", lambda _: rendered.fields("frames")):
+        data = generate(
+            args.out, frames=args.frames, seed=args.seed, width=args.width, height=args.height,
+            formats=formats, video_frames=args.video_frames, workers=args.workers, progress=count,
+        )
     print(f"wrote {data.frames} frames to {data.root} (dataset YAML: {data.dataset_yaml})")
     return 0
 
@@ -221,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(d)
     d.add_argument("--json", action="store_true", help="print JSON rows in the output schema")
     d.add_argument("--show", type=int, default=10, help="detections listed per image (text output)")
+    d.add_argument("--trace", metavar="DIR", help="write a torch profiler trace (Perfetto / chrome://tracing JSON) "
+                   "of the detect call, with a range per stage, and print a per-stage table (stderr)")
     d.set_defaults(func=cmd_detect)
 
     i = sub.add_parser("infer", help="run the detector over archives on Ray Data into Parquet (resumable)")
@@ -244,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a Parquet part every S seconds at the latest while results come (default 30)")
     i.add_argument("--address", help="Ray cluster to join: HOST:PORT, ray://HOST:10001 or auto (the running one); "
                    "default: a new local Ray for this command (RAY_ADDRESS, when set, counts as --address)")
+    i.add_argument("--run-name", dest="run_name",
+                   help="the `run` label of the job's metrics (default: the --out folder's name)")
+    i.add_argument("--trace", metavar="DIR", help="write a torch profiler trace (Perfetto / chrome://tracing JSON) "
+                   "of one actor's first call and a per-stage table to DIR")
+    i.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                   help="keep Ray Data's own progress blocks and per-run lines (in the ray log; quieted by default)")
     i.set_defaults(func=cmd_infer)
 
     m = sub.add_parser("demo", help="generate sample footage and run the detector on it (the README's demo)")

@@ -21,6 +21,7 @@ import torch
 
 from yoloray.config import ConfigError, EngineConfig
 from yoloray.engines import EngineError, build_engine
+from yoloray.observe.trace import StageRanges
 from yoloray.results import Detections
 from yoloray.vision.decode import ImageError
 from yoloray.vision.decoders.frames import FrameBatch
@@ -97,8 +98,8 @@ class Detector:
     def run(self, frames: FrameBatch) -> Detections:
         """One result per item of a decoded batch (at most `batch_size` frames), in item order: letterbox ->
         engine -> NMS -> boxes in original pixels; items the decoder could not decode keep their error."""
-        with self._stream():
-            return self._run(frames)
+        with self._stream(), StageRanges(self.device.type == "cuda") as ranges:  # profiler ranges (--trace)
+            return self._run(frames, ranges)
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """Tensor-level path for ready batches: (B, 3, H, W) in [0, 1] on the device -> raw head output.
@@ -143,15 +144,16 @@ class Detector:
 
     # ---------------------------------------------------------------- internals
     def _detect_batch(self, images: Sequence[bytes | np.ndarray | Prepared]) -> Detections:
-        with self._stream():
+        with self._stream(), StageRanges(self.device.type == "cuda") as ranges:  # profiler ranges (--trace)
+            ranges.next("decode")
             t0 = time.perf_counter()
             frames = self.decoder.decode(images)
             decoded = time.perf_counter() - t0
-            dets = self._run(frames)
+            dets = self._run(frames, ranges)
             dets.timings = {"decode": decoded, **dets.timings}
             return dets
 
-    def _run(self, frames: FrameBatch) -> Detections:
+    def _run(self, frames: FrameBatch, ranges: StageRanges) -> Detections:
         n = len(frames)
         geom, slots = frames.geom, frames.slots
         t1 = time.perf_counter()
@@ -159,6 +161,7 @@ class Detector:
             dets = Detections.empty(n, self.names)
             dets.timings = {}
         else:
+            ranges.next("letterbox")
             x = torch.empty((len(slots), 3, *self.imgsz), dtype=self.engine.dtype, device=self.device)
             start = 0
             for group in frames.device_groups:  # decoders bound a group's size (decoders/stills.py)
@@ -168,11 +171,13 @@ class Detector:
             if frames.host_frames:
                 self._upload(frames.host_frames, x[start:])
             t2 = self._sync_time()
+            ranges.next("inference")
             raw = self.infer(x)
             t3 = self._sync_time()
+            ranges.next("nms")
             dets = self.postprocess(raw, geom, slots, n)
             t4 = time.perf_counter()
-            dets.timings = {"preprocess": t2 - t1, "inference": t3 - t2, "nms": t4 - t3}
+            dets.timings = {"letterbox": t2 - t1, "inference": t3 - t2, "nms": t4 - t3}
         dets.errors = list(frames.errors)
         dets.widths[slots] = geom.orig_w[slots].astype(np.int32)
         dets.heights[slots] = geom.orig_h[slots].astype(np.int32)

@@ -30,6 +30,8 @@ from yoloray.config import EngineConfig
 from yoloray.data.inputs import SourceOptions
 from yoloray.data.sources import read_units
 from yoloray.data.units import list_units
+from yoloray.observe.errors import error_kind
+from yoloray.observe.reports import ActorObserve
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class ActorOptions:
     # call's last batch is short (read blocks of 100 rows, batch 128: calls of 200 rows ran as 128 + 72), so
     # more batches per call means fewer short batches and fewer calls.
     batches_per_call: int = 4
+    observe: ActorObserve | None = None  # metric labels, --trace, reports to the driver (observe/actor.py)
 
 
 @dataclass
@@ -148,7 +151,7 @@ def detect(ds, config: EngineConfig, options: ActorOptions | None = None, frames
     return ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"config": config.model_dump(mode="json"), "decode_threads": options.decode_threads,
-                               "predecoded": predecoded},
+                               "predecoded": predecoded, "observe": options.observe},
         batch_size=max(1, round(rows_per_call)),  # the Detector runs it in engine batches
         batch_format="pyarrow",
         # A fixed pool: every actor starts (and warms) at once, instead of the pool growing from one mid-job.
@@ -251,24 +254,6 @@ def _actor_init_error(exc: BaseException) -> str | None:
     return None
 
 
-def error_kind(message: str) -> str:
-    """Group error messages into kinds for the summary (the full message stays in the row)."""
-    m = message.lower()
-    for pattern, kind in (
-        (r"cannot open video", "unreadable video"),
-        (r"cannot (?:decode|read) video", "corrupt video"),
-        (r"\b0 bytes", "empty file"),
-        (r"truncated", "truncated image"),
-        (r"over the limit", "too many pixels"),
-        (r"unsupported image format", "unsupported format"),
-        (r"not a decodable image", "not an image"),
-        (r"corrupt", "corrupt image"),
-    ):
-        if re.search(pattern, m):
-            return kind
-    return "unreadable input" if m else "other"
-
-
 def run_job(
     sources: list[str],
     out: str,
@@ -278,12 +263,14 @@ def run_job(
     rows_per_part: int | None = None,
     units: list[dict] | None = None,
     seconds_per_part: float = SECONDS_PER_PART,
+    progress=None,
 ) -> Summary:
     """Run (or resume) detection over `sources` into the Parquet folder `out`. Needs ray initialised.
 
     A part is written every `rows_per_part` rows or `seconds_per_part` seconds, whichever comes first;
     `rows_per_part` defaults to $YOLORAY_ROWS_PER_PART when set, else ROWS_PER_PART. `units` are the
-    sources' `list_units` when the caller has listed them already."""
+    sources' `list_units` when the caller has listed them already. `progress` (observe/job_progress.py) is
+    told the rows already done and each batch of new rows."""
     t0 = time.perf_counter()
     if rows_per_part is None:
         rows_per_part = int(os.environ.get(ROWS_PER_PART_ENV) or ROWS_PER_PART)
@@ -307,6 +294,8 @@ def run_job(
     if done and _completed(fs, root) == {"units": unit_ids, "rows": len(done)}:  # finished, same inputs, all rows
         summary.seconds = time.perf_counter() - t0
         return summary
+    if progress is not None:
+        progress.begin(len(done))
     ds = read_units(units, source_options)
     if done:
         ds = ds.map_batches(_drop_done, batch_format="pyarrow", batch_size=None, fn_kwargs={"done": done})
@@ -322,6 +311,8 @@ def run_job(
             if not summary.first_result_s:
                 summary.first_result_s = time.perf_counter() - t0
             writer.add(batch)
+            if progress is not None:
+                progress.rows(batch)
             if writer.wait_s() == 0.0:
                 writer.flush()
     except Exception as e:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pyarrow as pa
 
@@ -11,54 +9,54 @@ from yoloray.batch.predecode import prepared_inputs
 from yoloray.batch.video import SegmentRunner, segment_mask
 from yoloray.config import EngineConfig
 from yoloray.data.sink import OUTPUT_SCHEMA, detections_to_table, error_table
+from yoloray.observe.actor import ActorObserver
+from yoloray.observe.reports import ActorObserve
 
 
 class Predictor:
     """Input rows (data/inputs.py contract) -> output rows (data/sink.py OUTPUT_SCHEMA)."""
 
-    def __init__(self, config: dict, decode_threads: int | None = None, predecoded: bool = False):
+    def __init__(self, config: dict, decode_threads: int | None = None, predecoded: bool = False,
+                 observe: ActorObserve | None = None):
         """`predecoded`: a `decode: hybrid` job whose CPU share was decoded upstream (batch/predecode.py); the
-        actor's Detector GPU-decodes the rest. Rows keep the engine key of the configuration as given."""
-        from yoloray.detector import Detector
+        actor's Detector GPU-decodes the rest. Rows keep the engine key of the configuration as given.
+        `observe`: metric labels, tracing and reports to the driver (observe/actor.py)."""
+        from yoloray.detector import Detector, resolve_device
 
         engine = EngineConfig.model_validate(config)
         self.engine = engine.key()
         if predecoded:
             engine = engine.model_copy(update={"decode": "gpu"})
+        self.observer = ActorObserver(observe, self.engine, resolve_device(engine.device))
         self.detector = Detector(engine, decode_threads=decode_threads).warmup()
         self.video = None  # made on the first segment row
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from yoloray.observe.metrics import record_batch
-
-        t0 = time.perf_counter()
-        read_error = batch.column("error")
-        unreadable = np.asarray(read_error.is_valid())
-        parts = []
-        if unreadable.any():
-            bad = batch.filter(pa.array(unreadable))
-            parts.append(
-                error_table(bad["key"], bad["source"], bad["frame"], bad["ts"], bad["error"], self.engine)
-            )
-            batch = batch.filter(pa.array(~unreadable))
-        timings: dict[str, float] = {}
-        errors = int(unreadable.sum())
-        segments = segment_mask(batch)
-        if segments.any():  # video segments this actor decodes itself (batch/video.py)
-            if self.video is None:
-                self.video = SegmentRunner(self.detector, self.engine)
-            table, timings, n_bad = self.video.run(batch.filter(pa.array(segments)))
-            parts.append(table)
-            errors += n_bad
-            batch = batch.filter(pa.array(~segments))
-        if batch.num_rows:
-            images = prepared_inputs(batch, self.detector.imgsz)
-            dets = self.detector.detect(images)
-            timings = {k: timings.get(k, 0.0) + v for k, v in dets.timings.items()}
-            errors += sum(e is not None for e in dets.errors)
-            parts.append(
-                detections_to_table(dets, batch["key"], batch["source"], batch["frame"], batch["ts"], self.engine)
-            )
-        out = pa.concat_tables(parts) if parts else OUTPUT_SCHEMA.empty_table()
-        record_batch(self.engine, out.num_rows, errors, time.perf_counter() - t0, timings)
-        return out
+        with self.observer.call() as call:
+            read_error = batch.column("error")
+            unreadable = np.asarray(read_error.is_valid())
+            parts = []
+            if unreadable.any():
+                bad = batch.filter(pa.array(unreadable))
+                parts.append(
+                    error_table(bad["key"], bad["source"], bad["frame"], bad["ts"], bad["error"], self.engine)
+                )
+                batch = batch.filter(pa.array(~unreadable))
+            timings: dict[str, float] = {}
+            segments = segment_mask(batch)
+            if segments.any():  # video segments this actor decodes itself (batch/video.py)
+                if self.video is None:
+                    self.video = SegmentRunner(self.detector, self.engine)
+                table, timings, _ = self.video.run(batch.filter(pa.array(segments)))
+                parts.append(table)
+                batch = batch.filter(pa.array(~segments))
+            if batch.num_rows:
+                images = prepared_inputs(batch, self.detector.imgsz)
+                dets = self.detector.detect(images)
+                timings = {k: timings.get(k, 0.0) + v for k, v in dets.timings.items()}
+                with call.writing():
+                    parts.append(detections_to_table(dets, batch["key"], batch["source"], batch["frame"],
+                                                     batch["ts"], self.engine))
+            out = pa.concat_tables(parts) if parts else OUTPUT_SCHEMA.empty_table()
+            call.finish(out, timings)
+            return out

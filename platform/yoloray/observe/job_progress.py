@@ -1,0 +1,162 @@
+"""Progress of a batch job on the driver: units and frames done/total, frames/s, errors, ETA.
+
+    infer: units 3/10  [#######.................] frames 1,234/4,000 (31%)  52.1 frames/s  ETA 0:53  errors 2
+
+Fed by the output rows as the driver collects them (`JobProgress.rows(batch)`): a row is one frame. Totals
+come from the read units (data/units.py) where they are known without reading the data: a files unit lists
+its images, a Parquet unit its row group's rows, a local tar or zip its image members (counted here from
+the headers, within `COUNT_BUDGET_S`), a video chunk its frame range (over --video-stride; a --video-fps
+resample or a chunk that reads to the end of the stream is unknown). When any total is unknown the frame
+count shows no total (and the ETA comes from units). A unit counts as done once all rows of its source have
+arrived; a resumed run starts from the rows already written (shown as done) and counts units this run
+finished.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from yoloray.data.inputs import IMAGE_EXTS, SourceOptions, join_path
+from yoloray.observe.live import LiveLine, Rate, duration
+
+COUNT_BUDGET_S = 2.0  # driver time spent counting archive members before totals are left unknown
+
+
+@dataclass
+class _Group:
+    """Units whose rows share sources: a files unit (its files), or all units of one archive/parquet/video."""
+
+    units: int
+    expected: int | None
+    seen: int = 0
+
+
+def _count_members(unit: dict) -> int | None:
+    """Image members of a local tar/zip (what the reader makes rows of), or None (remote, unreadable)."""
+    if "://" in unit.get("root", "") or "://" in unit.get("source", ""):
+        return None
+    path = join_path(unit["root"], unit["prefix"])
+    try:
+        if unit["kind"] == "tar":
+            with tarfile.open(path) as tf:
+                return sum(1 for m in tf if m.isfile() and m.name.lower().endswith(IMAGE_EXTS))
+        with zipfile.ZipFile(path) as zf:
+            return sum(1 for i in zf.infolist() if not i.is_dir() and i.filename.lower().endswith(IMAGE_EXTS)
+                       and not i.filename.startswith("__MACOSX/"))
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, KeyError):
+        return None
+
+
+def expected_rows(unit: dict, options: SourceOptions, deadline: float = float("inf")) -> int | None:
+    """Rows a unit yields, when known without reading its data (see the module docstring)."""
+    kind = unit.get("kind")
+    if kind == "files":
+        return len(unit["keys"])
+    if kind == "parquet":
+        return unit.get("num_rows")
+    if kind in ("tar", "zip"):
+        return unit.get("members") or (_count_members(unit) if time.perf_counter() < deadline else None)
+    if kind == "video":
+        if options.video_fps or unit.get("stop") is None:
+            return None
+        frames = unit["stop"] - unit["start"]
+        return -(-frames // max(1, options.video_stride))
+    return None
+
+
+class JobProgress:
+    """Tracks a job's output rows against its units; `live` prints the line (see LiveLine)."""
+
+    def __init__(self, units: list[dict], options: SourceOptions | None = None, label: str = "infer",
+                 **line_options):
+        options = options or SourceOptions()
+        self.groups: list[_Group] = []
+        self.group_of: dict[str, int] = {}  # source -> group index
+        deadline = time.perf_counter() + COUNT_BUDGET_S
+        by_source: dict[str, list[dict]] = {}
+        for u in units:
+            if u.get("kind") == "files":
+                self.groups.append(_Group(1, len(u["keys"])))
+                for key in u["keys"]:
+                    self.group_of[join_path(u.get("source_root", ""), key)] = len(self.groups) - 1
+            else:
+                by_source.setdefault(u.get("source", u["unit_id"]), []).append(u)
+        for source, members in by_source.items():
+            counts = [expected_rows(u, options, deadline) for u in members]
+            total = None if any(c is None for c in counts) else sum(counts)
+            self.groups.append(_Group(len(members), total))
+            self.group_of[source] = len(self.groups) - 1
+        self.units_total = sum(g.units for g in self.groups)
+        totals = [g.expected for g in self.groups]
+        frames_total = None if any(t is None for t in totals) else sum(totals)
+        self.frames = Rate(frames_total)
+        self.already_done = 0
+        self.errors = 0
+        self.first_row_s: float | None = None
+        self.finished = False
+        self.live = LiveLine(label, self.render, **line_options)
+
+    # ------------------------------------------------------------------ feeding (batch/pipeline.run_job)
+    def begin(self, already_done: int) -> None:
+        """The job starts; `already_done` rows have results from an earlier run (a resume)."""
+        self.already_done = already_done
+        self.frames.done = self.frames.base = already_done
+
+    def rows(self, batch: pa.Table) -> None:
+        """Count one batch of output rows (columns `source` and `error`)."""
+        self.frames.done += batch.num_rows
+        if self.first_row_s is None:  # the rate counts from the first result on (start-up is shown apart)
+            self.first_row_s = time.perf_counter() - self.live.t0
+            self.frames.start, self.frames.base = time.perf_counter(), self.frames.done
+        self.errors += batch.num_rows - batch.column("error").null_count
+        counts = pc.value_counts(batch.column("source")).flatten()
+        for source, n in zip(counts[0].to_pylist(), counts[1].to_pylist()):
+            g = self.group_of.get(source)
+            if g is not None:
+                self.groups[g].seen += n
+
+    def finish(self) -> None:
+        """Every unit has been read (the job ran to its end)."""
+        self.finished = True
+
+    # ------------------------------------------------------------------ rendering
+    @property
+    def units_done(self) -> int:
+        if self.finished:
+            return self.units_total
+        return sum(g.units for g in self.groups if g.expected is not None and g.seen >= g.expected)
+
+    def render(self, elapsed: float) -> str:
+        tty = self.live.tty
+        if self.first_row_s is None and not self.finished:
+            return f"units 0/{self.units_total:,}  starting (listing, actor start and warmup) {duration(elapsed)}"
+        rate = self.frames
+        if rate.done == rate.base or (self.finished and rate.total is None):
+            # one batch so far, or the end of a run whose total was unknown: the rate over the whole run
+            # (start-up included), and what came is the total once all was read
+            rate = Rate(rate.done if self.finished and rate.total is None else rate.total, self.live.t0)
+            rate.done, rate.base = self.frames.done, self.already_done
+        text = f"units {self.units_done:,}/{self.units_total:,}  {rate.fields('frames', tty=tty)}"
+        if rate.total is None and self.units_done and not self.finished:
+            eta = elapsed * (self.units_total - self.units_done) / self.units_done
+            text += f"  ETA ~{duration(eta)} (by units)"
+        text += f"  errors {self.errors:,}"
+        if self.already_done:
+            text += f"  ({self.already_done:,} done before)"
+        return text
+
+    def __enter__(self) -> JobProgress:
+        self.live.start()
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.finish()
+        self.live.close(final=self.first_row_s is not None or self.finished)
+
