@@ -242,12 +242,15 @@ def _train(model: str, out: Path, gpus: int, train_args: dict, call_args: dict, 
     _check_local_gpus(gpus)
     from ultralytics import YOLO
 
+    from yoloray.observe.epochs import epoch_progress
+
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with no_downloads(), warnings.catch_warnings():
         # ultralytics' Ray Tune callback asks for a trial id every epoch; outside Tune that only warns
         warnings.filterwarnings("ignore", message=".*get_trial_id.*")
         yolo = YOLO(model)
+        yolo.add_callback("on_fit_epoch_end", epoch_progress())  # one progress line per epoch
         yolo.train(trainer=OfflineDetectionTrainer, **train_args)
     elapsed = time.time() - t0
     metrics = _metrics_from(yolo)

@@ -134,3 +134,19 @@ def test_nothing_printed_for_a_run_with_nothing_to_do():
     p.live.start()
     p.live.close(final=False)
     assert out.getvalue() == ""
+
+
+def test_epoch_lines_of_a_finetune_run():
+    from types import SimpleNamespace
+
+    from yoloray.observe.epochs import epoch_line, epoch_progress
+
+    assert epoch_line("finetune", 3, 30, 200.0, {"metrics/mAP50-95(B)": 0.41234}) == (
+        "finetune: epoch 3/30 (10%)  0.9 epochs/min  ETA 30:00  mAP50-95 0.412")
+    assert epoch_line("finetune", 30, 30, 2000.0) == "finetune: epoch 30/30 (100%)  0.9 epochs/min"
+    out = io.StringIO()
+    callback = epoch_progress(stream=out)
+    callback(SimpleNamespace(epoch=0, epochs=2, metrics={}))  # ultralytics' trainer: epoch is 0-based
+    callback(SimpleNamespace(epoch=1, epochs=2))
+    lines = out.getvalue().splitlines()
+    assert [ln.split("  ")[0] for ln in lines] == ["finetune: epoch 1/2 (50%)", "finetune: epoch 2/2 (100%)"]

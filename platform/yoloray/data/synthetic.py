@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import tarfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -120,10 +120,19 @@ def _mp_context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
+def _counted(items: Iterator, progress: Callable[[int], None] | None) -> Iterator:
+    for item in items:
+        if progress is not None:
+            progress(1)
+        yield item
+
+
 def generate(out: str | Path, frames: int = 200, seed: int = 0, width: int = 1920, height: int = 1080,
              val_fraction: float = 0.2, formats: Iterable[str] = FORMATS, shard_size: int = 100,
-             video_frames: int = 60, fps: float = 30.0, workers: int | None = None) -> SampleData:
-    """Render `frames` labelled stills (+ a clip) under `out`; the folder dataset is always written."""
+             video_frames: int = 60, fps: float = 30.0, workers: int | None = None,
+             progress: Callable[[int], None] | None = None) -> SampleData:
+    """Render `frames` labelled stills (+ a clip) under `out`; the folder dataset is always written.
+    `progress(n)` is called as each still or clip frame has been rendered."""
     formats = set(formats)
     if formats - set(FORMATS):
         raise ValueError(f"unknown formats {sorted(formats - set(FORMATS))}; choose from {FORMATS}")
@@ -152,7 +161,8 @@ def generate(out: str | Path, frames: int = 200, seed: int = 0, width: int = 192
 
             schema = pa.schema([("key", pa.string()), ("image", pa.binary()), ("labels", pa.string())])
             pqw = stack.enter_context(pq.ParquetWriter(data.parquet_path, schema))
-        stills = pmap(_job, repeat(False), repeat(seed), range(frames), repeat(width), repeat(height), repeat(0))
+        stills = _counted(pmap(_job, repeat(False), repeat(seed), range(frames), repeat(width), repeat(height),
+                               repeat(0)), progress)
         for start in range(0, frames, shard_size):  # one shard / Parquet row group at a time
             chunk = [(f"frame_{i:06d}", *next(stills)) for i in range(start, min(start + shard_size, frames))]
             for i, (name, jpg, txt) in enumerate(chunk, start):
@@ -173,7 +183,7 @@ def generate(out: str | Path, frames: int = 200, seed: int = 0, width: int = 192
                 pqw.write_table(pa.table([[f"{k}.jpg" for k in keys], list(jpgs), list(txts)], schema=schema))
         if data.video_path:
             vmap = partial(pool.map, chunksize=1) if pool else map
-            clip = vmap(_job, repeat(True), repeat(seed), range(video_frames), repeat(width), repeat(height),
-                        repeat(video_frames))
+            clip = _counted(vmap(_job, repeat(True), repeat(seed), range(video_frames), repeat(width), repeat(height),
+                                 repeat(video_frames)), progress)
             _write_video(data, clip, width, height, fps)
     return data

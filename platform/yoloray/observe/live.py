@@ -70,8 +70,8 @@ class Rate:
         else:
             text = f"{noun} {self.done:,}"
         text += f"  {rate:,.1f} {noun}/s"
-        if self.total and self.done:
-            text += f"  ETA {duration(max(0, self.total - self.done) / rate)}" if rate > 0 else ""
+        if self.total and 0 < self.done < self.total and rate > 0:
+            text += f"  ETA {duration((self.total - self.done) / rate)}"
         return text
 
 

@@ -7,6 +7,10 @@ with Ray's `ray_` prefix and Serve's own tags (application, deployment, replica)
     yoloray_serve_batch_size                               histogram, images per engine call
     yoloray_serve_images_total                             images run through the engine
     yoloray_serve_queue_depth                              gauge, images admitted and waiting for a batch
+    yoloray_serve_gpu_memory_bytes{kind}                   gauge, CUDA only: allocated / reserved after the
+                                                           last batch, budget (peak reserved at warmup)
+
+Exported as `ray_yoloray_serve_*` (Ray prefixes `ray_` to custom metrics).
 
 Requests that Serve itself refuses before they reach a replica (503 when `max_queued_requests` is full)
 are counted by Serve's own `ray_serve_num_http_error_requests_total`, not here.
@@ -46,6 +50,8 @@ def serve_metrics() -> dict:
         ),
         "images": Counter("yoloray_serve_images_total", "Images run through the engine"),
         "queue": Gauge("yoloray_serve_queue_depth", "Images admitted to the replica and waiting for a batch"),
+        "gpu_memory": Gauge("yoloray_serve_gpu_memory_bytes", "GPU memory of one replica (CUDA only)",
+                            tag_keys=("kind",)),
     }
 
 
@@ -66,11 +72,25 @@ def record_request(route: str, status: int, seconds: float) -> None:
     m["latency"].observe(seconds, tags)
 
 
-def record_batch(size: int) -> None:
+def record_batch(size: int, device=None) -> None:
     m = serve_metrics()
     m["batch_size"].observe(size)
     m["images"].inc(size)
+    set_gpu_memory(device)
 
 
 def set_queue_depth(n: int) -> None:
     serve_metrics()["queue"].set(n)
+
+
+def set_gpu_memory(device, budget_bytes: int | None = None) -> None:
+    """Allocated and reserved bytes now (and the warmup budget); nothing on the CPU."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return
+    import torch
+
+    m = serve_metrics()["gpu_memory"]
+    m.set(torch.cuda.memory_allocated(device), {"kind": "allocated"})
+    m.set(torch.cuda.memory_reserved(device), {"kind": "reserved"})
+    if budget_bytes is not None:
+        m.set(budget_bytes, {"kind": "budget"})

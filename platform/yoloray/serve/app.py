@@ -133,6 +133,18 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def replica_memory(port: int, route: str) -> str:
+    """The GPU memory budget a replica measured at warmup, from its /info (observe/memory.py)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}/info", timeout=10) as r:
+            return json.loads(r.read())["gpu_memory"]["text"]
+    except Exception as e:  # the service is up; this line is informational
+        return f"GPU memory per replica: unknown ({type(e).__name__}: {e})"
+
+
 def main(argv: list[str] | None = None) -> int:
     """`yoloray serve CONFIG [--address auto] [--no-block]`: deploy the config's applications and block
     until Ctrl-C (then shut them down)."""
@@ -199,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             host, port = http.get("host", "127.0.0.1"), http.get("port", 8000)
             route = (a["route_prefix"] or "").rstrip("/")
             print(f"yoloray serve: {a['name']} is up at http://{host}:{port}{route}/detect", flush=True)
+            print(f"yoloray serve: {a['name']}: {replica_memory(port, route)}", flush=True)
             if grpc.get("grpc_servicer_functions"):
                 print(
                     f"yoloray serve: gRPC Detect at {host}:{grpc.get('port', 9000)} "

@@ -225,5 +225,5 @@ class ImageBatcher:
         s["images"] += n
         s["max_batch"] = max(s["max_batch"], n)
         s["batch_sizes"][n] += 1
-        record_batch(n)
+        record_batch(n, self.detector.device)
         return out

@@ -22,7 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import yoloray
 from yoloray.config import ServeConfig
-from yoloray.observe.serve_metrics import record_request, route_tag
+from yoloray.observe import memory
+from yoloray.observe.serve_metrics import record_request, route_tag, set_gpu_memory
 from yoloray.serve import grpc_api
 from yoloray.serve.batcher import ImageBatcher
 from yoloray.serve.http import (
@@ -167,8 +168,10 @@ class DetectorDeployment:
         )
         self.warmup = self.batcher.warm()
         self.warmup["init_seconds"] = round(time.perf_counter() - t0, 3)
+        self.memory = memory.measure(self.detector.device)  # peak of build and warmup (observe/memory.py)
+        set_gpu_memory(self.detector.device, self.memory.peak_reserved)
         self.replica = _replica_tag()
-        log.info("yoloray replica ready: %r, warmed %s", self.detector, self.warmup)
+        log.info("yoloray replica ready: %r, warmed %s; %s", self.detector, self.warmup, self.memory.text())
 
     # ------------------------------------------------------------------------------ HTTP
     @app.post("/detect")
@@ -218,6 +221,7 @@ class DetectorDeployment:
             "replica": self.replica,
             "stats": self.batcher.stats_snapshot(),
             "queue_depth": self.batcher.waiting,
+            "gpu_memory": {**self.memory.to_dict(), "text": self.memory.text()},
         }
 
     # ------------------------------------------------------------------------------ gRPC
