@@ -123,7 +123,7 @@ def traffic(prometheus, demo_model, tmp_path_factory):
     from yoloray.config import EngineConfig
     from yoloray.data.synthetic import generate
     from yoloray.observe.reports import ActorObserve
-    from yoloray.serve.app import build_application
+    from yoloray.serve.app import build_application, replica_memory
 
     start = time.time() - 5
     d = tmp_path_factory.mktemp("dash")
@@ -147,6 +147,8 @@ def traffic(prometheus, demo_model, tmp_path_factory):
     for _ in range(6):
         assert requests.post(url, data=jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60).ok
     assert requests.post(url, data=b"", headers={"Content-Type": "image/jpeg"}, timeout=60).status_code == 400
+    # the replica's GPU memory budget, as /info and `yoloray serve` report it (not measured on the CPU)
+    assert replica_memory(SERVE_PORT, "") == "GPU memory per Detector: not measured (runs on cpu)"
     return start
 
 

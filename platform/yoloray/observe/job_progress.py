@@ -99,12 +99,14 @@ class JobProgress:
         self.already_done = 0
         self.errors = 0
         self.first_row_s: float | None = None
+        self.began = False  # run_job started the Dataset (not a finished job that had nothing to do)
         self.finished = False
         self.live = LiveLine(label, self.render, **line_options)
 
     # ------------------------------------------------------------------ feeding (batch/pipeline.run_job)
     def begin(self, already_done: int) -> None:
         """The job starts; `already_done` rows have results from an earlier run (a resume)."""
+        self.began = True
         self.already_done = already_done
         self.frames.done = self.frames.base = already_done
 
@@ -158,5 +160,5 @@ class JobProgress:
     def __exit__(self, exc_type, *exc) -> None:
         if exc_type is None:
             self.finish()
-        self.live.close(final=self.first_row_s is not None or self.finished)
+        self.live.close(final=self.began)
 

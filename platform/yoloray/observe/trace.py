@@ -132,7 +132,7 @@ class Tracer:
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
-        self._prof = profile(activities=activities, record_shapes=False)
+        self._prof = profile(activities=activities, record_shapes=False, acc_events=True)
         self._prof.__enter__()
         self._t0 = time.perf_counter()
         if self.cuda:
