@@ -25,5 +25,6 @@ def test_kind_of_real_decode_errors(data, kind):
 def test_kinds_are_a_fixed_set():
     assert error_kind("cannot read tar member: permission denied") == "unreadable input"
     assert error_kind("") == "other"
-    assert len(set(ERROR_KINDS)) == len(ERROR_KINDS) == 8
+    assert len(set(ERROR_KINDS)) == len(ERROR_KINDS) == 10
+    assert error_kind("cannot open video clip.mp4: no stream") == "unreadable video"
     assert {error_kind(m) for m in ("x", "", "truncated", "corrupt", "over the limit")} <= set(ERROR_KINDS)

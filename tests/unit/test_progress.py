@@ -133,7 +133,7 @@ def test_nothing_printed_for_a_run_with_nothing_to_do():
                     interval_s=60)
     with p:  # run_job returned before starting the Dataset (every input already had results)
         pass
-    assert out.getvalue() == ""
+    assert out.getvalue() == "" and p.live._thread is None
 
 
 def test_epoch_lines_of_a_finetune_run():

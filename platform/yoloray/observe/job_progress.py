@@ -109,6 +109,7 @@ class JobProgress:
         self.began = True
         self.already_done = already_done
         self.frames.done = self.frames.base = already_done
+        self.live.start()  # not before: a finished job's rerun ("nothing to do") prints no progress
 
     def rows(self, batch: pa.Table) -> None:
         """Count one batch of output rows (columns `source` and `error`)."""
@@ -154,7 +155,6 @@ class JobProgress:
         return text
 
     def __enter__(self) -> JobProgress:
-        self.live.start()
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
