@@ -132,7 +132,7 @@ def main() -> int:
         return 2
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    from yoloray.config import EngineConfig
+    from yoloray.config import Profile
     from yoloray.data.synthetic import generate
     from yoloray.detector import Detector
     from yoloray.engines import build_engine
@@ -143,8 +143,8 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name(0)}; {os.cpu_count()} CPUs; {len(datas)} JPEGs, "
           f"CUDA_DEVICE_MAX_CONNECTIONS={a.cuda_connections}, "
           f"mean {sum(map(len, datas)) / len(datas) / 1e3:.0f} kB", flush=True)
-    cfg = EngineConfig(model="yolov8s.yaml", precision="fp16", channels_last=True, cuda_graph=True, imgsz=SHAPE,
-                       batch_size=128, device="cuda")
+    cfg = Profile(model="yolov8s.yaml", precision="fp16", channels_last=True, cuda_graph=True, imgsz=SHAPE,
+                  batch_size=128, micro_batch=None, device="cuda")
     engine = build_engine(cfg, device)
     engine.warmup(128, SHAPE)
     n, wall = infer_loop(engine, 128, a.seconds, torch.cuda.Stream())
@@ -152,7 +152,7 @@ def main() -> int:
     record("model alone (YOLOv8s fp16 CUDA graph 384x640 b128)", images_per_s=round(model_alone))
     engines = {128: engine}
     for micro in MICRO_BATCHES:
-        engines[micro] = build_engine(cfg.model_copy(update={"micro_batch": micro}), device)
+        engines[micro] = build_engine(cfg.replace(micro_batch=micro), device)
         engines[micro].warmup(128, SHAPE)
         n, wall = infer_loop(engines[micro], 128, a.seconds, torch.cuda.Stream())
         record(f"model alone, batch 128 as {128 // micro} replays of {micro}", images_per_s=round(n / wall))
@@ -196,7 +196,7 @@ def main() -> int:
     images = sum(len(c) for c in chunks)
     for name, micro in [(d, m) for d in ["torchvision"] + (["nvimgcodec"] if nvimgcodec_missing() is None else [])
                         for m in (None, 32)]:
-        det = Detector(cfg.model_copy(update={"decode": "gpu", "gpu_decoder": name, "micro_batch": micro}),
+        det = Detector(cfg.replace(decode="gpu", gpu_decoder=name, micro_batch=micro),
                        decode_threads=8).warmup()
         for callers in (1, 2, 3):
             with ThreadPoolExecutor(callers) as pool:

@@ -9,7 +9,9 @@ use the same YOLOv8s random weights, saved once as an ultralytics checkpoint. Ro
   (1) bare model ceiling: fp16 + channels_last + CUDA graph on ready GPU tensors (640x640 and 384x640)
   (2) ultralytics `predict(files, batch=32, half=True)` over JPEG files
   (3) the Ray Data docs pattern: `read_images` -> `map_batches(YOLO class, num_gpus=1)`
-  (4) `yoloray infer` configurations, archive -> Parquet on disk, actor start included (levers tried)
+  (4) `yoloray infer` configurations, archive -> Parquet on disk, actor start included (levers tried); the
+      configuration `auto` is `yoloray infer SHARDS --out O --model M` with no other flag (the resolved default
+      profile), and `profile:PATH` is `yoloray infer ... --profile PATH` (e.g. a `yoloray tune` winner)
 plus a per-stage breakdown of the best (4) configuration. Prints a table last; writes JSON to --out.
 """
 
@@ -103,12 +105,12 @@ def sync() -> None:
 
 
 def bare_model(weights: Path) -> None:
-    from yoloray.config import EngineConfig
+    from yoloray.config import Profile
     from yoloray.engines import build_engine
 
     for shape, batch in (((640, 640), 64), ((384, 640), 128)):
-        cfg = EngineConfig(model=str(weights), precision="fp16" if GPU else "fp32", channels_last=True, cuda_graph=GPU,
-                           imgsz=shape, batch_size=batch if GPU else 4, device=DEVICE)
+        cfg = Profile(model=str(weights), precision="fp16" if GPU else "fp32", channels_last=True, cuda_graph=GPU,
+                      imgsz=shape, batch_size=batch if GPU else 4, micro_batch=None, device=DEVICE)
         batch = cfg.batch_size
         eng = build_engine(cfg, torch.device(DEVICE))
         eng.warmup(batch, shape)
@@ -175,14 +177,42 @@ def pool(actors: int, calls: int, threads: int | None = None, per_call: int | No
     return options
 
 
+def yoloray_cli(name: str, weights: Path, shards: Path, out: Path, label: str = "") -> dict | None:
+    """A (4) row run through the command line, in this process (Ray is already up): `auto` is `yoloray infer`
+    with no flag but the model; `profile:PATH` adds `--profile PATH`. The resolved profile is in the row."""
+    import yaml
+
+    from yoloray.cli import main as cli
+
+    dest = out / name.replace("/", "_").replace(":", "_")
+    shutil.rmtree(dest, ignore_errors=True)
+    argv = ["infer", str(shards), "--out", str(dest), "--model", str(weights)]
+    if name.startswith("profile:"):
+        argv += ["--profile", name.removeprefix("profile:")]
+    t, began = time.perf_counter(), time.time()
+    if cli(argv) != 0:
+        raise RuntimeError(f"yoloray {' '.join(argv)} failed")
+    seconds = time.perf_counter() - t
+    summary = json.loads((dest / "_summary.json").read_text())
+    profile = yaml.safe_load((dest / "_profile.yaml").read_text())
+    run = seconds - summary["first_result_s"]
+    steady = summary["images"] / run if run > 1.0 else None
+    shutil.rmtree(dest, ignore_errors=True)
+    what = "no flags (auto profile)" if name == "auto" else f"--profile {name.removeprefix('profile:')}"
+    return row(f"(4) yoloray infer {what}" + (f" ({label})" if label else ""), summary["images"], seconds, config=name,
+               label=label or None, startup_s=round(summary["first_result_s"], 1),
+               steady_images_per_s=round(steady, 1) if steady else None, errors=sum(summary["errors"].values()),
+               engine=profile, actor=profile.get("layout"), gpus=1, wall_clock=(round(began, 1), round(began + seconds, 1)))
+
+
 def yoloray_infer(name: str, weights: Path, shards: Path, out: Path, engine: dict, actor: dict, gpus: int = 1,
                   label: str = "") -> dict | None:
     """One (4) row: `run_job` (what `yoloray infer` runs) from the shards to Parquet. `actor` is per GPU; the
     pool gets `gpus` times its actors (fractional actors pack onto as few GPUs as they fill)."""
     from yoloray.batch import ActorOptions, run_job
-    from yoloray.config import EngineConfig
+    from yoloray.config import Profile
 
-    cfg = EngineConfig(model=str(weights), **engine)
+    cfg = Profile(model=str(weights), **engine)
     actor = {**actor, "actors": actor.get("actors", 1) * gpus}
     actor.setdefault("gpus_per_actor", 1.0 if GPU else 0.0)
     dest = out / name
@@ -237,14 +267,14 @@ def actor_startup(weights: Path, engine: dict) -> None:
             import ultralytics  # noqa: F401
 
             marks.append(("import_ultralytics", time.perf_counter()))
-            from yoloray.config import EngineConfig
+            from yoloray.config import Profile
             from yoloray.detector import Detector
             from yoloray.engines.torch_backend import load_model
 
             marks.append(("import_yoloray", time.perf_counter()))
             load_model(engine["model"])  # alone, to see its share of the build (the Detector loads it again)
             marks.append(("model_load_cpu", time.perf_counter()))
-            det = Detector(EngineConfig(**engine))  # the CUDA context is created while the model loads
+            det = Detector(Profile(**engine))  # the CUDA context is created while the model loads
             marks.append(("detector_build", time.perf_counter()))
             det.warmup()
             marks.append(("warmup", time.perf_counter()))
@@ -268,7 +298,7 @@ def stage_breakdown(weights: Path, shards: Path, engine: dict, n: int = 2048) ->
     """Per-stage time of the Detector alone (synchronized stages, so they add up), on archive bytes."""
     import tarfile
 
-    from yoloray.config import EngineConfig
+    from yoloray.config import Profile
     from yoloray.detector import Detector
 
     datas = []
@@ -277,7 +307,7 @@ def stage_breakdown(weights: Path, shards: Path, engine: dict, n: int = 2048) ->
             datas += [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg")]
         if len(datas) >= n:
             break
-    det = Detector(EngineConfig(model=str(weights), **engine), profile=True).warmup()
+    det = Detector(Profile(model=str(weights), **engine), profile=True).warmup()
     det.detect(datas[: engine["batch_size"]])
     t = time.perf_counter()
     dets = det.detect(datas[:n])
@@ -333,10 +363,11 @@ def main() -> int:
     one_gpu = 1 if a.scaling and GPU else None  # scaling run: every row but the last sees one GPU
     ray.init(num_gpus=one_gpu, include_dashboard=False, log_to_driver=False, configure_logging=False)
     print(f"ray.init {time.perf_counter() - t:.1f} s (not counted in any row)", flush=True)
-    fast = {"precision": "fp16", "channels_last": True, "cuda_graph": True, "imgsz": (384, 640), "batch_size": 64,
+    # hand-set rows: every field they do not set is pinned to its value before profiles (not `auto`)
+    fast = {"micro_batch": None, "precision": "fp16", "channels_last": True, "cuda_graph": True, "imgsz": (384, 640), "batch_size": 64,
             "device": "cuda"}
     if not GPU:  # dry run: same code paths that exist on a CPU
-        fast = {"precision": "fp32", "imgsz": (384, 640), "batch_size": 8, "device": "cpu"}
+        fast = {"micro_batch": None, "precision": "fp32", "imgsz": (384, 640), "batch_size": 8, "device": "cpu"}
     b128 = {**fast, "batch_size": 128}
     tv = {**b128, "decode": "gpu", "gpu_decoder": "torchvision"}
     nv = {**b128, "decode": "gpu", "gpu_decoder": "nvimgcodec"}
@@ -392,8 +423,14 @@ def main() -> int:
         ("bare", lambda: bare_model(weights)),
         ("predict", lambda: ultralytics_predict(weights, files, a.peer_images)),
         ("docs", lambda: ray_docs_pattern(weights, files, a.peer_images)),
-    ] + [("infer", (lambda n=n: yoloray_infer(n, weights, shards, work / "out", *configs[n]))) for n in wanted]
-    steps.insert(0, ("startup", lambda: actor_startup(weights, configs[wanted[0]][0])))
+    ] + [("infer", (lambda n=n: yoloray_infer(n, weights, shards, work / "out", *configs[n]) if n in configs
+                    else yoloray_cli(n, weights, shards, work / "out"))) for n in wanted]
+    unknown = [n for n in wanted if n not in configs and n != "auto" and not n.startswith("profile:")]
+    if unknown:
+        p.error(f"unknown --configs {', '.join(unknown)}; known: auto, profile:PATH, {', '.join(configs)}")
+    hand_set = [n for n in wanted if n in configs]
+    if hand_set:
+        steps.insert(0, ("startup", lambda: actor_startup(weights, configs[hand_set[0]][0])))
     if a.scaling:
         steps.append(("scaling", lambda: scaling(a.scaling, weights, shards, work / "out", configs[a.scaling])))
     for name, step in steps:
@@ -410,7 +447,11 @@ def main() -> int:
         name = a.long_config or max(infer_rows, key=lambda r: r["images_per_s"])["config"]
         long_shards, n = repeat_shards(base_shards, work / "shards-long", a.long_images)
         try:  # a row of its own: the best configuration, the stages and the ratios stay those of --images jobs
-            yoloray_infer(name, weights, long_shards, work / "out", *configs[name], label=f"long job, {n:,} images")
+            label = f"long job, {n:,} images"
+            if name in configs:
+                yoloray_infer(name, weights, long_shards, work / "out", *configs[name], label=label)
+            else:
+                yoloray_cli(name, weights, long_shards, work / "out", label=label)
         except Exception:
             traceback.print_exc()
         (out / "e2e.json").write_text(json.dumps(RESULTS, indent=1, default=str))

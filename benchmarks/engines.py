@@ -50,9 +50,9 @@ FAST_IOU, FAST_SCORE, MIN_FIDELITY = 0.9, 0.05, 0.97
 START = """
 import json, sys, time
 t0 = time.perf_counter()
-from yoloray.config import EngineConfig
+from yoloray.config import Profile
 from yoloray.detector import Detector
-Detector(EngineConfig.parse(json.loads(sys.argv[1]))).warmup()
+Detector(Profile.parse(json.loads(sys.argv[1]))).warmup()
 print(json.dumps({"start_s": time.perf_counter() - t0}))
 """
 
@@ -101,18 +101,20 @@ def start_up(fields: dict, cache: str, work: Path) -> tuple[float, float]:
 
 def measure(row: dict, spec: dict, args, model: str, images: list[bytes], held: list[bytes], calib: str,
             exact, work: Path) -> dict:
-    from yoloray.config import EngineConfig
+    from yoloray.config import Profile
     from yoloray.detector import Detector
     from yoloray.fidelity import compare
+    from yoloray.profile import EXACT_PATH
 
     device = spec["device"]
-    base = {"imgsz": list(spec["imgsz"]), "batch_size": args.batch or spec["batch"], "device": device, **row}
+    base = {**EXACT_PATH, "imgsz": list(spec["imgsz"]), "batch_size": args.batch or spec["batch"], "device": device,
+            **row}  # every knob a row does not set: off (not `auto`)
     if row.get("precision") == "int8":
         base["calibration"] = calib
     result = {"row": name(row)}
     cache = str(work / "cache" / name(row).replace(" ", "-"))
     try:
-        det = Detector(EngineConfig.parse({**base, "model": model, "cache_dir": cache})).warmup()
+        det = Detector(Profile.parse({**base, "model": model, "cache_dir": cache})).warmup()
     except Exception as e:  # a provider or library missing here: the row says why
         return {**result, "error": f"{type(e).__name__}: {str(e)[:300]}"}
     sync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
@@ -128,7 +130,7 @@ def measure(row: dict, spec: dict, args, model: str, images: list[bytes], held: 
 
     result["detector_images_per_s"] = timed(detect, b, args.seconds, sync)
     det.close()
-    demo = Detector(EngineConfig.parse({**base, "cache_dir": cache})).warmup()  # default model: the demo detector
+    demo = Detector(Profile.parse({**base, "cache_dir": cache})).warmup()  # default model: the demo detector
     fid = compare(exact, demo.detect(held), iou=FAST_IOU, score_tol=FAST_SCORE)
     result.update(fidelity=fid.rate, boxes=int(fid.reference))
     demo.close()
@@ -168,9 +170,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-startup", dest="startup", action="store_false", help="skip the cold/warm start-up runs")
     args = p.parse_args(argv)
     spec = MODES[args.mode]
-    from yoloray.config import EngineConfig
+    from yoloray.config import Profile, default_model
     from yoloray.detector import Detector
     from yoloray.engines.torch_backend import save_random_checkpoint
+    from yoloray.profile import EXACT_PATH
 
     work = Path(tempfile.mkdtemp(prefix="yoloray-engines-"))
     model = str(save_random_checkpoint(spec["model"], work / "model.pt")) if spec["model"] else None
@@ -179,11 +182,11 @@ def main(argv=None) -> int:
     images, held, calib = frames(work, args.frames or max(2 * b, 160))
     print(f"frames generated in {time.perf_counter() - t0:.1f} s", flush=True)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    exact = Detector(EngineConfig(imgsz=spec["imgsz"], batch_size=b, device=spec["device"])).detect(held)
+    exact = Detector(Profile(imgsz=spec["imgsz"], batch_size=b, device=spec["device"], **EXACT_PATH)).detect(held)
     rows = spec["rows"] if not args.rows else [spec["rows"][int(i)] for i in args.rows.split(",")]
     results = []
     for row in rows:
-        r = measure(row, spec, args, model or EngineConfig().model, images, held, calib, exact, work)
+        r = measure(row, spec, args, model or default_model(), images, held, calib, exact, work)
         results.append(r)
         print(json.dumps(r), flush=True)
     ref = next((r["model_images_per_s"] for r in results if r["row"] == "torch fp32" and "error" not in r), None)

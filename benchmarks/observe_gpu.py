@@ -41,12 +41,13 @@ def frames(n: int) -> list[bytes]:
 
 
 def engine(args):
-    from yoloray.config import EngineConfig
+    from yoloray.config import Profile
+    from yoloray.profile import EXACT_PATH
 
     if args.device == "cpu":  # a smoke run of this script on a machine without a GPU
-        return EngineConfig(model=args.model, imgsz=(384, 640), batch_size=args.batch, device="cpu")
-    return EngineConfig(model=args.model, precision="fp16", imgsz=(384, 640), batch_size=args.batch,
-                        cuda_graph=True, decode="gpu", device=args.device)
+        return Profile(model=args.model, imgsz=(384, 640), batch_size=args.batch, device="cpu", **EXACT_PATH)
+    return Profile(model=args.model, imgsz=(384, 640), batch_size=args.batch, device=args.device,
+                   **{**EXACT_PATH, "precision": "fp16", "cuda_graph": True, "decode": "gpu"})
 
 
 def in_process(args, jpegs: list[bytes]) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""The default `yoloray tune` sweep against an exhaustive grid over the same space (issue 6).
+"""The default `yoloray tune` sweep against an exhaustive grid over the same space (issues 6 and 16).
 
     python benchmarks/tune_vs_grid.py --gpus 4 --out $OUT      (on the H200 machine; see benchmarks/README.md)
 
@@ -6,10 +6,18 @@
 (2) The default sweep: `yoloray tune --model M --gpus N --out OUT/sweep` through the same entry as the CLI and
     jobs/tune_sweep.py (`yoloray.tune.sweep.main`), timed by wall clock (Ray start not counted: one `ray.init`
     for both runs). Torch's compile cache starts empty (unless TORCHINDUCTOR_CACHE_DIR is set), as on a first sweep.
-(3) The grid: the same command with `--budget-trials` = the number of points of that space, into OUT/grid.
-(4) A markdown table (wall time, trials, winner / best configuration and images/s, ratio) and OUT/tune_vs_grid.json.
-The ratio is given twice: the sweep's own figure for its winner over the grid's best, and the grid's figure for
-the sweep's winner over the grid's best (one run, so no run-to-run noise).
+(3) The grid: the same command with `--budget-trials` = the number of points of that space and `--layout-top`
+    = `--grid-layout-top` (default: every point), into OUT/grid: every engine point in-process, then every
+    layout of the layout level for each, as real batch jobs over the same sample (the exhaustive layout grid).
+(4) A markdown table (wall time, trials, layout runs, winner / best profile and images/s end to end, ratio) and
+    OUT/tune_vs_grid.json. Both levels are compared: the engine level by the trials' images/s, the layout level
+    (what a batch job gets) by the runs' images/s end to end. Each ratio is given twice: the sweep's own figure
+    for its winner over the grid's best, and the grid's figure for the sweep's winner (same profile) over the
+    grid's best (one run, so no run-to-run noise). Run the winner's OUT/sweep/profile.yaml as a batch job with
+    `benchmarks/e2e.py --configs profile:OUT/sweep/profile.yaml,...`.
+The exhaustive grid is long: 16 default engine points x 6 default layouts = 96 batch jobs of --layout-images
+members (~20 s each at 20,000 on one H200), so split it (`--skip-sweep`, `--grid-layout-top K`) within a
+command's time limit.
 
 Split over two machines or commands: `--skip-grid` (sweep only), then `--skip-sweep --sweep-json FIRST.json`
 (grid only, compared with the first command's sweep). Without a GPU it is a CPU dry run: yolov8n.yaml random
@@ -43,7 +51,7 @@ def tune_argv(a, out: Path, gpus: int) -> list[str]:
     argv = ["--model", a.model, "--gpus", str(gpus), "--out", str(out),
             "--serve-config", str(out / "serve_config.yaml")]
     for flag, value in (("--space", a.space), ("--frame-size", a.frame_size), ("--window-seconds", a.window_seconds),
-                        ("--max-windows", a.max_windows)):
+                        ("--max-windows", a.max_windows), ("--layout-images", a.layout_images)):
         if value is not None:
             argv += [flag, str(value)]
     return argv
@@ -58,6 +66,26 @@ def _point(row) -> dict:
         v = v.item() if hasattr(v, "item") else v
         out[k] = None if isinstance(v, float) and math.isnan(v) else v
     return out
+
+
+def _layout(out: Path) -> dict:
+    """The layout level of a run: its runs, the best (end to end), and the written winner profile's run."""
+    import pandas as pd
+
+    path = out / "layout.parquet"
+    if not path.is_file():
+        return {"layout_runs": 0}
+    df = pd.read_parquet(path)
+    ok = df[df["status"] == "ok"]
+    runs = [{k: r[k] for k in ("engine", "layout", "status", "images_per_s", "steady_images_per_s", "profile")
+             if k in r} for _, r in df.iterrows()]
+    best = ok.loc[ok["images_per_s"].idxmax()] if not ok.empty else None
+    written = (out / "profile.yaml").read_text() if (out / "profile.yaml").is_file() else None
+    return {"layout_runs": len(df), "runs": runs, "winner_profile": written,
+            "layout_best": None if best is None else {"engine": best["engine"], "layout": best["layout"],
+                                                      "images_per_s": round(float(best["images_per_s"]), 1),
+                                                      "steady_images_per_s": round(float(best["steady_images_per_s"]), 1),
+                                                      "profile": best["profile"]}}
 
 
 def run_phase(name: str, argv: list[str]) -> dict:
@@ -83,6 +111,7 @@ def run_phase(name: str, argv: list[str]) -> dict:
     result.update(trials=len(df), ok_trials=int((df["status"] == "ok").sum()),
                   budget_trials=settings.budget_trials, budget_minutes=settings.budget_minutes,
                   points=[{**_point(r), "images_per_s": float(r["images_per_s"])} for _, r in df.iterrows()])
+    result.update(_layout(out))
     best = pick_winner(df, settings)
     if best is not None:
         result.update(config=_point(best), images_per_s=round(float(best["images_per_s"]), 1),
@@ -97,12 +126,14 @@ def describe(config: dict | None) -> str:
 
 
 def summary(sweep: dict | None, grid: dict | None, n_points: int) -> tuple[str, dict]:
-    rows = ["| run | wall s | trials (ok) | winner / best configuration | images/s |",
-            "| --- | ---: | ---: | --- | ---: |"]
+    rows = ["| run | wall s | trials (ok) | engine winner / best | images/s | layout runs | layout winner / best | "
+            "images/s end to end |", "| --- | ---: | ---: | --- | ---: | ---: | --- | ---: |"]
     for label, r in (("default sweep", sweep), (f"grid over all {n_points} points", grid)):
         if r is not None:
+            lb = r.get("layout_best") or {}
             rows.append(f"| {label}, {r.get('gpus', '?')} GPU(s) | {r['wall_s']:.0f} | {r['trials']} ({r['ok_trials']}) | "
-                        f"{describe(r['config'])} | {r['images_per_s'] or 0:,.1f} |")
+                        f"{describe(r['config'])} | {r['images_per_s'] or 0:,.1f} | {r.get('layout_runs', 0)} | "
+                        f"{lb.get('engine', '-')} {lb.get('layout', '')} | {lb.get('images_per_s', 0):,.1f} |")
     ratios: dict = {}
     if sweep and grid and sweep["images_per_s"] and grid["images_per_s"]:
         ratios["winner_over_best"] = round(sweep["images_per_s"] / grid["images_per_s"], 3)
@@ -114,6 +145,15 @@ def summary(sweep: dict | None, grid: dict | None, n_points: int) -> tuple[str, 
         rows.append(f"winner / best: {ratios['winner_over_best']:.3f} (the sweep's figure for its winner)"
                     + (f"; {ratios['winner_in_grid_over_best']:.3f} (the grid's figure for the sweep's winner)"
                        if same else "; the sweep's winner is not among the grid's trials"))
+    lb_s, lb_g = (sweep or {}).get("layout_best"), (grid or {}).get("layout_best")
+    if lb_s and lb_g:
+        ratios["layout_winner_over_best"] = round(lb_s["images_per_s"] / lb_g["images_per_s"], 3)
+        same = [r["images_per_s"] for r in grid.get("runs", []) if r.get("profile") == sweep.get("winner_profile")]
+        if same:
+            ratios["layout_winner_in_grid_over_best"] = round(same[0] / lb_g["images_per_s"], 3)
+        rows.append(f"layout level (batch jobs) winner / best: {ratios['layout_winner_over_best']:.3f} (the sweep's "
+                    "figure for its profile)" + (f"; {ratios['layout_winner_in_grid_over_best']:.3f} (the grid's run "
+                                                 "of the same profile)" if same else "; the grid did not run that profile"))
     return "\n".join(rows), ratios
 
 
@@ -129,6 +169,9 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/results/tune_vs_grid", help="run folders sweep/, grid/ and the JSON")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "yoloray-tune-vs-grid"),
                    help="weights and torch's compile cache")
+    p.add_argument("--grid-layout-top", type=int, help="engine points the grid runs at the layout level "
+                   "(default: all; each is run once per layout)")
+    p.add_argument("--layout-images", type=int, help="archive members per layout run (default: yoloray tune's)")
     p.add_argument("--skip-grid", action="store_true")
     p.add_argument("--skip-sweep", action="store_true")
     p.add_argument("--sweep-json", help="with --skip-sweep: a tune_vs_grid.json whose sweep is compared")
@@ -180,7 +223,8 @@ def main() -> int:
         elif first is not None:
             sweep = first["sweep"]
         if not a.skip_grid:
-            grid = run_phase("grid", [*tune_argv(a, out / "grid", a.gpus), "--budget-trials", str(n_points)])
+            grid = run_phase("grid", [*tune_argv(a, out / "grid", a.gpus), "--budget-trials", str(n_points),
+                                      "--layout-top", str(a.grid_layout_top or n_points)])
     finally:
         ray.shutdown()
     table, ratios = summary(sweep, grid, n_points)

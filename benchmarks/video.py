@@ -198,9 +198,10 @@ def ray_docs_pattern(weights: Path, clips: list[Path], frames: int) -> None:
 
 def yoloray_infer(name: str, weights: Path, folder: Path, out: Path, engine: dict, actor: dict) -> dict:
     from yoloray.batch import ActorOptions, run_job
-    from yoloray.config import EngineConfig
+    from yoloray.config import Profile
+    from yoloray.profile import EXACT_PATH
 
-    cfg = EngineConfig(model=str(weights), **engine)
+    cfg = Profile(model=str(weights), **{**EXACT_PATH, **engine})  # unset knobs off, as before profiles
     dest = out / name
     shutil.rmtree(dest, ignore_errors=True)
     t = time.perf_counter()
@@ -219,10 +220,11 @@ def stage_breakdown(weights: Path, units: list[dict], engine: dict, frames: int)
     import pyarrow as pa
 
     from yoloray.batch.video import SegmentRunner
-    from yoloray.config import EngineConfig
+    from yoloray.config import Profile
     from yoloray.detector import Detector
+    from yoloray.profile import EXACT_PATH
 
-    det = Detector(EngineConfig(model=str(weights), **engine), profile=True).warmup()
+    det = Detector(Profile(model=str(weights), **{**EXACT_PATH, **engine}), profile=True).warmup()
     runner = SegmentRunner(det, det.key)
     picked, n = [], 0
     for u in units:

@@ -1,6 +1,6 @@
 """Batch inference as a Ray job:
 
-    ray job submit --working-dir . -- python jobs/batch_inference.py SOURCE... --out DIR [options]
+    ray job submit --working-dir . -- python jobs/batch_inference.py SOURCE... --out DIR [--profile FILE] [options]
 
 Thin: parses nothing itself, runs `yoloray infer` on the cluster it is submitted to (address=auto).
 """

@@ -1,7 +1,7 @@
 """yoloray: YOLO detection over huge image and video archives on Ray.
 
 Batch (Ray Data), Tune (Ray Tune) and Serve (Ray Serve) all build the same `Detector` from the same
-`EngineConfig`, so what was measured is what runs.
+resolved `Profile` (yoloray.config, yoloray.profile), so what was measured is what runs.
 """
 
 from __future__ import annotations

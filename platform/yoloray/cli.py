@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -18,6 +19,9 @@ os.environ.setdefault("YOLO_VERBOSE", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+PROFILE_ENV = "YOLORAY_PROFILE"  # a profile file used when --profile is not given
+
+
 class UserError(Exception):
     """Something the user can fix; printed as one line."""
 
@@ -25,39 +29,76 @@ class UserError(Exception):
 def _engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--model", help="weights .pt or model YAML (default: the bundled demo detector)")
-    g.add_argument("--config", help="engine config YAML (flags below override its fields)")
+    g.add_argument("--profile", "--config", dest="config",
+                   help=f"profile YAML (a tune winner's or a job's _profile.yaml, or a flat engine config; default: "
+                   f"${PROFILE_ENV} when set); flags override its fields; fields left out or auto are resolved "
+                   "for the hardware and inputs found")
     g.add_argument("--backend", help="torch | torch-compile | onnxruntime (see `yoloray backends`)")
     g.add_argument("--provider", help="onnxruntime provider: cpu | cuda | tensorrt (default: the best present; "
                    "tensorrt is built against ONNX Runtime's documented options, not run here)")
-    g.add_argument("--imgsz", help="input size: 640 or HxW such as 384x640")
-    g.add_argument("--precision", help="fp32 | fp16 | bf16 | int8 (onnxruntime cpu/tensorrt)")
+    g.add_argument("--imgsz", help="input size: 640 or HxW such as 384x640 (default auto: the frames' stride-aligned "
+                   "rectangle, as ultralytics' rect letterbox; 1920x1080 frames -> 384x640)")
+    g.add_argument("--precision", help="fp32 | fp16 | bf16 | int8 (onnxruntime cpu/tensorrt) (default auto: fp16 on "
+                   "CUDA, fp32 on CPU)")
     g.add_argument("--calibration", help="int8: folder, glob or archive of your own images to calibrate on "
                    "(infer: default its own inputs)")
     g.add_argument("--cache-dir", dest="cache_dir", help="built-engine cache shared by actors and jobs: a path or "
                    "a pyarrow URI such as s3://bucket/dir (default $YOLORAY_CACHE or ~/.cache/yoloray)")
-    g.add_argument("--batch-size", type=int, dest="batch_size")
+    g.add_argument("--batch-size", type=int, dest="batch_size", help="engine batch (default auto: 128 CUDA, 16 CPU)")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     g.add_argument("--decode", help="cpu (OpenCV / PyAV) | gpu (the GPU's JPEG decoder; NVDEC for video, needs "
-                   "PyNvVideoCodec, not tested without a GPU) | hybrid (default cpu)")
+                   "PyNvVideoCodec, not tested without a GPU) | hybrid (default auto: hybrid or gpu for JPEGs on CUDA, gpu for "
+                   "video with NVDEC present, else cpu)")
     g.add_argument("--conf", type=float, help="confidence threshold (default 0.25)")
     g.add_argument("--iou", type=float, help="NMS IoU threshold (default 0.7)")
     g.add_argument("--max-det", type=int, dest="max_det", help="max detections per image (default 300)")
 
 
+def _layout_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("layout (how the work is spread; never changes a detection)")
+    g.add_argument("--actors-per-gpu", type=int, dest="actors_per_gpu", help="detector actors sharing one GPU")
+    g.add_argument("--actors", type=int, help="detector actors in all (default: actors per GPU x GPUs, 1 on CPU)")
+    g.add_argument("--gpus-per-actor", type=float, dest="gpus_per_actor",
+                   help="GPU share of an actor, 1/N (0.5 puts two on a GPU); the same as --actors-per-gpu N")
+    g.add_argument("--calls-per-actor", type=int, dest="calls_per_actor",
+                   help="concurrent batches per actor, to overlap decode with inference")
+    g.add_argument("--decode-threads", type=int, dest="decode_threads", help="CPU decode threads per actor")
+    g.add_argument("--batches-per-call", type=int, dest="batches_per_call",
+                   help="engine batches of rows per actor call; a call's last batch may be short")
+
+
+FLAGS = ("model", "backend", "provider", "imgsz", "precision", "calibration", "cache_dir", "batch_size", "device",
+         "decode", "conf", "iou", "max_det", "actors_per_gpu", "actors", "calls_per_actor", "decode_threads",
+         "batches_per_call")
+
+COUNTS = ("batch_size", "actors_per_gpu", "actors", "calls_per_actor", "decode_threads", "batches_per_call")
+
+
 def engine_config(args):
-    """EngineConfig from --config plus flag overrides."""
-    from yoloray.config import EngineConfig
+    """The Profile from --profile (else $YOLORAY_PROFILE) plus flag overrides; fields may still be `auto`."""
+    from yoloray.config import ConfigError, Profile
 
     fields = {}
-    if getattr(args, "config", None):
-        base = EngineConfig.from_yaml(args.config)
-        fields = base.model_dump()
-    for name in ("model", "backend", "provider", "imgsz", "precision", "calibration", "cache_dir", "batch_size",
-                 "device", "decode", "conf", "iou", "max_det"):
+    path = getattr(args, "config", None) or os.environ.get(PROFILE_ENV)
+    if path:
+        try:
+            fields = Profile.from_yaml(path).model_dump()
+        except ConfigError as e:
+            raise ConfigError(f"{e}{'' if getattr(args, 'config', None) else f' (from ${PROFILE_ENV})'}") from None
+    share = getattr(args, "gpus_per_actor", None)
+    if share is not None:
+        if not 0 < share <= 1 or abs(1 / share - round(1 / share)) > 0.05 * round(1 / share):
+            raise UserError(f"--gpus-per-actor {share}: give 1/N of a GPU (1, 0.5, 0.33, 0.25...), or --actors-per-gpu N")
+        if getattr(args, "actors_per_gpu", None) not in (None, round(1 / share)):
+            raise UserError("--gpus-per-actor and --actors-per-gpu disagree; give one of them")
+        args.actors_per_gpu = round(1 / share)
+    for name in FLAGS:
         value = getattr(args, name, None)
         if value is not None:
+            if name in COUNTS and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
             fields[name] = value
-    return EngineConfig.parse(fields, source="engine options")
+    return Profile.parse(fields, source="options")
 
 
 # ----------------------------------------------------------------------------------------- commands
@@ -92,6 +133,27 @@ def _print_rows(rows: list[dict], args) -> None:
             )
 
 
+def _detect_profile(args, paths: list[Path]):
+    """The detect command's profile, resolved for this machine and a sample of the files (a clip's frames when
+    only videos are given); printed with -v."""
+    from yoloray.data.inputs import kind_of
+    from yoloray.profile import Hardware, Sample, resolve, summary
+
+    profile = engine_config(args)
+    images = [p for p in paths if kind_of(p.name) != "video"]
+    if images or not paths:
+        sample = Sample.of_images([p.read_bytes() for p in images[:8]])
+    else:
+        from yoloray.data.units import list_units
+
+        sample = Sample.of_units(list_units([str(paths[0])]))
+    hardware = Hardware.local()
+    config = resolve(profile, hardware, sample)
+    if args.verbose:
+        print(summary(config, hardware, sample, set(profile.auto_fields())), file=sys.stderr)
+    return config
+
+
 def cmd_detect(args) -> int:
     from yoloray.detector import Detector
     from yoloray.observe.trace import Tracer, stage
@@ -100,7 +162,7 @@ def cmd_detect(args) -> int:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise UserError(f"no such file: {', '.join(missing)}")
-    config = engine_config(args)
+    config = _detect_profile(args, paths)
     detector = Detector(config).warmup()
     tracer = Tracer(args.trace, detector.device.type == "cuda") if args.trace else None
     with tracer.call() if tracer else contextlib.nullcontext():
@@ -128,11 +190,13 @@ def cmd_infer(args) -> int:
     from yoloray.data.units import list_units
     from yoloray.observe.job_observer import JobObserver, run_label
     from yoloray.observe.quiet import quiet_ray_startup
+    from yoloray.profile import Hardware, Sample, resolve
+    from yoloray.profile import summary as profile_summary
     from yoloray.runlog import log_path, ray_output_to
 
-    config = engine_config(args)
-    if config.precision == "int8" and config.calibration is None:  # calibrate on the job's own frames
-        config = config.model_copy(update={"calibration": args.sources[0]})
+    profile = engine_config(args)
+    if profile.precision == "int8" and profile.calibration is None:  # calibrate on the job's own frames
+        profile = profile.replace(calibration=args.sources[0])
     source_options = SourceOptions(video_stride=args.video_stride, video_fps=args.video_fps,
                                    video_start=args.start, video_end=args.end)
     units = list_units(args.sources, source_options)  # missing / empty / unsupported inputs fail before Ray starts
@@ -142,6 +206,9 @@ def cmd_infer(args) -> int:
             quiet_ray_startup(args.verbose)
             started = init_ray(args.address)
             try:
+                hardware, sample = Hardware.cluster(), Sample.of_units(units, source_options)
+                config = resolve(profile, hardware, sample)  # ConfigError for an explicit value that cannot run
+                print(profile_summary(config, hardware, sample, set(profile.auto_fields())), file=terminal)
                 obs = JobObserver(units, source_options, args.run_name or run_label(args.out), args.trace,
                                   args.verbose, stream=terminal)
                 with obs:
@@ -149,11 +216,7 @@ def cmd_infer(args) -> int:
                         args.sources,
                         args.out,
                         config,
-                        ActorOptions(
-                            actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-                            calls_per_actor=args.calls_per_actor, decode_threads=args.decode_threads,
-                            batches_per_call=args.batches_per_call, observe=obs.actor_observe,
-                        ),
+                        dataclasses.replace(ActorOptions.from_layout(config.layout), observe=obs.actor_observe),
                         source_options,
                         rows_per_part=args.part_rows,
                         units=units,
@@ -264,13 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("sources", nargs="+", metavar="SOURCE", help="folders, globs, .tar/.zip/.parquet, videos; local or s3:// gs:// file://")
     i.add_argument("--out", required=True, help="output folder of Parquet parts (rerun the same command to resume)")
     _engine_args(i)
-    i.add_argument("--actors", type=int, help="detector actors (default: as many as the GPUs hold at --gpus-per-actor, 1 on CPU)")
-    i.add_argument("--gpus-per-actor", type=float, dest="gpus_per_actor", help="GPUs per actor; 0.5 puts two on a GPU")
-    i.add_argument("--calls-per-actor", type=int, default=1, dest="calls_per_actor",
-                   help="concurrent batches per actor, to overlap decode with inference (default 1)")
-    i.add_argument("--decode-threads", type=int, dest="decode_threads", help="CPU decode threads per actor")
-    i.add_argument("--batches-per-call", type=int, default=4, dest="batches_per_call",
-                   help="engine batches of rows per actor call; a call's last batch may be short (default 4)")
+    _layout_args(i)
     i.add_argument("--video-stride", type=int, default=1, dest="video_stride", help="every Nth video frame")
     i.add_argument("--video-fps", type=float, dest="video_fps", help="resample videos to this frame rate")
     i.add_argument("--start", type=float, help="videos: first second to detect (presentation time; default 0)")

@@ -1,8 +1,10 @@
 """Configuration models: pydantic v2, extra="forbid", YAML in/out, stable hashes.
 
-`EngineConfig` is what Tune searches and what Serve and the batch job run; `EngineConfig.key()` is a
-stable hash of every field that changes the engine's output or its built artifact (everything but
-`device`, which only says where it runs).
+One model per concern: `EngineConfig` (what changes the built engine), `DecodeConfig` (how inputs become
+pixels), `PostConfig` (NMS thresholds and limits), `Layout` (actors, concurrent calls, threads, batches per
+call, CPU decode share). A `Profile` holds one of each plus the device; it is what Tune measures, what the
+batch job and Serve run. `Profile.build_key()` hashes what changes a built artifact, `output_key()` what
+changes the detections (a resumed job is refused only when that changes).
 """
 
 from __future__ import annotations
@@ -10,13 +12,23 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-from yoloray.engines.capabilities import CAPABILITIES, PROVIDERS, unhonoured
+from yoloray.engines.capabilities import CAPABILITIES, KNOB_DEFAULTS, PROVIDERS, capability, unhonoured
 
+AUTO = "auto"  # a value resolved by yoloray.profile.resolve for the hardware and inputs found
+Auto = Literal["auto"]
 MAX_STRIDE = 32  # the largest stride of the supported families (YOLOv8, YOLO11, YOLO26)
 DEFAULT_MAX_PIXELS = 50_000_000  # ~ 8K x 6K; larger images become error rows, never decoded
 
@@ -88,49 +100,45 @@ class _Model(BaseModel):
 
 
 def format_validation_error(e: ValidationError) -> str:
+    """One `field: reason` per problem. A field that may also be `auto` reports the reason of its other type
+    (pydantic reports each member of the union; the `auto` member's "should be 'auto'" is dropped)."""
     parts = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        loc = [str(x) for x in err["loc"]]
+        if loc and loc[-1] == "literal['auto']":
+            continue
+        loc = [x for x in loc if not _union_member(x)]
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
+        part = f"{'.'.join(loc)}: {msg}" if loc else msg
+        if part not in parts:
+            parts.append(part)
     return "; ".join(parts)
 
 
+def _union_member(loc: str) -> bool:
+    """pydantic's name of a union member in an error location ('int', 'bool', 'tuple[int, int]', ...)."""
+    return "[" in loc or loc in ("int", "bool", "float", "str", "none", "constrained-int", "constrained-float")
+
+
 class EngineConfig(_Model):
-    """Everything that decides how images become detections."""
+    """What changes the built engine: weights, backend, numerics, input shape, batch and how it is launched."""
 
     model: str = Field(default_factory=default_model, description="ultralytics weights (.pt) or model YAML")
     backend: Literal[tuple(CAPABILITIES)] = "torch"  # type: ignore[valid-type]
-    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
-    batch_size: int = Field(16, ge=1, le=1024)
-    imgsz: tuple[int, int] = (640, 640)
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
+    batch_size: Annotated[int, Field(ge=1, le=1024)] | Auto = "auto"
+    imgsz: tuple[int, int] | Auto = Field(
+        "auto", description="model input HxW; auto: the frames' stride-aligned rectangle (ultralytics' rect letterbox)"
+    )
     workspace_gib: float | None = Field(None, gt=0)
-    cuda_graph: bool = False
-    micro_batch: int | None = Field(
-        None, ge=1, le=1024, description="images per model forward (CUDA-graph replay or compiled call), dividing "
+    cuda_graph: bool | Auto = "auto"
+    micro_batch: Annotated[int, Field(ge=1, le=1024)] | None | Auto = Field(
+        "auto", description="images per model forward (CUDA-graph replay or compiled call), dividing "
         "batch_size; a batch runs as batch_size/micro_batch forwards. Smaller forwards let the GPU JPEG decoder's "
         "kernels run between them instead of waiting for a whole batch (default: batch_size)"
     )
-    channels_last: bool = False
+    channels_last: bool | Auto = "auto"
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None
-    decode: Literal["cpu", "gpu", "hybrid"] = Field(
-        "cpu", description="cpu: OpenCV threads; gpu: the GPU decoder; hybrid: the CPU takes hybrid_cpu_share of the images "
-        "(in a batch job, Ray tasks before the actors; elsewhere the Detector's threads) and the GPU decoder the rest"
-    )
-    gpu_decoder: Literal["torchvision", "nvimgcodec"] = Field(
-        "torchvision", description="JPEG decoder for decode gpu/hybrid: torchvision (nvJPEG) or nvimgcodec (nvImageCodec, "
-        "pip install 'yoloray[nvimgcodec]'); both use the GPU's hardware JPEG engines where it has them"
-    )
-    hybrid_cpu_share: float = Field(0.3, ge=0.0, le=1.0)
-    reduced_decode: bool = Field(
-        False, description="JPEG DCT-domain downscale (1/2, 1/4, 1/8) when the input is at most half the source"
-    )
-    conf: float = Field(0.25, ge=0.0, le=1.0)
-    iou: float = Field(0.7, ge=0.0, le=1.0)
-    max_det: int = Field(300, ge=1, le=10_000)
-    agnostic_nms: bool = False
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     # backend onnxruntime (engines/ort_providers.py says which provider option each knob sets)
     provider: Literal[tuple(PROVIDERS)] | None = Field(  # type: ignore[valid-type]
         None, description="onnxruntime provider: cpu | cuda | tensorrt (default: the best one present; the "
@@ -151,6 +159,8 @@ class EngineConfig(_Model):
     @field_validator("imgsz", mode="before")
     @classmethod
     def _imgsz(cls, v):
+        if v == AUTO:
+            return v
         h, w = parse_imgsz(v)
         for name, n in (("height", h), ("width", w)):
             if n < MAX_STRIDE or n % MAX_STRIDE:
@@ -159,6 +169,104 @@ class EngineConfig(_Model):
                     f"(e.g. {max(MAX_STRIDE, round(n / MAX_STRIDE) * MAX_STRIDE)})"
                 )
         return (h, w)
+
+    @field_serializer("imgsz", when_used="json")
+    def _imgsz_text(self, v):
+        return v if v == AUTO else f"{v[0]}x{v[1]}"
+
+    @model_validator(mode="after")
+    def _backend_honours_knobs(self):
+        if reasons := unhonoured(self.concrete(), self.backend, self.provider):
+            raise ValueError(reasons[0])
+        if isinstance(self.micro_batch, int) and isinstance(self.batch_size, int) and self.batch_size % self.micro_batch:
+            raise ValueError(
+                f"micro_batch {self.micro_batch} must divide batch_size {self.batch_size} "
+                f"(e.g. {max(d for d in range(1, self.micro_batch + 1) if self.batch_size % d == 0)})"
+            )
+        return self
+
+    def concrete(self) -> dict[str, Any]:
+        """The fields with `auto` read as a value every backend takes (the knob off, the first precision the
+        backend offers), for the capability check; resolve() later picks only what the backend honours."""
+        fields = self.model_dump()
+        for knob, value in fields.items():
+            if value == AUTO:
+                fields[knob] = KNOB_DEFAULTS.get(knob)
+        if fields["precision"] is None:
+            fields["precision"] = capability(self.backend, self.provider).precisions[0]
+        return fields
+
+
+class DecodeConfig(_Model):
+    """How inputs become pixels."""
+
+    decode: Literal["auto", "cpu", "gpu", "hybrid"] = Field(
+        "auto", description="cpu: OpenCV threads; gpu: the GPU decoder; hybrid: the CPU takes hybrid_cpu_share of the images "
+        "(in a batch job, Ray tasks before the actors; elsewhere the Detector's threads) and the GPU decoder the rest"
+    )
+    gpu_decoder: Literal["torchvision", "nvimgcodec"] = Field(
+        "torchvision", description="JPEG decoder for decode gpu/hybrid: torchvision (nvJPEG) or nvimgcodec (nvImageCodec, "
+        "pip install 'yoloray[nvimgcodec]'); both use the GPU's hardware JPEG engines where it has them"
+    )
+    reduced_decode: bool = Field(
+        False, description="JPEG DCT-domain downscale (1/2, 1/4, 1/8) when the input is at most half the source"
+    )
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="larger images become error rows, never decoded")
+
+
+class PostConfig(_Model):
+    """What changes the detections but not the engine's arithmetic: thresholds and limits of NMS."""
+
+    conf: float = Field(0.25, ge=0.0, le=1.0)
+    iou: float = Field(0.7, ge=0.0, le=1.0)
+    max_det: int = Field(300, ge=1, le=10_000)
+    agnostic_nms: bool = False
+
+
+class Layout(_Model):
+    """Where and how concurrently the work runs; never changes a detection."""
+
+    actors_per_gpu: Annotated[int, Field(ge=1, le=64)] | Auto = Field("auto", description="detector actors sharing one GPU")
+    actors: int | None = Field(
+        None, ge=1, description="detector actors in all (default: actors_per_gpu x the cluster's GPUs, 1 without GPUs)"
+    )
+    calls_per_actor: Annotated[int, Field(ge=1, le=64)] | Auto = Field(
+        "auto", description="concurrent batches inside one actor")
+    decode_threads: int | None = Field(None, ge=1, le=256, description="CPU decode threads per actor (default: cores)")
+    batches_per_call: Annotated[int, Field(ge=1, le=64)] | Auto = Field(
+        "auto", description="engine batches of rows one actor call takes")
+    hybrid_cpu_share: Annotated[float, Field(ge=0.0, le=1.0)] | Auto = Field(
+        "auto", description="with decode: hybrid, the share of the images the CPU decodes"
+    )
+
+
+SECTIONS: dict[str, type[_Model]] = {"engine": EngineConfig, "decoding": DecodeConfig, "post": PostConfig,
+                                     "layout": Layout}
+SECTION_OF: dict[str, str] = {f: s for s, m in SECTIONS.items() for f in m.model_fields}
+# Fields that only change how the same computation is scheduled, laid out in memory or tuned (results agree
+# within float rounding, as the fidelity tests check), or where artifacts are kept: not in the output key.
+SCHEDULING = frozenset({"batch_size", "micro_batch", "cuda_graph", "channels_last", "workspace_gib", "conv_algo_search",
+                        "cudnn_max_workspace", "trt_opt_level", "trt_min_batch", "cache_dir"})
+
+
+class Profile(_Model):
+    """Everything a run needs, one model per concern, plus the device it runs on.
+
+    A flat mapping (the EngineConfig files of earlier versions: `precision: fp16`, `conf: 0.3`, ...) is
+    accepted and sorted into its sections, and every section field reads flat too (`profile.batch_size` is
+    `profile.engine.batch_size`). `replace(**fields)` makes a changed copy from flat or section fields.
+    """
+
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    decoding: DecodeConfig = Field(default_factory=DecodeConfig)
+    post: PostConfig = Field(default_factory=PostConfig)
+    layout: Layout = Field(default_factory=Layout)
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data):
+        return sort_into_sections(data) if isinstance(data, dict) else data
 
     @field_validator("device")
     @classmethod
@@ -169,14 +277,7 @@ class EngineConfig(_Model):
         raise ValueError(f"device {v!r} is not one of auto, cpu, cuda, cuda:N")
 
     @model_validator(mode="after")
-    def _backend_honours_knobs(self):
-        if reasons := unhonoured(self.model_dump(), self.backend, self.provider):
-            raise ValueError(reasons[0])
-        if self.micro_batch is not None and self.batch_size % self.micro_batch:
-            raise ValueError(
-                f"micro_batch {self.micro_batch} must divide batch_size {self.batch_size} "
-                f"(e.g. {max(d for d in range(1, self.micro_batch + 1) if self.batch_size % d == 0)})"
-            )
+    def _runs_on_device(self):
         if self.device == "cpu" and (reasons := self.cuda_only()):
             raise ValueError(reasons[0])
         return self
@@ -184,26 +285,90 @@ class EngineConfig(_Model):
     def cuda_only(self) -> list[str]:
         """Why these settings cannot run on a CPU (empty when they can)."""
         reasons = []
-        if self.cuda_graph:
+        if self.engine.cuda_graph is True:
             reasons.append("cuda_graph needs a CUDA device; set device to cuda or auto, or cuda_graph: false")
-        if self.decode != "cpu":
-            reasons.append(f"decode {self.decode!r} (GPU JPEG decode) needs a CUDA device; use decode: cpu")
-        if self.precision == "fp16":
+        if self.decoding.decode in ("gpu", "hybrid"):
+            reasons.append(f"decode {self.decoding.decode!r} (GPU JPEG decode) needs a CUDA device; use decode: cpu")
+        if self.engine.precision == "fp16":
             reasons.append("precision fp16 needs a CUDA device; on CPU use fp32 or bf16")
-        if self.provider in ("cuda", "tensorrt"):
-            reasons.append(f"provider {self.provider} needs a CUDA device; on CPU use provider: cpu")
+        if self.engine.provider in ("cuda", "tensorrt"):
+            reasons.append(f"provider {self.engine.provider} needs a CUDA device; on CPU use provider: cpu")
         return reasons
+
+    def auto_fields(self) -> list[str]:
+        """Flat names of the fields still `auto` (device included)."""
+        return [k for k, v in self.flat().items() if v == AUTO]
+
+    def is_resolved(self) -> bool:
+        return not self.auto_fields()
 
     @property
     def rect(self) -> bool:
-        return self.imgsz[0] != self.imgsz[1]
+        return self.imgsz != AUTO and self.imgsz[0] != self.imgsz[1]
 
-    def key(self) -> str:
-        """Stable hash of everything that changes the output or the built artifact (not `device`, `cache_dir`)."""
-        fields = self.model_dump(mode="json", exclude={"device", "cache_dir"})
-        fields["model"] = model_identity(self.model)
-        blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def replace(self, **fields) -> Profile:
+        """A copy with some fields changed (flat names or whole sections), validated again."""
+        return Profile.model_validate({**self.model_dump(), **fields})
+
+    def flat(self) -> dict[str, Any]:
+        """Every field by its flat name (sections merged), plus device."""
+        return {**{k: v for s in SECTIONS for k, v in getattr(self, s).model_dump().items()}, "device": self.device}
+
+    def build_spec(self) -> BuildSpec:
+        """What an engine is built from (engines/): the engine section plus max_det and agnostic_nms, which an
+        end-to-end head bakes in; flat, as the backends read it. Needs a resolved engine section."""
+        if unresolved := [k for k, v in self.engine.model_dump().items() if v == AUTO]:
+            raise ConfigError(f"resolve the profile before building an engine (auto: {', '.join(unresolved)}); "
+                              "see yoloray.profile.resolve")
+        return BuildSpec(**self.engine.model_dump(), max_det=self.post.max_det, agnostic_nms=self.post.agnostic_nms)
+
+    def build_key(self) -> str:
+        """Stable hash of what changes a built artifact (an exported or compiled engine): the build spec with
+        the weights' content (not where artifacts are cached)."""
+        return _digest({**self.engine.model_dump(mode="json", exclude={"cache_dir"}), "max_det": self.post.max_det,
+                        "agnostic_nms": self.post.agnostic_nms, "model": model_identity(self.engine.model)})
+
+    def output_key(self) -> str:
+        """Stable hash of what changes the detections: weights, backend, precision, input shape, decoding and
+        post-processing. Batch size, micro-batches, CUDA graphs, memory layout, the layout and the device only
+        schedule the same computation, so a resumed job may change them."""
+        engine = {k: v for k, v in self.engine.model_dump(mode="json").items() if k not in SCHEDULING}
+        return _digest({**engine, "model": model_identity(self.engine.model),
+                        "decoding": self.decoding.model_dump(mode="json"), "post": self.post.model_dump(mode="json")})
+
+
+class BuildSpec(EngineConfig):
+    """The engine section plus the post-processing fields an engine bakes in (`Profile.build_spec`)."""
+
+    max_det: int = Field(300, ge=1, le=10_000)
+    agnostic_nms: bool = False
+
+
+def sort_into_sections(data: dict) -> dict:
+    """Flat field names of a mapping move into their sections (a flat value overrides the same field given in
+    its section, so `{**profile.model_dump(), "conf": 0.5}` works); anything else is left for validation."""
+    out = {k: v for k, v in data.items() if k not in SECTION_OF}
+    for name, value in data.items():
+        if name not in SECTION_OF:
+            continue
+        section = out.get(SECTION_OF[name])
+        if isinstance(section, BaseModel):
+            section = section.model_dump()
+        out[SECTION_OF[name]] = {**(section or {}), name: value}
+    return out
+
+
+def _flat_property(section: str, name: str) -> property:
+    return property(lambda self: getattr(getattr(self, section), name), doc=f"`{section}.{name}`")
+
+
+for _name, _section in SECTION_OF.items():
+    setattr(Profile, _name, _flat_property(_section, _name))
+
+
+def _digest(fields: dict) -> str:
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def model_identity(model: str) -> str:
@@ -221,15 +386,18 @@ def model_identity(model: str) -> str:
 class ServeConfig(_Model):
     """The `args` of the yoloray application in a Ray Serve config (`yoloray.serve.app:build_app`).
 
-    `engine` is the EngineConfig every replica builds, warms and serves; the rest shapes the HTTP service.
-    Replica counts, `max_ongoing_requests`, autoscaling and GPUs are Ray's own deployment options and live
-    in the config file's `deployments:` entry, not here.
+    `profile` is the Profile every replica builds, warms and serves: a mapping, the path of a profile file
+    (read where the config is validated and on each replica), or earlier versions' flat `engine:` mapping,
+    which is read as the profile; the rest shapes the HTTP service. Replica counts,
+    `max_ongoing_requests`, autoscaling and GPUs are Ray's own deployment options and live in the config
+    file's `deployments:` entry, not here.
     """
 
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    max_batch_size: int = Field(
-        None, ge=1, le=1024, description="images per engine call of a replica (default: engine.batch_size)"
-    )  # type: ignore[assignment]  # filled from engine.batch_size when left out
+    profile: Profile = Field(default_factory=Profile)
+    max_batch_size: int | None = Field(
+        None, ge=1, le=1024, description="images per engine call of a replica (default: the profile's batch_size)"
+    )  # filled from the profile's batch_size when left out (by the replica when that is auto)
+
     batch_wait_timeout_s: float = Field(
         0.01, ge=0.0, le=10.0, description="while the engine is idle, longest wait for a batch to fill once its first image arrived"
     )
@@ -254,27 +422,37 @@ class ServeConfig(_Model):
         "ingress guard and again in the replica",
     )
 
+    def resolved(self, profile: Profile) -> ServeConfig:
+        """This config running `profile` (the replica's resolved one); max_batch_size follows it if not given."""
+        return ServeConfig.parse({**self.model_dump(), "profile": profile, "max_batch_size": self.max_batch_size})
+
     @model_validator(mode="before")
     @classmethod
     def _default_batch(cls, data):
-        if isinstance(data, dict) and data.get("max_batch_size") is None:
-            engine = data.get("engine")
-            if isinstance(engine, EngineConfig):
-                size = engine.batch_size
-            elif isinstance(engine, dict) and isinstance(engine.get("batch_size"), int):
-                size = engine["batch_size"]
-            else:
-                size = EngineConfig.model_fields["batch_size"].default
-            data = {**data, "max_batch_size": size}
+        if not isinstance(data, dict):
+            return data
+        if "engine" in data:  # earlier versions: `engine:` held the flat EngineConfig
+            if "profile" in data:
+                raise ValueError("give `profile:` only (`engine:` is its old name)")
+            data = {"profile": data["engine"], **{k: v for k, v in data.items() if k != "engine"}}
+        if isinstance(data.get("profile"), str):  # a profile file (a tune winner's or a job's profile.yaml)
+            path = data["profile"]
+            loaded = load_yaml(path, "profile file")
+            if not isinstance(loaded, dict):
+                raise ValueError(f"profile file {path} must hold a mapping of field: value")
+            data = {**data, "profile": loaded}
         return data
 
     @model_validator(mode="after")
     def _batch_fits_engine(self):
-        if self.max_batch_size > self.engine.batch_size:
+        batch = self.profile.batch_size
+        if self.max_batch_size is None and batch != AUTO:  # with batch_size auto: set when the replica resolves it
+            object.__setattr__(self, "max_batch_size", batch)  # frozen: set once, here
+        if batch != AUTO and self.max_batch_size > batch:
             raise ValueError(
-                f"max_batch_size {self.max_batch_size} is larger than engine.batch_size {self.engine.batch_size}: "
-                "every serve batch would be split into several engine calls; set max_batch_size <= "
-                "engine.batch_size (usually equal)"
+                f"max_batch_size {self.max_batch_size} is larger than the profile's batch_size "
+                f"{self.profile.batch_size}: every serve batch would be split into several engine calls; set "
+                "max_batch_size <= batch_size (usually equal)"
             )
         if self.max_images_per_request > self.max_queued_images:
             raise ValueError(
@@ -307,6 +485,9 @@ class TuneConfig(_Model):
     max_trial_s: float = Field(120.0, gt=0)  # measurement cap per trial (build and warmup not counted)
     stability: float = Field(0.10, gt=0.0, lt=1.0)  # 3 consecutive windows within this fraction = stable
     images: str | None = None  # folder of images to measure on; None = generated frames
+    archive: list[str] = Field(default_factory=list)  # infer sources whose first images are measured instead
+    layout_top: int = Field(2, ge=0)  # engine configurations measured at the layout level (0: engine level only)
+    layout_images: int | None = Field(None, ge=1)  # archive members per layout run (default 20,000 CUDA, 256 CPU)
     frame_size: tuple[int, int] = (1920, 1080)  # width, height of the generated frames
     n_images: int = Field(32, ge=1)
     fidelity_images: int = Field(8, ge=1)

@@ -47,7 +47,7 @@ def run_demo(out: Path, frames: int = 48, device: str = "auto") -> int:
     from yoloray.assets import demo_weights
     from yoloray.batch import run_job
     from yoloray.cluster import connect
-    from yoloray.config import EngineConfig
+    from yoloray.config import Profile
     from yoloray.data.synthetic import generate
 
     out = Path(out)
@@ -65,7 +65,7 @@ def run_demo(out: Path, frames: int = 48, device: str = "auto") -> int:
 
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     engine = {"backend": "onnxruntime", "provider": "cpu"} if on_cpu else {}
-    config = EngineConfig(
+    config = Profile(
         device=device, imgsz=(384, 640), batch_size=16, **engine,
         **({"model": str(weights)} if weights else {"model": "yolov8n.yaml"}),
     )

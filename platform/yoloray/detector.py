@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from yoloray.config import ConfigError, EngineConfig
+from yoloray.config import ConfigError, EngineConfig, Profile
 from yoloray.engines import EngineError, build_engine
 from yoloray.observe.trace import StageRanges
 from yoloray.results import Detections
@@ -53,8 +53,14 @@ def resolve_device(name: str) -> torch.device:
 class Detector:
     """Build once (engine load, convert, compile), `warmup()`, then `detect()` many times."""
 
-    def __init__(self, config: EngineConfig | None = None, decode_threads: int | None = None, profile: bool = False):
-        self.config = config or EngineConfig()
+    def __init__(self, config: Profile | EngineConfig | None = None, decode_threads: int | None = None,
+                 profile: bool = False):
+        """`config`: the Profile to run (an EngineConfig alone runs with the default decoding and NMS); any field
+        left `auto` is resolved for this machine (`yoloray.profile`), and `self.config` is what runs."""
+        from yoloray.profile import resolve_here
+
+        config = Profile(engine=config) if isinstance(config, EngineConfig) else config or Profile()
+        self.config = resolve_here(config)
         self.device = resolve_device(self.config.device)
         if self.device.type == "cpu" and (reasons := self.config.cuda_only()):
             raise ConfigError(f"{reasons[0]} (this Detector runs on the CPU)")
@@ -69,9 +75,10 @@ class Detector:
             if side % self.engine.stride:
                 raise ConfigError(f"imgsz {self.imgsz} must be a multiple of the model stride {self.engine.stride}")
         self.batch_size = self.config.batch_size
-        self.key = self.config.key()
+        self.key = self.config.output_key()
         self.profile = profile  # synchronize the device between stages so per-stage timings are exact
-        threads = decode_threads or int(os.environ.get("YOLORAY_DECODE_THREADS", 0)) or min(32, os.cpu_count() or 1)
+        threads = (decode_threads or self.config.decode_threads or int(os.environ.get("YOLORAY_DECODE_THREADS", 0))
+                   or min(32, os.cpu_count() or 1))
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         self._local = threading.local()
         self._engine_lock = threading.Lock()

@@ -10,17 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from yoloray.config import EngineConfig
+from yoloray.config import Profile
 from yoloray.data.sink import detections_to_table, write_parquet_atomic
 from yoloray.detector import Detector
 from yoloray.evaluate import evaluate
 from yoloray.fidelity import compare
+from yoloray.profile import EXACT_PATH
 from yoloray.vision.decode import decode_cpu, probe
 from yoloray.vision.decoders.nvimgcodec import nvimgcodec_missing
 from yoloray.vision.decoders.stills import open_gpu_decoder
 from yoloray.vision.letterbox import letterbox_cpu, letterbox_gpu
 
 SHAPE = (384, 640)
+EXACT = EXACT_PATH  # every speed knob off (an unset knob is `auto`, which on CUDA means the fast settings)
 PHOTOS = ["bus", "zidane", "wide_crop", "tall_small", "fullhd", "exif6"]
 
 
@@ -48,7 +50,7 @@ def frames(held_out):
 
 @pytest.fixture(scope="module")
 def exact(frames):
-    det = Detector(EngineConfig(imgsz=SHAPE, device="cuda", batch_size=8))
+    det = Detector(Profile(imgsz=SHAPE, device="cuda", batch_size=8, **EXACT))
     return det.detect(frames)
 
 
@@ -77,9 +79,9 @@ def test_exif_rotated_jpeg_with_gpu_decode(photos):
     same size and boxes as the exact path."""
     data = photos["exif6"].read_bytes()
     assert probe(data, 10**9).orientation == 6
-    base = EngineConfig(imgsz=SHAPE, device="cuda", conf=0.05)
+    base = Profile(imgsz=SHAPE, device="cuda", conf=0.05, **EXACT)
     exact = Detector(base).detect([data])
-    gpu = Detector(base.model_copy(update={"decode": "gpu"})).detect([data])
+    gpu = Detector(base.replace(decode="gpu")).detect([data])
     assert (gpu.widths[0], gpu.heights[0]) == (exact.widths[0], exact.heights[0]) == (720, 1280)
     assert compare(exact, gpu, iou=0.99, score_tol=1e-3).rate == 1.0
 
@@ -112,26 +114,26 @@ FAST = [
 
 @pytest.mark.parametrize("fields", FAST, ids=lambda f: "+".join(f"{k}={v}" for k, v in f.items()))
 def test_fast_modes_match_exact(frames, exact, held_out, tmp_path, fields):
-    base = EngineConfig(imgsz=SHAPE, device="cuda", batch_size=8)
-    det = Detector(EngineConfig.parse({**base.model_dump(), **fields})).warmup()
+    base = Profile(imgsz=SHAPE, device="cuda", batch_size=8, **EXACT)
+    det = Detector(Profile.parse({**base.model_dump(), **fields})).warmup()
     fast = det.detect(frames)
     assert fast.errors == [None] * len(frames)
     assert exact.offsets[-1] > 100
     fid = compare(exact, fast, iou=0.9, score_tol=0.05)
     assert fid.rate >= 0.97, (fields, fid)
     low = {"conf": 0.001}
-    m_exact = _map(Detector(base.model_copy(update=low)), held_out, tmp_path)
-    m_fast = _map(Detector(EngineConfig.parse({**base.model_dump(), **fields, **low})).warmup(), held_out, tmp_path)
+    m_exact = _map(Detector(base.replace(**low)), held_out, tmp_path)
+    m_fast = _map(Detector(Profile.parse({**base.model_dump(), **fields, **low})).warmup(), held_out, tmp_path)
     assert abs(m_exact - m_fast) <= 0.01, (fields, m_exact, m_fast)
 
 
 def test_cuda_graph_pads_short_batches(frames):
-    cfg = EngineConfig(imgsz=SHAPE, device="cuda", batch_size=8, cuda_graph=True, precision="fp16")
+    cfg = Profile(imgsz=SHAPE, device="cuda", batch_size=8, **{**EXACT, "cuda_graph": True, "precision": "fp16"})
     det = Detector(cfg).warmup()
-    eager = Detector(cfg.model_copy(update={"cuda_graph": False})).warmup()
+    eager = Detector(cfg.replace(cuda_graph=False)).warmup()
     imgs = frames[:5]  # 5 < batch 8: padded
     assert compare(eager.detect(imgs), det.detect(imgs), iou=0.99, score_tol=1e-3).rate >= 0.99
-    micro = Detector(cfg.model_copy(update={"micro_batch": 4})).warmup()  # 5 -> 2 replays of 4 (padded)
+    micro = Detector(cfg.replace(micro_batch=4)).warmup()  # 5 -> 2 replays of 4 (padded)
     assert compare(eager.detect(imgs), micro.detect(imgs), iou=0.99, score_tol=1e-3).rate >= 0.99
 
 
@@ -144,12 +146,12 @@ def test_batch_job_with_upstream_cpu_decode_and_concurrent_calls(held_out, tmp_p
 
     fast = {"precision": "fp16", "channels_last": True, "cuda_graph": True, "decode": "hybrid",
             "reduced_decode": True, "hybrid_cpu_share": 0.5}
-    base = EngineConfig(imgsz=SHAPE, device="cuda", batch_size=8, conf=0.001)
+    base = Profile(imgsz=SHAPE, device="cuda", batch_size=8, conf=0.001, **EXACT)
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        summary = run_job([str(held_out.images_val)], str(tmp_path / "hybrid"), EngineConfig.parse({**base.model_dump(), **fast}),
+        summary = run_job([str(held_out.images_val)], str(tmp_path / "hybrid"), Profile.parse({**base.model_dump(), **fast}),
                           ActorOptions(calls_per_actor=2, gpus_per_actor=1))
     finally:
         if started:
@@ -159,3 +161,18 @@ def test_batch_job_with_upstream_cpu_decode_and_concurrent_calls(held_out, tmp_p
     m_fast = evaluate(tmp_path / "hybrid", held_out.labels_val)["map50_95"]
     m_exact = _map(Detector(base), held_out, tmp_path)
     assert abs(m_exact - m_fast) <= 0.01, (m_exact, m_fast)
+
+
+def test_auto_profile_on_cuda_matches_exact(frames, exact, held_out, tmp_path):
+    """The CUDA defaults (every knob auto: fp16, channels_last, CUDA graphs, batch 128 in forwards of 32, hybrid
+    decode) pass the fast-mode tolerances against the exact path."""
+    det = Detector(Profile(device="cuda")).warmup()
+    resolved = det.config
+    assert (resolved.precision, resolved.cuda_graph, resolved.batch_size, resolved.micro_batch) == ("fp16", True, 128, 32)
+    assert resolved.imgsz == (640, 640)  # no sample: square; the frames' rectangle needs a sample (infer/detect)
+    det = Detector(Profile(imgsz=SHAPE, device="cuda")).warmup()
+    fid = compare(exact, det.detect(frames), iou=0.9, score_tol=0.05)
+    assert fid.rate >= 0.97, fid
+    m_exact = _map(Detector(Profile(imgsz=SHAPE, device="cuda", batch_size=8, conf=0.001, **EXACT)), held_out, tmp_path)
+    m_auto = _map(Detector(Profile(imgsz=SHAPE, device="cuda", conf=0.001)).warmup(), held_out, tmp_path)
+    assert abs(m_exact - m_auto) <= 0.01, (m_exact, m_auto)

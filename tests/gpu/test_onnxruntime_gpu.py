@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from yoloray.config import EngineConfig
+from yoloray.config import Profile
 from yoloray.detector import Detector
 from yoloray.engines import ort_providers
 from yoloray.fidelity import compare
+from yoloray.profile import EXACT_PATH
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from unit.test_demo_detector import held_out_map  # noqa: E402
@@ -39,12 +40,12 @@ def frames(held_out):
 
 @pytest.fixture(scope="module")
 def exact(frames):
-    return Detector(EngineConfig(imgsz=SHAPE, device="cuda", batch_size=8)).detect(frames)
+    return Detector(Profile(imgsz=SHAPE, device="cuda", batch_size=8, **EXACT_PATH)).detect(frames)
 
 
-def _config(tmp_path, **fields) -> EngineConfig:
-    return EngineConfig(imgsz=SHAPE, device="cuda", batch_size=8, backend="onnxruntime",
-                        cache_dir=str(tmp_path / "cache"), **fields)
+def _config(tmp_path, **fields) -> Profile:
+    return Profile.parse({"imgsz": SHAPE, "device": "cuda", "batch_size": 8, "backend": "onnxruntime",
+                          "cache_dir": str(tmp_path / "cache"), **EXACT_PATH, **fields})
 
 
 @needs_cuda_ep
@@ -74,7 +75,7 @@ def test_ort_fast_modes_match_exact(frames, exact, held_out, tmp_path, fields):
     assert fid.rate >= 0.97, (fields, fid)
     files = sorted(Path(held_out.images_val).glob("*.jpg"))
     low = {"conf": 0.001}
-    m_exact = held_out_map(Detector(EngineConfig(imgsz=SHAPE, device="cuda", batch_size=8, **low)), files, held_out,
+    m_exact = held_out_map(Detector(Profile(imgsz=SHAPE, device="cuda", batch_size=8, **EXACT_PATH, **low)), files, held_out,
                            tmp_path)
     m_fast = held_out_map(Detector(_config(tmp_path, **fields, **low)).warmup(), files, held_out, tmp_path)
     assert abs(m_exact - m_fast) <= 0.01, (fields, m_exact, m_fast)
@@ -93,9 +94,9 @@ def test_ort_cuda_graph_pads_short_batches(frames, tmp_path):
 BUILD = """
 import json, sys, time
 t0 = time.perf_counter()
-from yoloray.config import EngineConfig
+from yoloray.config import Profile
 from yoloray.detector import Detector
-det = Detector(EngineConfig.parse(json.loads(sys.argv[1]))).warmup()
+det = Detector(Profile.parse(json.loads(sys.argv[1]))).warmup()
 events = getattr(det.engine, "artifact_events", None) or det.engine.cache.events
 print(json.dumps({"events": [e[2] for e in events], "start_s": time.perf_counter() - t0}))
 """

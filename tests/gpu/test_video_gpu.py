@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from yoloray.config import EngineConfig
+from yoloray.config import Profile
 from yoloray.data.inputs import SourceOptions
 from yoloray.data.scene import render_video_frame
 from yoloray.data.synthetic import write_clip
 from yoloray.data.video_index import video_units
+from yoloray.profile import EXACT_PATH
 from yoloray.vision.decoders.nvdec import NvdecDecoder, nvdec_missing
 from yoloray.vision.decoders.pyav import decode_segment
 
@@ -62,7 +63,8 @@ def test_nvdec_detections_match_ultralytics(clips, demo_model):
     from yoloray.fidelity import compare, from_ultralytics
     from yoloray.results import Detections
 
-    det = Detector(EngineConfig(model=demo_model, imgsz=(384, 640), batch_size=16, device="cuda", decode="gpu")).warmup()
+    det = Detector(Profile(model=demo_model, imgsz=(384, 640), batch_size=16, device="cuda",
+                           **{**EXACT_PATH, "decode": "gpu"})).warmup()
     assert type(SegmentRunner(det, det.key).decoder).__name__ == "NvdecDecoder"
     rows = detect_video(det, str(clips["h264"]))
     assert [r["frame"] for r in rows] == list(range(N)) and all(r["error"] is None for r in rows)

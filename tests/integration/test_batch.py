@@ -27,11 +27,12 @@ from PIL import Image
 
 from yoloray.batch import ActorOptions, JobError, detect, run_job
 from yoloray.batch.pipeline import JOB_FILE, SUMMARY_FILE, error_kind
-from yoloray.config import EngineConfig
+from yoloray.config import Profile
 from yoloray.data.inputs import SourceOptions
 from yoloray.data.scene import CLASS_NAMES
 from yoloray.data.sink import OUTPUT_SCHEMA
 from yoloray.data.synthetic import generate
+from yoloray.profile import resolve_here
 
 W, H = 320, 192  # generated frame size
 FRAMES, SHARD, VIDEO_FRAMES = 12, 6, 10
@@ -53,8 +54,8 @@ def footage(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def config(demo_model) -> EngineConfig:
-    return EngineConfig(model=demo_model, imgsz=(H, W), batch_size=8, device="cpu")
+def config(demo_model) -> Profile:
+    return resolve_here(Profile(model=demo_model, imgsz=(H, W), batch_size=8, device="cpu"))  # no `auto` left
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +106,11 @@ def assert_exactly_once(out: Path, expected: set[str]) -> pa.Table:
     return table
 
 
-def assert_detections_sane(table: pa.Table, config: EngineConfig) -> None:
+def assert_detections_sane(table: pa.Table, config: Profile) -> None:
     rows = table.to_pylist()
     assert all(r["error"] is None for r in rows), [r["error"] for r in rows if r["error"]][:3]
     assert all((r["width"], r["height"]) == (W, H) for r in rows)
-    assert {r["engine"] for r in rows} == {config.key()}
+    assert {r["engine"] for r in rows} == {config.output_key()}
     with_boxes = sum(1 for r in rows if r["detections"])
     assert with_boxes >= len(rows) / 2, f"the demo detector found parts on only {with_boxes}/{len(rows)} frames"
     eps = 0.5
@@ -188,7 +189,7 @@ def test_every_source_kind(kind, footage, config, tmp_path):
     if kind == "file-uri":
         assert all(r["source"].startswith("file://") for r in rows)
     job = (out / JOB_FILE).read_text()
-    assert config.key() in job
+    assert config.output_key() in job
 
 
 # ------------------------------------------------------------------------------------------ 2. mixed archive
@@ -376,7 +377,7 @@ def test_batches_per_call_sets_rows_per_actor_call(jpegs, config):
     detections do not depend on how the rows were grouped."""
     import ray
 
-    small = config.model_copy(update={"batch_size": 2})
+    small = config.replace(batch_size=2)
     items = [{"key": f"k{i:02d}", "image": jpegs[i % len(jpegs)]} for i in range(24)]
     outputs = {}
     for per_call in (1, 3):
@@ -443,17 +444,20 @@ def test_cli_errors(footage, jpegs, tmp_path):
 
     # fp16 where the actors get no GPU: said on the driver, before any actor starts
     msg = _cli_error([str(footage.zip_path), "--out", str(tmp_path / "o5"), *ENGINE_FLAGS[:-2], "--precision", "fp16"])
-    assert "fp16 needs a CUDA device" in msg and "get no GPU" in msg
+    assert "fp16 needs a CUDA device" in msg and "no GPU" in msg  # resolved on the driver: device auto is the CPU
     assert not list((tmp_path / "o5").glob("part-*"))
 
 
 def test_out_folder_of_another_engine_config(footage, config, tmp_path):
+    """Resume is refused only when the output key changes (detections would differ), not for batch size or layout."""
     out = tmp_path / "out"
-    run_job([str(footage.zip_path)], str(out), config)
+    first = run_job([str(footage.zip_path)], str(out), config)
     msg = _cli_error([str(footage.zip_path), "--out", str(out), *ENGINE_FLAGS, "--conf", "0.5"])
-    assert "another engine configuration" in msg and "--out" in msg
-    with pytest.raises(JobError, match="another engine configuration"):
-        run_job([str(footage.zip_path)], str(out), config.model_copy(update={"iou": 0.5}))
+    assert "give other detections" in msg and "--out" in msg
+    with pytest.raises(JobError, match="give other detections"):
+        run_job([str(footage.zip_path)], str(out), config.replace(iou=0.5))
+    again = run_job([str(footage.zip_path)], str(out), config.replace(batch_size=4, calls_per_actor=2, batches_per_call=1))
+    assert again.images == 0 and again.skipped_done == first.images
     assert (out / SUMMARY_FILE).is_file()
 
 
@@ -462,7 +466,7 @@ def test_weights_that_are_not_a_checkpoint(footage, config, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(JobError, match="not an ultralytics checkpoint"):
-        run_job([str(footage.zip_path)], str(tmp_path / "out"), config.model_copy(update={"model": str(bad)}))
+        run_job([str(footage.zip_path)], str(tmp_path / "out"), config.replace(model=str(bad)))
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
 
 

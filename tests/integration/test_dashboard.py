@@ -121,7 +121,7 @@ def traffic(prometheus, demo_model, tmp_path_factory):
     from ray import serve
 
     from yoloray.batch import ActorOptions, run_job
-    from yoloray.config import EngineConfig
+    from yoloray.config import Profile
     from yoloray.data.synthetic import generate
     from yoloray.observe.reports import ActorObserve
     from yoloray.serve.app import build_application, replica_memory
@@ -133,7 +133,7 @@ def traffic(prometheus, demo_model, tmp_path_factory):
     (images / "bad").mkdir()
     (images / "bad" / "empty.jpg").write_bytes(b"")
     (images / "bad" / "text.jpg").write_bytes(b"this is not an image")
-    config = EngineConfig(model=demo_model, imgsz=(192, 320), batch_size=4, device="cpu")
+    config = Profile(model=demo_model, imgsz=(192, 320), batch_size=4, device="cpu")
     summary = run_job([str(images)], str(d / "out"), config,
                       ActorOptions(batches_per_call=1, observe=ActorObserve(run=RUN)))
     assert summary.images == 10 and sum(summary.errors.values()) == 2

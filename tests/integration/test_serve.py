@@ -23,7 +23,8 @@ ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
 from yoloray.client import Client, DetectError  # noqa: E402
-from yoloray.config import ConfigError, EngineConfig  # noqa: E402
+from yoloray.config import ConfigError, Profile  # noqa: E402
+from yoloray.profile import resolve_here  # noqa: E402
 from yoloray.serve.grpc_api import SERVICER  # noqa: E402
 
 ENGINE = {"imgsz": 256, "batch_size": 4, "device": "cpu"}
@@ -125,7 +126,7 @@ def reference(demo_model):
     """The same engine in this process: what the service must answer."""
     from yoloray.detector import Detector
 
-    det = Detector(EngineConfig(**ENGINE, model=demo_model)).warmup()
+    det = Detector(Profile(**ENGINE, model=demo_model)).warmup()
     yield det
     det.close()
 
@@ -452,10 +453,10 @@ def test_healthz_and_info(service):
     r = requests.get(url + "/healthz", timeout=TIMEOUT)
     assert r.status_code == 200 and r.json()["status"] == "ok"
     info = _info(url)
-    cfg = EngineConfig(**ENGINE, model=service["model"])
+    cfg = resolve_here(Profile(**ENGINE, model=service["model"]))  # what the replica resolved (the same CPU)
     assert info["version"] == yoloray.__version__
-    assert info["key"] == cfg.key() == r.json()["engine"]
-    assert info["engine"]["imgsz"] == [256, 256] and info["model"] == service["model"]
+    assert info["key"] == cfg.output_key() == r.json()["engine"]
+    assert info["profile"]["engine"]["imgsz"] == "256x256" and info["model"] == service["model"]
     assert info["device"] == "cpu"
     assert info["classes"]
 

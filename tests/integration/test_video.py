@@ -19,13 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from yoloray.batch import run_job
-from yoloray.config import EngineConfig
+from yoloray.config import Profile
 from yoloray.data import video_index
 from yoloray.data.inputs import SourceOptions
 from yoloray.data.readers import read_tables
 from yoloray.data.scene import render_video_frame
 from yoloray.data.synthetic import write_clip
 from yoloray.data.units import list_units
+from yoloray.profile import resolve_here
 from yoloray.vision.decoders.pyav import decode_segment
 
 W, H, N, GOP, FPS = 320, 192, 36, 12, 30
@@ -56,8 +57,8 @@ def clips(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def config(demo_model) -> EngineConfig:
-    return EngineConfig(model=demo_model, imgsz=(H, W), batch_size=8, device="cpu")
+def config(demo_model) -> Profile:
+    return resolve_here(Profile(model=demo_model, imgsz=(H, W), batch_size=8, device="cpu"))  # no `auto` left
 
 
 def _units(path, **options) -> list[dict]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from ultralytics import YOLO
 
-from yoloray.config import EngineConfig
+from yoloray.config import Profile
 from yoloray.data.sink import detections_to_table, write_parquet_atomic
 from yoloray.detector import Detector
 from yoloray.evaluate import evaluate
@@ -34,8 +34,8 @@ def held_out_map(det: Detector, files: list[Path], held_out, tmp_path) -> float:
 
 
 def test_demo_detector_is_the_default_and_detects(demo_model, held_out):
-    assert EngineConfig().model == demo_model
-    det = Detector(EngineConfig(device="cpu", imgsz=(384, 640)))
+    assert Profile().model == demo_model
+    det = Detector(Profile(device="cpu", imgsz=(384, 640)))
     assert set(det.names.values()) == {"bolt", "nut", "washer", "gear", "bracket", "crack"}
     dets = det.detect([f.read_bytes() for f in val_files(held_out)[:8]])
     assert dets.offsets[-1] >= 8 * 3 and dets.scores.max() > 0.8
@@ -44,7 +44,7 @@ def test_demo_detector_is_the_default_and_detects(demo_model, held_out):
 @pytest.mark.parametrize("shape", [(640, 640), (384, 640)])
 def test_exact_mode_matches_predict(demo_model, held_out, photos, shape):
     files = val_files(held_out) + [photos["bus"], photos["zidane"], photos["exif6"]]
-    ours = Detector(EngineConfig(device="cpu", imgsz=shape, conf=0.1, batch_size=8)).detect([f.read_bytes() for f in files])
+    ours = Detector(Profile(device="cpu", imgsz=shape, conf=0.1, batch_size=8)).detect([f.read_bytes() for f in files])
     ref = from_ultralytics(
         YOLO(demo_model).predict([str(f) for f in files], imgsz=shape, rect=False, conf=0.1, device="cpu", verbose=False)
     )
@@ -56,20 +56,20 @@ def test_exact_mode_matches_predict(demo_model, held_out, photos, shape):
 @pytest.mark.parametrize("fast", [{"reduced_decode": True}, {"precision": "bf16"}, {"reduced_decode": True, "precision": "bf16"}])
 def test_cpu_fast_modes_within_tolerance(demo_model, held_out, tmp_path, fast):
     files = val_files(held_out)
-    base = EngineConfig(device="cpu", imgsz=(384, 640), conf=0.25, batch_size=8)
-    exact, quick = Detector(base), Detector(base.model_copy(update=fast))
+    base = Profile(device="cpu", imgsz=(384, 640), conf=0.25, batch_size=8)
+    exact, quick = Detector(base), Detector(base.replace(**fast))
     imgs = [f.read_bytes() for f in files]
     fid = compare(exact.detect(imgs), quick.detect(imgs), iou=0.9, score_tol=0.05)
     assert fid.rate >= 0.97, fid
     low = {"conf": 0.001}
-    map_exact = held_out_map(Detector(base.model_copy(update=low)), files, held_out, tmp_path)
-    map_fast = held_out_map(Detector(base.model_copy(update={**fast, **low})), files, held_out, tmp_path)
+    map_exact = held_out_map(Detector(base.replace(**low)), files, held_out, tmp_path)
+    map_fast = held_out_map(Detector(base.replace(**{**fast, **low})), files, held_out, tmp_path)
     assert map_exact > 0.8
     assert abs(map_fast - map_exact) <= 0.01, (map_exact, map_fast)
 
 
 def test_eval_agrees_with_ultralytics_val(demo_model, held_out, tmp_path):
-    det = Detector(EngineConfig(device="cpu", imgsz=640, conf=0.001, iou=0.7, max_det=300, batch_size=8))
+    det = Detector(Profile(device="cpu", imgsz=640, conf=0.001, iou=0.7, max_det=300, batch_size=8))
     ours = held_out_map(det, val_files(held_out), held_out, tmp_path)
     ref = YOLO(demo_model).val(
         data=str(held_out.dataset_yaml), split="val", imgsz=640, batch=8, conf=0.001, iou=0.7, device="cpu",

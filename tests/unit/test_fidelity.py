@@ -14,7 +14,7 @@ from ultralytics.data.augment import LetterBox
 from ultralytics.utils import nms as ul_nms
 from ultralytics.utils import ops as ul_ops
 
-from yoloray.config import EngineConfig
+from yoloray.config import Profile
 from yoloray.detector import Detector
 from yoloray.fidelity import compare, from_ultralytics
 from yoloray.vision.decode import decode_cpu, probe
@@ -61,7 +61,7 @@ def test_raw_output_and_nms_and_scaling_match(photos, checkpoints, family):
     shape = (256, 320)
     imgs = [_decode(photos[n]) for n in ("bus", "zidane", "wide_crop")]
     ul = YOLO(str(checkpoints[family]))
-    det = Detector(EngineConfig(device="cpu", model=str(checkpoints[family]), imgsz=shape, conf=0.25, batch_size=4))
+    det = Detector(Profile(device="cpu", model=str(checkpoints[family]), imgsz=shape, conf=0.25, batch_size=4))
     x_ref = _preprocess_like_ultralytics(ul, imgs, shape, nms=False if det.engine.end2end else None)
     # preprocessing: our host path gives the same tensor
     x_ours = torch.from_numpy(np.stack([letterbox_cpu(i, shape) for i in imgs])).permute(0, 3, 1, 2).flip(1).float() / 255
@@ -100,7 +100,7 @@ def test_end_to_end_matches_predict(photos, checkpoints, family, shape):
     names = ["bus", "zidane", "wide_crop", "tall_small", "fullhd", "exif6", "gray_png", "webp"]
     files = [photos[n] for n in names]
     weights = str(checkpoints[family])
-    det = Detector(EngineConfig(device="cpu", model=weights, imgsz=shape, conf=CONF[family], batch_size=3)).warmup()
+    det = Detector(Profile(device="cpu", model=weights, imgsz=shape, conf=CONF[family], batch_size=3)).warmup()
     ours = det.detect([f.read_bytes() for f in files])
     assert ours.errors == [None] * len(files)
     # an end-to-end head is used as it is: ultralytics' NMS-free mode (nms=False) is the reference
@@ -117,8 +117,8 @@ def test_end_to_end_matches_predict(photos, checkpoints, family, shape):
 
 
 def test_end2end_head_output_used_as_is(checkpoints):
-    e2e = Detector(EngineConfig(device="cpu", model=str(checkpoints["v26"]), imgsz=256))
+    e2e = Detector(Profile(device="cpu", model=str(checkpoints["v26"]), imgsz=256))
     assert e2e.engine.end2end  # YOLO26 has a one-to-one head: it runs, and no NMS is applied
     raw = e2e.infer(torch.rand(2, 3, 256, 256))
     assert raw.shape[-1] == 6  # (B, K, 6) = x1, y1, x2, y2, score, class
-    assert not Detector(EngineConfig(device="cpu", model=str(checkpoints["v8"]), imgsz=256)).engine.end2end
+    assert not Detector(Profile(device="cpu", model=str(checkpoints["v8"]), imgsz=256)).engine.end2end

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from yoloray.config import EngineConfig
+from yoloray.config import Profile
 from yoloray.detector import Detector
 from yoloray.vision.decode import ImageError, decode_cpu, probe, reduction_factor
 from yoloray.vision.decoders.stills import open_gpu_decoder
@@ -17,7 +17,7 @@ from yoloray.vision.decoders.stills import open_gpu_decoder
 
 @pytest.fixture(scope="module")
 def detector(checkpoints):
-    return Detector(EngineConfig(device="cpu", model=str(checkpoints["v8"]), imgsz=256, conf=0.3, batch_size=4, max_pixels=40_000_000)).warmup()
+    return Detector(Profile(device="cpu", model=str(checkpoints["v8"]), imgsz=256, conf=0.3, batch_size=4, max_pixels=40_000_000)).warmup()
 
 
 def huge_png_header(w=50000, h=50000) -> bytes:
@@ -57,8 +57,8 @@ def test_reduction_factor_only_when_target_at_most_half(src, dst, factor):
 
 def test_reduced_decode_boxes_stay_in_original_pixels(photos, checkpoints):
     data = photos["fullhd"].read_bytes()
-    exact = Detector(EngineConfig(device="cpu", model=str(checkpoints["v8"]), imgsz=(384, 640), conf=0.3))
-    fast = Detector(EngineConfig(device="cpu", model=str(checkpoints["v8"]), imgsz=(384, 640), conf=0.3, reduced_decode=True))
+    exact = Detector(Profile(device="cpu", model=str(checkpoints["v8"]), imgsz=(384, 640), conf=0.3))
+    fast = Detector(Profile(device="cpu", model=str(checkpoints["v8"]), imgsz=(384, 640), conf=0.3, reduced_decode=True))
     a, b = exact.detect([data]), fast.detect([data])
     assert (b.widths[0], b.heights[0]) == (1920, 1080)
     assert b.boxes[:, [0, 2]].max() <= 1920 and b.boxes[:, [1, 3]].max() <= 1080
@@ -125,10 +125,12 @@ def test_mixed_decode_routes_keep_each_image_its_own_boxes(held_out):
     files = sorted(Path(held_out.images_val).glob("*.jpg"))[:8]
     datas = [f.read_bytes() for f in files]
     mixed = [datas[0], cv2.imdecode(np.frombuffer(datas[1], np.uint8), cv2.IMREAD_COLOR), *datas[2:]]
-    base = EngineConfig(device="cpu", imgsz=(384, 640), batch_size=8)
+    base = Profile(device="cpu", imgsz=(384, 640), batch_size=8)
     reference = Detector(base).detect(datas)
     det = Detector(base)
-    det.config = base.model_copy(update={"decode": "hybrid", "hybrid_cpu_share": 0.5})  # bypasses the CUDA check
+    det.config = base.model_copy(update={  # bypasses the CUDA check
+        "decoding": base.decoding.model_copy(update={"decode": "hybrid"}),
+        "layout": base.layout.model_copy(update={"hybrid_cpu_share": 0.5})})
     got = det.detect(mixed)
     assert got.offsets[-1] > 20
     assert compare(reference, got, iou=0.99, score_tol=1e-3).rate == 1.0

@@ -19,7 +19,7 @@ import pytest
 import torch
 from ultralytics import YOLO
 
-from yoloray.config import ConfigError, EngineConfig
+from yoloray.config import ConfigError, EngineConfig, Profile
 from yoloray.detector import Detector
 from yoloray.engines import EngineError, build_engine
 from yoloray.engines import onnxruntime_backend as backend
@@ -28,13 +28,14 @@ from yoloray.engines.cache import ArtifactCache
 from yoloray.engines.export import export_onnx, read_metadata
 from yoloray.engines.torch_backend import load_model
 from yoloray.fidelity import compare, from_ultralytics
+from yoloray.profile import resolve_here
 
 CONF = {"v8": 0.3, "v11": 0.02, "v26": 0.3}
 NAMES = ["bus", "zidane", "wide_crop", "tall_small", "fullhd", "exif6", "gray_png", "webp"]
 
 
-def ort_config(model, cache, **fields) -> EngineConfig:
-    return EngineConfig(device="cpu", model=str(model), backend="onnxruntime", cache_dir=str(cache), **fields)
+def ort_config(model, cache, **fields) -> Profile:
+    return resolve_here(Profile(device="cpu", model=str(model), backend="onnxruntime", cache_dir=str(cache), **fields))
 
 
 @pytest.mark.parametrize("family", ["v8", "v11", "v26"])
@@ -57,10 +58,10 @@ def test_cpu_fp32_matches_predict(photos, checkpoints, tmp_path, family):
 def test_int8_within_fast_mode_tolerance(demo_model, held_out, tmp_path):
     files = sorted(Path(held_out.images_val).glob("*.jpg"))
     imgs = [f.read_bytes() for f in files]
-    base = EngineConfig(device="cpu", model=demo_model, imgsz=(384, 640), conf=0.25, batch_size=8)
+    base = Profile(device="cpu", model=demo_model, imgsz=(384, 640), conf=0.25, batch_size=8)
     exact = Detector(base).detect(imgs)
-    det = Detector(base.model_copy(update={"backend": "onnxruntime", "precision": "int8", "cache_dir": str(tmp_path),
-                                           "calibration": str(held_out.images_train)}))
+    det = Detector(base.replace(backend="onnxruntime", precision="int8", cache_dir=str(tmp_path),
+                                calibration=str(held_out.images_train)))
     model = onnx.load(str(next((tmp_path / "onnx-int8").glob("*/model.onnx"))))
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 50  # a real QDQ graph
     assert read_metadata(next((tmp_path / "onnx-int8").glob("*/model.onnx"))).precision == "int8"
@@ -168,8 +169,8 @@ def test_second_build_loads_from_the_cache(checkpoints, tmp_path, monkeypatch):
 def test_cache_hit_in_another_process(checkpoints, tmp_path):
     cfg = ort_config(checkpoints["v8"], tmp_path, imgsz=256)
     build_engine(cfg, torch.device("cpu"))
-    code = ("import sys, torch; from yoloray.config import EngineConfig; from yoloray.engines import build_engine; "
-            "e = build_engine(EngineConfig.parse(eval(sys.argv[1])), torch.device('cpu')); "
+    code = ("import sys, torch; from yoloray.config import Profile; from yoloray.engines import build_engine; "
+            "e = build_engine(Profile.parse(eval(sys.argv[1])), torch.device('cpu')); "
             "print([k[2] for k in e.cache.events])")
     out = subprocess.run([sys.executable, "-c", code, repr(cfg.model_dump())], capture_output=True, text=True,
                          check=True, timeout=300)
@@ -211,7 +212,7 @@ def test_missing_providers_say_what_to_install():
     with pytest.raises(EngineError, match="could not start provider cuda .*runs on CPUExecutionProvider"):
         providers.check_session(session, "cuda")
     with pytest.raises(ConfigError, match="provider cuda needs a CUDA device"):
-        EngineConfig.parse({"model": "yolov8n.yaml", "backend": "onnxruntime", "provider": "cuda", "device": "cpu"})
+        Profile.parse({"model": "yolov8n.yaml", "backend": "onnxruntime", "provider": "cuda", "device": "cpu"})
 
 
 def _tiny_model() -> bytes:
@@ -222,8 +223,9 @@ def _tiny_model() -> bytes:
 
 
 def _options(provider, **fields):
+    exact = {"precision": "fp32", "cuda_graph": False, "micro_batch": None, "channels_last": False}  # not auto
     cfg = EngineConfig(model="yolov8n.yaml", backend="onnxruntime", provider=provider, imgsz="384x640",
-                       batch_size=64, **fields)
+                       batch_size=64, **{**exact, **fields})
     return providers.provider_options(provider, cfg, 1, 32, "/c/engines", "/c/timing")
 
 

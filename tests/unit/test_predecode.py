@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from yoloray.batch.predecode import PIXELS, SIZE_COLUMNS, chosen, predecode, prepared_inputs
-from yoloray.config import EngineConfig
+from yoloray.config import Profile
 from yoloray.data.inputs import INPUT_SCHEMA
 from yoloray.detector import Detector
 from yoloray.vision.prepare import Prepared
@@ -52,7 +52,7 @@ def test_predecoded_rows_detect_exactly_like_the_detector(photos, checkpoints):
 
     inputs = prepared_inputs(out, IMGSZ)
     assert isinstance(inputs[0], Prepared) and not inputs[0].pixels.flags.owndata  # a view of the Arrow buffer
-    cfg = EngineConfig(device="cpu", model=str(checkpoints["v8"]), imgsz=IMGSZ, conf=0.2, reduced_decode=True)
+    cfg = Profile(device="cpu", model=str(checkpoints["v8"]), imgsz=IMGSZ, conf=0.2, reduced_decode=True)
     det = Detector(cfg)
     good = [0, 2, 4, 5]
     got = det.detect([inputs[i] for i in good])
@@ -82,7 +82,7 @@ def test_a_share_leaves_the_other_rows_encoded(photos):
 
 
 def test_a_prepared_image_of_another_size_is_refused(checkpoints):
-    det = Detector(EngineConfig(device="cpu", model=str(checkpoints["v8"]), imgsz=256))
+    det = Detector(Profile(device="cpu", model=str(checkpoints["v8"]), imgsz=256))
     wrong = Prepared(np.zeros((384, 640, 3), np.uint8), (540, 960), (1080, 1920))
     with pytest.raises(ValueError, match="does not fit imgsz"):
         det.detect([wrong])

@@ -10,7 +10,8 @@ import pytest
 import requests
 import yaml
 
-from yoloray.config import ConfigError, EngineConfig, ServeConfig
+from yoloray.config import ConfigError, Profile, ServeConfig
+from yoloray.profile import resolve_here
 
 ROOT = Path(__file__).resolve().parents[2]
 DETECTOR_YAML = ROOT / "serve_configs" / "detector.yaml"
@@ -19,8 +20,9 @@ DETECTOR_YAML = ROOT / "serve_configs" / "detector.yaml"
 # ----------------------------------------------------------------------------------------- ServeConfig
 def test_defaults_follow_the_engine():
     c = ServeConfig.parse({})
-    assert c.engine == EngineConfig()
-    assert c.max_batch_size == c.engine.batch_size
+    assert c.profile == Profile()
+    assert c.max_batch_size is None and c.profile.batch_size == "auto"  # set when the replica resolves the profile
+    assert c.resolved(resolve_here(c.profile)).max_batch_size == 16  # the CPU's resolved batch size
     assert ServeConfig.parse({"engine": {"batch_size": 8}}).max_batch_size == 8
     assert ServeConfig.parse({"engine": {"batch_size": 8}, "max_batch_size": 4}).max_batch_size == 4
     assert c.max_image_bytes == 20 * 2**20
@@ -33,7 +35,7 @@ def test_tune_contract_round_trips():
         "batch_wait_timeout_s": 0.005,
     }
     c = ServeConfig.parse(args)
-    assert c.engine.imgsz == (384, 640) and c.max_batch_size == 32 and c.batch_wait_timeout_s == 0.005
+    assert c.profile.imgsz == (384, 640) and c.max_batch_size == 32 and c.batch_wait_timeout_s == 0.005
     assert ServeConfig.parse(c.model_dump(mode="json")) == c
 
 
@@ -43,7 +45,7 @@ def test_tune_contract_round_trips():
         ({"bogus": 1}, "bogus"),
         ({"engine": {"imgsz": 100}}, "engine.imgsz"),
         ({"engine": {"precision": "fp8"}}, "engine.precision"),
-        ({"engine": {"nope": 1}}, "engine.nope"),
+        ({"engine": {"nope": 1}}, "profile.nope"),
         ({"max_batch_size": 0}, "max_batch_size"),
         ({"engine": {"batch_size": 4}, "max_batch_size": 8}, "max_batch_size"),
         ({"batch_wait_timeout_s": -0.1}, "batch_wait_timeout_s"),
@@ -76,8 +78,8 @@ def test_detector_yaml_is_a_valid_serve_config():
     assert app.name == "yoloray" and app.route_prefix == "/"
     assert app.import_path == "yoloray.serve.app:build_app"
     c = ServeConfig.parse(app.args)
-    assert c.engine.model == EngineConfig().model  # the bundled demo detector
-    assert c.engine.device == "auto"
+    assert c.profile.model == Profile().model  # the bundled demo detector
+    assert c.profile.device == "auto"
     (dep,) = app.deployments
     assert dep.name == "Detector"
     auto = dep.autoscaling_config
@@ -113,14 +115,14 @@ def test_main_refuses_bad_config_without_starting_ray(tmp_path, capsys):
     from yoloray.serve.app import main
 
     data = yaml.safe_load(DETECTOR_YAML.read_text())
-    data["applications"][0]["args"]["engine"]["imgsz"] = 650
+    data["applications"][0]["args"]["profile"]["imgsz"] = 650
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
     assert main([str(bad), "--no-block"]) == 2
     err = capsys.readouterr().err
     assert "engine.imgsz" in err and "multiple of the model stride" in err
     data["applications"][0]["deployments"][0]["name"] = "Other"
-    data["applications"][0]["args"]["engine"]["imgsz"] = 640
+    data["applications"][0]["args"]["profile"]["imgsz"] = 640
     bad.write_text(yaml.safe_dump(data))
     assert main([str(bad)]) == 2
     assert "unknown deployment 'Other'" in capsys.readouterr().err

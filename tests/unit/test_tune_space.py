@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from yoloray.config import ConfigError, EngineConfig, TuneConfig
+from yoloray.config import ConfigError, Profile, TuneConfig
 from yoloray.engines.capabilities import CAPABILITIES
 from yoloray.tune.space import KNOBS, OptunaSpace, Space, load_space_file, rect_imgsz, validate_mapping
 from yoloray.tune.trial import engine_fields, is_stable, make_batches
 
 
 def _parse(point, device):
-    return EngineConfig.parse({**point, "model": "yolov8n.yaml", "device": device})
+    return Profile.parse({**point, "model": "yolov8n.yaml", "device": device})
 
 
 def test_default_space_on_cpu_holds_only_what_the_cpu_runs():
@@ -32,26 +32,27 @@ def test_default_space_on_cpu_holds_only_what_the_cpu_runs():
     assert len(points) == 2 * 5 * 2 + 2 * 5  # torch: precision x batch x channels_last; onnxruntime: precision x batch
     assert len({tuple(sorted(p.items(), key=str)) for p in points}) == len(points)  # no duplicates
     for p in points:
-        _parse(p, "cpu")  # every point is a valid EngineConfig on the CPU
+        _parse(p, "cpu")  # every point is a valid Profile on the CPU
     assert space.warnings() == []
 
 
 def _expected_cuda_points() -> int:
-    """precision (fp16, bf16) x batch (32-256) x cuda_graph where honoured x decode (gpu, hybrid), torch only."""
-    return 2 * 4 * (2 if CAPABILITIES["torch"].cuda_graph else 1) * 2
+    """precision (fp16, bf16) x batch (32-256) x cuda_graph where honoured, torch only, nvJPEG (decode placement
+    is the layout level's)."""
+    return 2 * 4 * (2 if CAPABILITIES["torch"].cuda_graph else 1)
 
 
 def test_default_space_on_cuda_is_small_enough_for_a_grid_and_conditional():
     space = Space.build(None, cuda=True)
     points = space.points()
-    assert len(points) == _expected_cuda_points() == 32
+    assert len(points) == _expected_cuda_points() == 16
     assert len({tuple(sorted(p.items(), key=str)) for p in points}) == len(points)
     assert {p["backend"] for p in points} == {"torch"}  # torch-compile: listed in a space file
     assert {p["precision"] for p in points} == {"fp16", "bf16"}  # fp32: the reference, not a contender
     assert {p["batch_size"] for p in points} == {32, 64, 128, 256}
     assert {p["imgsz"] for p in points} == {"384x640"}
     assert {p["channels_last"] for p in points} == {True}
-    assert {p["decode"] for p in points} == {"gpu", "hybrid"}
+    assert {p["decode"] for p in points} == {"gpu"}
     for p in points:
         cap = CAPABILITIES[p["backend"]]
         assert p["compile_mode"] == ("default" if cap.compile else None)
@@ -100,9 +101,30 @@ def test_values_left_out_of_the_default_space_can_still_be_listed():
     assert {p["compile_mode"] for p in points if p["backend"] == "torch-compile"} == {"default", "max-autotune"}
     assert {p["batch_size"] for p in points} == {512}
     assert {p["imgsz"] for p in points} == {"640", "384x640"}
-    assert {(p["decode"], p["reduced_decode"]) for p in points} == {("cpu", True)}
+    assert {(p["decode"], p["reduced_decode"]) for p in points} == {("cpu", False)}  # unlisted: the default
     for p in points:
         _parse(p, "cuda")
+
+
+def test_a_space_file_is_searched_as_written():
+    """Only the listed knobs vary; every other knob is fixed at the resolved default profile's value, so a
+    4-point file is 4 points, searched as a grid (it once became 8, and Optuna skipped batch_size 1)."""
+    from yoloray.tune.sweep import DEFAULT_TRIALS, search_plan
+
+    space = Space.build({"precision": ["fp32", "bf16"], "batch_size": [1, 8]}, cuda=False, frame_size=(1920, 1080))
+    points = space.points()
+    assert len(points) == 4
+    assert {(p["precision"], p["batch_size"]) for p in points} == {("fp32", 1), ("fp32", 8), ("bf16", 1), ("bf16", 8)}
+    for knob, value in {"backend": "torch", "imgsz": "384x640", "cuda_graph": False, "channels_last": False,
+                        "decode": "cpu", "reduced_decode": False}.items():
+        assert {p[knob] for p in points} == {value}, knob
+    settings = TuneConfig(name="n", out="/tmp/n", model="m", budget_trials=DEFAULT_TRIALS)
+    assert search_plan(len(points), settings) == (True, 4)
+    base = {"backend": "torch", "provider": None, "precision": "fp16", "batch_size": 128, "imgsz": (384, 640), "cuda_graph": True,
+            "channels_last": True, "compile_mode": None, "decode": "hybrid", "reduced_decode": False, "workspace_gib": None}
+    cuda = Space.build({"batch_size": [64, 128]}, cuda=True, base=base).points()
+    assert [(p["batch_size"], p["precision"], p["decode"], p["cuda_graph"]) for p in cuda] == [
+        (64, "fp16", "hybrid", True), (128, "fp16", "hybrid", True)]
 
 
 def test_rect_imgsz_is_stride_aligned():
@@ -119,7 +141,7 @@ def test_user_space_narrows_and_fixes():
     assert {p["imgsz"] for p in points} == {"64", "96x160"}
     assert space.fixed == {"conf": 0.3}
     settings = TuneConfig(name="t", out="/tmp/t", model="yolov8n.yaml", space={"conf": 0.3})
-    cfg = EngineConfig.parse(engine_fields(points[0], settings))
+    cfg = Profile.parse(engine_fields(points[0], settings))
     assert cfg.conf == 0.3 and cfg.device == "cpu"
 
 
@@ -127,7 +149,7 @@ def test_fixed_micro_batch_must_divide_every_batch_size():
     space = Space.build({"micro_batch": 32}, cuda=True)
     settings = TuneConfig(name="t", out="/tmp/t", model="yolov8n.yaml", space={"micro_batch": 32}, gpus=1)
     for point in space.points():
-        assert EngineConfig.parse(engine_fields(point, settings)).micro_batch == 32
+        assert Profile.parse(engine_fields(point, settings)).micro_batch == 32
     with pytest.raises(ConfigError, match="micro_batch 48 must divide every batch_size; it does not divide 32, 64, 128, 256"):
         Space.build({"micro_batch": 48}, cuda=True)
     with pytest.raises(ConfigError, match="micro_batch: 0"):
@@ -196,8 +218,9 @@ class _FakeTrial:
         return choices[self.pick]
 
 
-@pytest.mark.parametrize("mapping", [{"backend": ["torch", "torch-compile"]},
-                                     {"backend": ["torch", "torch-compile"], "compile_mode": ["default", "max-autotune"]}])
+@pytest.mark.parametrize("mapping", [{"backend": ["torch", "torch-compile"], "cuda_graph": [False, True]},
+                                     {"backend": ["torch", "torch-compile"], "cuda_graph": [False, True],
+                                      "compile_mode": ["default", "max-autotune"]}])
 def test_optuna_space_suggests_conditional_knobs_only_where_they_apply(mapping):
     space = Space.build(mapping, cuda=True)
     define = OptunaSpace(space)
@@ -205,13 +228,13 @@ def test_optuna_space_suggests_conditional_knobs_only_where_they_apply(mapping):
         trial = _FakeTrial(pick)
         point = define(trial)["engine"]
         assert point in space.points()
-        assert "channels_last" not in trial.asked  # fixed on CUDA by default
+        assert "channels_last" not in trial.asked  # not listed: fixed
         if point["backend"] == "torch":
             assert "compile_mode" not in trial.asked and "cuda_graph" in trial.asked
         else:
             assert ("compile_mode" in trial.asked) is ("compile_mode" in mapping)  # one mode by default: not asked
             assert "cuda_graph" not in trial.asked
-        assert "reduced_decode" not in trial.asked  # fixed true where the CPU decodes, false for nvJPEG
+        assert "reduced_decode" not in trial.asked  # not listed: fixed
 
 
 def test_default_budget_searches_the_default_cuda_space_with_optuna(tmp_path):
@@ -226,7 +249,9 @@ def test_default_budget_searches_the_default_cuda_space_with_optuna(tmp_path):
     assert (default.budget_trials, default.budget_minutes) == (DEFAULT_TRIALS, sweep.DEFAULT_MINUTES)
     assert settings("--budget-trials", "5").budget_minutes is None  # a trial count alone has no time cap
     assert settings("--budget-minutes", "3").budget_trials is None
-    cuda = len(Space.build(None, cuda=True).points())
+    assert search_plan(len(Space.build(None, cuda=True).points()), default) == (True, 16)  # the default: a grid
+    cuda = len(Space.build({"precision": ["fp16", "bf16"], "batch_size": [16, 32, 64, 128, 256],
+                            "cuda_graph": [False, True], "decode": ["gpu", "hybrid"]}, cuda=True).points())
     assert cuda > DEFAULT_TRIALS
     assert search_plan(cuda, default) == (False, DEFAULT_TRIALS)  # Optuna + ASHA, not the full grid
     assert search_plan(cuda, settings("--budget-trials", str(cuda))) == (True, cuda)  # the exhaustive grid

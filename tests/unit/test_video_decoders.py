@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from yoloray.config import EngineConfig
+from yoloray.config import Profile
 from yoloray.data.scene import render_video_frame
 from yoloray.data.synthetic import write_clip
 from yoloray.detector import Detector
@@ -56,7 +56,7 @@ def test_nv12_to_rgb_within_two_levels_of_ffmpeg(clip, matrix, tag, full):
 def test_run_takes_device_groups_and_host_frames_alike(clip, checkpoints):
     """The same frames as full-size RGB tensors (what NVDEC gives, letterboxed by run) and as letterboxed BGR
     arrays (what PyAV/OpenCV give) -> the same boxes."""
-    det = Detector(EngineConfig(model=str(checkpoints["v8"]), imgsz=(H, W), batch_size=4, device="cpu", conf=0.05))
+    det = Detector(Profile(model=str(checkpoints["v8"]), imgsz=(H, W), batch_size=4, device="cpu", conf=0.05))
     with av.open(str(clip)) as c:
         bgr = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
     host, device = FrameBatch.empty(4), FrameBatch.empty(4)
@@ -86,7 +86,7 @@ def test_pyav_path_matches_ultralytics_predict_on_the_clip(tmp_path, demo_model)
     n, shape = 12, (H, W)
     path = tmp_path / "clip.mp4"
     write_clip(path, [render_video_frame(0, i, W, H, n)[0] for i in range(n)], W, H, 30, "h264", gop=6)
-    det = Detector(EngineConfig(model=demo_model, imgsz=shape, batch_size=4, device="cpu")).warmup()
+    det = Detector(Profile(model=demo_model, imgsz=shape, batch_size=4, device="cpu")).warmup()
     rows = detect_video(det, str(path))
     assert [r["frame"] for r in rows] == list(range(n)) and all(r["error"] is None for r in rows)
     ours = Detections.empty(n, det.names)

@@ -26,7 +26,7 @@ from yoloray.batch.parts import PartWriter, batches_or_ticks
 from yoloray.batch.predecode import predecode
 from yoloray.batch.predictor import Predictor
 from yoloray.batch.video import drop_done_frames, expand_on_cpu, frames_per_row
-from yoloray.config import EngineConfig
+from yoloray.config import Layout, Profile
 from yoloray.data.inputs import SourceOptions
 from yoloray.data.sources import read_units
 from yoloray.data.units import list_units
@@ -36,6 +36,8 @@ from yoloray.observe.reports import ActorObserve
 log = logging.getLogger(__name__)
 
 JOB_FILE = "_job.json"
+# the resolved profile the job ran, beside the results; `_` keeps Parquet readers of the folder from opening it
+PROFILE_FILE = "_profile.yaml"
 SUMMARY_FILE = "_summary.json"
 COMPLETE_FILE = "_complete.json"  # unit ids of a run that finished; a rerun over the same units returns at once
 ROWS_PER_PART = 4096
@@ -50,8 +52,12 @@ class JobError(ValueError):
 
 @dataclass
 class ActorOptions:
-    actors: int | None = None  # actors in the pool (default: as many as the GPUs hold, or 1 on CPU)
-    gpus_per_actor: float | None = None  # default 1 when the cluster has GPUs, else 0; fractions share a GPU
+    """The actor pool Ray Data gets; `from_layout` makes it from a profile's layout (what `run_job` does when
+    none is given)."""
+
+    actors: int | None = None  # actors in the pool (default: actors_per_gpu x the cluster's GPUs, or 1 on CPU)
+    gpus_per_actor: float | None = None  # default 1/actors_per_gpu when the cluster has GPUs, else 0
+    actors_per_gpu: int = 1
     cpus_per_actor: float = 1.0
     calls_per_actor: int = 1  # concurrent batches inside one actor (overlaps decode with inference)
     decode_threads: int | None = None  # CPU decode threads per actor (default: all cores)
@@ -60,6 +66,17 @@ class ActorOptions:
     # more batches per call means fewer short batches and fewer calls.
     batches_per_call: int = 4
     observe: ActorObserve | None = None  # metric labels, --trace, reports to the driver (observe/actor.py)
+
+    def layout_fields(self) -> dict:
+        """These options as the profile's layout fields (what `run_job` records in the profile it writes)."""
+        per_gpu = max(1, round(1 / self.gpus_per_actor)) if self.gpus_per_actor else self.actors_per_gpu
+        return {"actors": self.actors, "actors_per_gpu": per_gpu, "calls_per_actor": self.calls_per_actor,
+                "decode_threads": self.decode_threads, "batches_per_call": self.batches_per_call}
+
+    @classmethod
+    def from_layout(cls, layout: Layout) -> ActorOptions:
+        return cls(actors=layout.actors, actors_per_gpu=layout.actors_per_gpu, calls_per_actor=layout.calls_per_actor,
+                   decode_threads=layout.decode_threads, batches_per_call=layout.batches_per_call)
 
 
 @dataclass
@@ -100,7 +117,10 @@ def _resources(options: ActorOptions) -> tuple[float, int]:
 
     resources = ray.cluster_resources() if ray.is_initialized() else {}
     cluster_gpus = resources.get("GPU", 0)
-    gpus = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if cluster_gpus else 0.0)
+    if options.gpus_per_actor is not None:
+        gpus = options.gpus_per_actor
+    else:
+        gpus = 1.0 / options.actors_per_gpu if cluster_gpus else 0.0
     if gpus and not cluster_gpus:
         raise JobError(f"--gpus-per-actor {gpus} asked for, but the Ray cluster has no GPUs")
     if options.actors is not None:
@@ -111,7 +131,7 @@ def _resources(options: ActorOptions) -> tuple[float, int]:
             raise JobError(f"{actors} actors x {gpus} GPU need {actors * gpus:g} GPUs; the Ray cluster has "
                            f"{cluster_gpus:g}: lower --actors or --gpus-per-actor")
     elif gpus:
-        actors = max(1, int(cluster_gpus / gpus))
+        actors = max(1, int(cluster_gpus / gpus + 1e-6))  # 1 GPU / (1/3 GPU) is 3 actors, not 2.9999
     else:
         actors = 1
     cpus = resources.get("CPU")
@@ -123,16 +143,21 @@ def _resources(options: ActorOptions) -> tuple[float, int]:
     return gpus, actors
 
 
-def detect(ds, config: EngineConfig, options: ActorOptions | None = None, frames_per_row: float | None = None):
+def detect(ds, config: Profile, options: ActorOptions | None = None, frames_per_row: float | None = None):
     """Ray Dataset of input rows (key, image, source, frame, ts, error[, segment]) -> Dataset of output rows.
 
     Composes with a user's own pipeline: anything upstream (filters, unions, their own readers) and
     downstream (joins, writes) is plain Ray Data. Missing optional columns are filled with nulls.
     `frames_per_row`: set when the rows hold video segment references (batch/video.py `frames_per_row`);
-    the CPU share of the segments is then decoded upstream and actor calls are sized in frames."""
+    the CPU share of the segments is then decoded upstream and actor calls are sized in frames. A profile
+    with `auto` fields is resolved for the cluster (give `imgsz`, or resolve it with a Sample first)."""
     from ray.data import ActorPoolStrategy
 
-    options = options or ActorOptions()
+    if not config.is_resolved():  # no sample here: the input size falls back to square 640 unless given
+        from yoloray.profile import Hardware, resolve
+
+        config = resolve(config, Hardware.cluster())
+    options = options or ActorOptions.from_layout(config.layout)
     columns = ds.columns(fetch_if_missing=False)  # known without running anything (e.g. from_items)
     if columns is not None:
         _check_columns(columns)
@@ -205,26 +230,29 @@ def done_keys(out: str) -> set[str]:
     return keys
 
 
-def _check_job_file(fs, root: str, config: EngineConfig, sources: list[str]) -> None:
+def _check_job_file(fs, root: str, config: Profile, sources: list[str]) -> None:
+    """Record the output key of a new job; refuse to resume one whose output key differs (a change of batch
+    size or layout keeps it, so a resumed job may run faster settings)."""
     path = f"{root}/{JOB_FILE}"
     info = fs.get_file_info(path)
-    record = {"engine": config.key(), "sources": list(sources), "config": config.model_dump(mode="json")}
+    record = {"output_key": config.output_key(), "sources": list(sources), "profile": config.model_dump(mode="json")}
     if info.type == pafs.FileType.File:
         with fs.open_input_stream(path) as f:
             old = json.loads(f.read())
-        if old.get("engine") != record["engine"] and _parts(fs, root):
+        if old.get("output_key") != record["output_key"] and _parts(fs, root):
+            before = old.get("output_key") or f"{old.get('engine')}, written by an earlier yoloray"
             raise JobError(
-                f"{root} holds results of another engine configuration ({old.get('engine')}, now "
-                f"{record['engine']}); use a new --out folder to run this configuration"
+                f"{root} holds results of settings that give other detections (output key {before}, now "
+                f"{record['output_key']}); use a new --out folder to run these settings"
             )
-        if old.get("engine") == record["engine"]:
-            return  # else: a start that failed before any result; this configuration takes the folder
+        if old.get("output_key") == record["output_key"]:
+            return  # else: a start that failed before any result; these settings take the folder
     fs.create_dir(root, recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(json.dumps(record, indent=1).encode())
 
 
-def _check_model(config: EngineConfig) -> None:
+def _check_model(config: Profile) -> None:
     """Fail on the driver, before any actor starts, when the weights file is missing: an actor that dies in its
     constructor makes Ray Data log a full stack trace and raise an ActorDiedError instead of a clear message.
     Skipped under Ray Client (the path is resolved on the cluster, not here)."""
@@ -257,7 +285,7 @@ def _actor_init_error(exc: BaseException) -> str | None:
 def run_job(
     sources: list[str],
     out: str,
-    config: EngineConfig,
+    config: Profile,
     options: ActorOptions | None = None,
     source_options: SourceOptions | None = None,
     rows_per_part: int | None = None,
@@ -280,16 +308,27 @@ def run_job(
         raise JobError(f"--part-seconds must be > 0, got {seconds_per_part}")
     fs, root = _fs(out)
     source_options = source_options or SourceOptions()
-    gpus, _ = _resources(options or ActorOptions())  # bad actor options fail before the output folder is touched
+    if units is None:  # SourceError for missing / empty / unsupported inputs
+        units = list_units(sources, source_options)
+    if options is not None:  # explicit actor options (JobError if they cannot run): the profile records them
+        _resources(options)
+        config = config.replace(**options.layout_fields())
+    if not config.is_resolved():
+        from yoloray.profile import Hardware, Sample, resolve
+
+        config = resolve(config, Hardware.cluster(), Sample.of_units(units, source_options))
+        log.info("resolved profile:\n%s", config.to_yaml())
+    options = options or ActorOptions.from_layout(config.layout)
+    gpus, _ = _resources(options)  # bad actor options fail before the output folder is touched
     if not gpus and (reasons := config.cuda_only()):  # would fail in every actor's constructor
         raise JobError(f"{reasons[0]} (the detector actors get no GPU: the Ray cluster has none, or "
                        "--gpus-per-actor is 0)")
-    if units is None:  # SourceError for missing / empty / unsupported inputs
-        units = list_units(sources, source_options)
     _check_model(config)
     _check_job_file(fs, root, config, sources)
+    with fs.open_output_stream(f"{root}/{PROFILE_FILE}") as f:  # what runs: `infer --profile` reruns it
+        f.write(config.to_yaml().encode())
     done = frozenset(done_keys(out))
-    summary = Summary(out=out, engine=config.key(), skipped_done=len(done))
+    summary = Summary(out=out, engine=config.output_key(), skipped_done=len(done))
     unit_ids = sorted(u["unit_id"] for u in units)
     if done and _completed(fs, root) == {"units": unit_ids, "rows": len(done)}:  # finished, same inputs, all rows
         summary.seconds = time.perf_counter() - t0

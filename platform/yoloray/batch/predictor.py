@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from yoloray.batch.predecode import prepared_inputs
 from yoloray.batch.video import SegmentRunner, segment_mask
-from yoloray.config import EngineConfig
+from yoloray.config import Profile
 from yoloray.data.sink import OUTPUT_SCHEMA, detections_to_table, error_table
 from yoloray.observe.actor import ActorObserver
 from yoloray.observe.reports import ActorObserve
@@ -23,12 +23,12 @@ class Predictor:
         `observe`: metric labels, tracing and reports to the driver (observe/actor.py)."""
         from yoloray.detector import Detector, resolve_device
 
-        engine = EngineConfig.model_validate(config)
-        self.engine = engine.key()
+        profile = Profile.model_validate(config)
+        self.engine = profile.output_key()
         if predecoded:
-            engine = engine.model_copy(update={"decode": "gpu"})
-        self.observer = ActorObserver(observe, self.engine, resolve_device(engine.device))
-        self.detector = Detector(engine, decode_threads=decode_threads).warmup()
+            profile = profile.replace(decode="gpu")
+        self.observer = ActorObserver(observe, self.engine, resolve_device(profile.device))
+        self.detector = Detector(profile, decode_threads=decode_threads).warmup()
         self.video = None  # made on the first segment row
 
     def __call__(self, batch: pa.Table) -> pa.Table:

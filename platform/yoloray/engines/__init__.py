@@ -18,7 +18,10 @@ _BACKENDS = {
 
 
 def build_engine(config, device) -> Engine:
-    """Build (load, convert, compile) the engine an EngineConfig describes, on `device`."""
+    """Build (load, convert, compile) the engine a resolved Profile (its `build_spec()`) or a BuildSpec describes,
+    on `device`. Backends read the flat build spec: the engine fields plus max_det and agnostic_nms."""
+    if hasattr(config, "build_spec"):
+        config = config.build_spec()
     capability(config.backend)  # unknown names fail with the list of backends
     module, cls = _BACKENDS[config.backend].split(":")
     return getattr(import_module(module), cls)(config, device)

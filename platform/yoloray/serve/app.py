@@ -10,9 +10,9 @@ HTTP API (route_prefix `/` in the shipped config):
                                          application/octet-stream), or multipart/form-data with one or
                                          more image files. Answer: {"results": [{"width", "height",
                                          "detections": [{x1,y1,x2,y2,score,class_id,label}], "error"}],
-                                         "engine": EngineConfig.key(), "params": {conf, iou, max_det}}
+                                         "engine": Profile.output_key(), "params": {conf, iou, max_det}}
     GET  /healthz                        200 {"status": "ok"} when the engine runs, else 503
-    GET  /info                           model, engine config and key, version, batching, limits, stats
+    GET  /info                           model, profile and output key, version, batching, limits, stats
 
 Query parameters can only narrow what the engine returns (it ran at its own conf/iou/max_det):
 conf (0..1) filters boxes below it (a conf below the engine's returns nothing more); iou (0..1) runs a
@@ -76,8 +76,9 @@ def build_application(args: Any, **deployment_options):
 
 def build_app(args: dict):
     """Serve config entry point (`import_path: yoloray.serve.app:build_app`). `args` is validated with
-    ServeConfig: {"engine": {EngineConfig fields}, "max_batch_size": int, "batch_wait_timeout_s": float,
-    "max_image_bytes", "max_request_bytes", "max_images_per_request", "max_queued_images", "body_timeout_s"}."""
+    ServeConfig: {"profile": {Profile fields} or a profile file's path, "max_batch_size": int,
+    "batch_wait_timeout_s": float, "max_image_bytes", "max_request_bytes", "max_images_per_request",
+    "max_queued_images", "body_timeout_s"}."""
     return build_application(args)
 
 

@@ -157,12 +157,13 @@ class DetectorDeployment:
         from yoloray.detector import Detector
 
         t0 = time.perf_counter()
-        self.config = c = ServeConfig.parse(args, source="serve args")
-        engine = c.engine
-        self.detector = Detector(engine).warmup()
+        config = ServeConfig.parse(args, source="serve args")
+        self.detector = Detector(config.profile).warmup()  # `auto` fields resolved for this replica's device
+        self.config = c = config.resolved(self.detector.config)
+        profile = c.profile
         self.names = self.detector.names
         self.key = self.detector.key
-        self._engine_params = {"conf": engine.conf, "iou": engine.iou, "max_det": engine.max_det}
+        self._engine_params = {"conf": profile.conf, "iou": profile.iou, "max_det": profile.max_det}
         self.batcher = ImageBatcher(
             self.detector, c.max_batch_size, c.batch_wait_timeout_s, c.max_queued_images
         )
@@ -199,8 +200,8 @@ class DetectorDeployment:
         c = self.config
         return {
             "version": yoloray.__version__,
-            "model": c.engine.model,
-            "engine": c.engine.model_dump(mode="json"),
+            "model": c.profile.model,
+            "profile": c.profile.model_dump(mode="json"),
             "key": self.key,
             "device": str(self.detector.device),
             "classes": {str(k): v for k, v in self.names.items()},
@@ -289,7 +290,7 @@ class DetectorDeployment:
             raise ApiError(
                 413, f"{len(datas)} images in one request; the limit is {c.max_images_per_request}"
             )
-        max_pixels = c.engine.max_pixels
+        max_pixels = c.profile.max_pixels
         errors = [e or check_image(d, c.max_image_bytes, max_pixels) for d, e in zip(datas, errors)]
         single = len(datas) == 1
         if single and errors[0] is not None:
@@ -303,6 +304,6 @@ class DetectorDeployment:
         if single and results[0].error is not None:
             raise image_error(results[0].error, datas[0])
         eff = effective_params(params, **self._engine_params)
-        agnostic = c.engine.agnostic_nms
+        agnostic = c.profile.agnostic_nms
         rows = [to_row(narrow(r, eff, self._engine_params, agnostic), self.names) for r in results]
         return {"results": rows, "engine": self.key, "params": eff}

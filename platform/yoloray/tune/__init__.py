@@ -1,4 +1,4 @@
-"""Engine tuning on Ray Tune: `yoloray tune` searches the EngineConfig with the most images/s per GPU.
+"""Engine tuning on Ray Tune: `yoloray tune` searches the Profile with the most images/s per GPU.
 
 space.py   the search space, built from the capability table (no Ray)
 trial.py   one measured trial: build, warm, fidelity check, windows until stable

@@ -1,15 +1,18 @@
-"""What a sweep leaves in RUN: every trial's figures, plots, one HTML page, the winner and its Serve config.
+"""What a sweep leaves in RUN: every trial's figures, plots, one HTML page, the winner profile and its Serve config.
 
-    trials.parquet, trials.csv      one row per trial: knobs, status, reason, figures of its last window
-    throughput_vs_batch.png         images/s vs batch size, one line per precision (best of each)
-    p99_vs_throughput.png           p99 batch latency vs images/s (the winner starred)
-    memory_vs_batch.png             peak GPU memory vs batch size, one line per precision
-    report.html                     self-contained: the plots (base64) and the table
-    engine.yaml                     the winner's EngineConfig (what Serve and the batch job load)
+    trials.parquet, trials.csv      engine level: one row per trial (knobs, status, reason, figures of its last
+                                    window, window_min/window_max: the spread of its windows' images/s)
+    layout.parquet, layout.csv      layout level: one row per batch-job run (engine trial, layout, figures)
+    trials.png, p99_vs_throughput.png, memory_vs_batch.png, layout.png   (tune/plots.py)
+    report.html                     self-contained: the summary, the plots (base64) and both tables
+    profile.yaml                    the winner: a full, resolved profile (`yoloray infer --profile`, serve, jobs)
     serve.yaml                      copy of the Serve config, also written to serve_configs/<NAME>.yaml
 
-The winner: the most images/s among trials with status ok that satisfy --max-p99-ms, --max-gpu-mem-gib and
---min-fidelity. The Serve config is a standard Ray Serve config file for `serve run` / `serve deploy`.
+The engine level's winner: the most images/s among trials with status ok that satisfy --max-p99-ms,
+--max-gpu-mem-gib and --min-fidelity. With a layout level, the sweep's winner is its fastest run end to end
+(the engines taken there all satisfy the limits), and its gain is over the default profile's run on the same
+sample; without one, the engine winner with the default profile's layout. The Serve config is a standard
+Ray Serve config file for `serve run` / `serve deploy`.
 """
 
 from __future__ import annotations
@@ -23,15 +26,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from yoloray.config import EngineConfig, TuneConfig
+from yoloray.config import Profile, TuneConfig
 from yoloray.tune.space import KNOBS
 from yoloray.tune.trial import engine_fields
 
-FIGURES = ("status", "reason", "images_per_s", "measured_images_per_s", "p50_ms", "p99_ms", "per_image_ms",
-           "gpu_mem_gib", "fidelity", "model_images_per_s", "window", "stable", "engine_key")
-TABLE = ("trial_id", "backend", "precision", "batch_size", "imgsz", "cuda_graph", "channels_last", "compile_mode",
-         "decode", "reduced_decode", "status", "measured_images_per_s", "p50_ms", "p99_ms", "gpu_mem_gib", "fidelity")
-PLOTS = ("throughput_vs_batch.png", "p99_vs_throughput.png", "memory_vs_batch.png")
+FIGURES = ("status", "reason", "images_per_s", "measured_images_per_s", "window_min", "window_max", "p50_ms",
+           "p99_ms", "per_image_ms", "gpu_mem_gib", "fidelity", "model_images_per_s", "window", "stable", "engine_key")
+TABLE = ("trial_id", *KNOBS, "status", "measured_images_per_s", "window_min", "window_max", "p50_ms", "p99_ms",
+         "gpu_mem_gib", "fidelity")
 
 
 def trials_frame(results) -> pd.DataFrame:
@@ -44,13 +46,18 @@ def trials_frame(results) -> pd.DataFrame:
         row: dict[str, Any] = {"trial_id": m.get("trial_id") or Path(r.path).name.removeprefix("trial_")}
         row.update({k: engine.get(k) for k in KNOBS})
         row.update({k: m.get(k) for k in FIGURES})
+        windows = getattr(r, "metrics_dataframe", None)  # every window the trial reported
+        if windows is not None and "measured_images_per_s" in windows and "window" in windows:
+            measured = windows.loc[windows["window"] > 0, "measured_images_per_s"]
+            row.update(window_min=measured.min() if len(measured) else None,
+                       window_max=measured.max() if len(measured) else None)
         if not m.get("status"):
             row.update(status="error" if r.error else "no result", images_per_s=0.0,
                        reason=str(r.error).strip().splitlines()[-1][:500] if r.error else "the trial reported nothing")
         rows.append(row)
     df = pd.DataFrame(rows, columns=["trial_id", *KNOBS, *FIGURES])
-    for col in ("images_per_s", "measured_images_per_s", "p50_ms", "p99_ms", "per_image_ms", "gpu_mem_gib",
-                "fidelity", "model_images_per_s"):
+    for col in ("images_per_s", "measured_images_per_s", "window_min", "window_max", "p50_ms", "p99_ms",
+                "per_image_ms", "gpu_mem_gib", "fidelity", "model_images_per_s"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df["images_per_s"] = df["images_per_s"].fillna(0.0)
     return df.sort_values("images_per_s", ascending=False, kind="stable").reset_index(drop=True)
@@ -72,17 +79,24 @@ def pick_winner(df: pd.DataFrame, settings: TuneConfig) -> pd.Series | None:
     return None if ok.empty else ok.loc[ok["images_per_s"].idxmax()]
 
 
-def winner_engine(row: pd.Series, settings: TuneConfig) -> EngineConfig:
+def engine_point(row: pd.Series) -> dict[str, Any]:
+    """The knob values of a trial row (numpy scalars and NaN made Python)."""
     point = {}
     for k in KNOBS:
         v = row.get(k)
-        v = v.item() if hasattr(v, "item") else v  # numpy scalars -> Python
+        v = v.item() if hasattr(v, "item") else v
         if v is not None and not (isinstance(v, float) and math.isnan(v)):
             point[k] = v
-    return EngineConfig.parse(engine_fields(point, settings), source="winner")
+    return point
 
 
-def serve_config(engine: EngineConfig, settings: TuneConfig) -> dict:
+def top_engines(df: pd.DataFrame, settings: TuneConfig) -> list[tuple[str, dict]]:
+    """(trial id, knob values) of the best `layout_top` eligible trials."""
+    ok = df[eligible(df, settings)].sort_values("images_per_s", ascending=False).head(settings.layout_top)
+    return [(str(r["trial_id"]), engine_point(r)) for _, r in ok.iterrows()]
+
+
+def serve_config(engine: Profile, settings: TuneConfig) -> dict:
     """A Ray Serve config (ServeDeploySchema) running the winner behind yoloray.serve.app:build_app."""
     bs = engine.batch_size
     gpu = engine.device.startswith("cuda")
@@ -94,7 +108,7 @@ def serve_config(engine: EngineConfig, settings: TuneConfig) -> dict:
             "route_prefix": "/",
             "import_path": "yoloray.serve.app:build_app",
             "runtime_env": {"env_vars": {"YOLO_OFFLINE": "true"}},
-            "args": {"engine": engine.model_dump(mode="json"), "max_batch_size": bs, "batch_wait_timeout_s": 0.01},
+            "args": {"profile": engine.model_dump(mode="json"), "max_batch_size": bs, "batch_wait_timeout_s": 0.01},
             "deployments": [{
                 "name": "Detector",
                 "max_ongoing_requests": 2 * bs,
@@ -106,93 +120,102 @@ def serve_config(engine: EngineConfig, settings: TuneConfig) -> dict:
     }
 
 
-def _plots(df: pd.DataFrame, out: Path, winner: pd.Series | None) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    ok = df[df["status"].eq("ok") & (df["measured_images_per_s"] > 0)]
-    specs = [("batch_size", "measured_images_per_s", "images/s", "Throughput vs batch size"),
-             ("measured_images_per_s", "p99_ms", "p99 batch latency (ms)", "p99 latency vs throughput"),
-             ("batch_size", "gpu_mem_gib", "peak GPU memory (GiB)", "GPU memory vs batch size")]
-    paths = []
-    for name, (x, y, ylabel, title) in zip(PLOTS, specs):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
-        for precision, part in ok.groupby("precision"):
-            if x == "batch_size":  # the best configuration at each batch size
-                best = part.groupby("batch_size")[y].max().sort_index()
-                ax.plot(best.index, best.values, marker="o", label=str(precision))
-            else:
-                ax.scatter(part[x], part[y], label=str(precision), alpha=0.8)
-        if winner is not None and x != "batch_size":
-            ax.scatter([winner[x]], [winner[y]], marker="*", s=250, c="gold", edgecolors="k", label="winner", zorder=3)
-        if x == "batch_size" and not ok.empty:
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(sorted(ok["batch_size"].unique()))
-            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        if ok.empty:
-            ax.text(0.5, 0.5, "no successful trials", ha="center", va="center", transform=ax.transAxes)
-        ax.set(xlabel="batch size" if x == "batch_size" else "images/s", ylabel=ylabel, title=title)
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(title="precision")
-        fig.tight_layout()
-        fig.savefig(out / name)
-        plt.close(fig)
-        paths.append(out / name)
-    return paths
-
-
-def _html(df: pd.DataFrame, pngs: list[Path], settings: TuneConfig, summary: str) -> str:
+def _html(df: pd.DataFrame, layout: pd.DataFrame, pngs: list[Path], settings: TuneConfig, summary: str) -> str:
     imgs = "".join(f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
                    for p in pngs)
-    table = df.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.3g}", border=0)
+    tables = "".join(f"<h2>{title}</h2>" + t.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0)
+                     for title, t in (("Engine level", df), ("Layout level", layout.drop(columns=["profile"], errors="ignore")))
+                     if not t.empty)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>yoloray tune {html.escape(settings.name)}"
-            "</title><style>body{font-family:sans-serif;margin:2em}img{max-width:32%;margin:.3em}"
+            "</title><style>body{font-family:sans-serif;margin:2em}img{max-width:48%;margin:.3em}"
             "table{border-collapse:collapse;font-size:12px}td,th{padding:2px 6px;border-bottom:1px solid #ddd}"
             f"</style></head><body><h1>yoloray tune: {html.escape(settings.name)}</h1>"
-            f"<p>model {html.escape(settings.model)}</p><pre>{html.escape(summary)}</pre>{imgs}{table}</body></html>")
+            f"<p>model {html.escape(settings.model)}</p><pre>{html.escape(summary)}</pre>{imgs}{tables}</body></html>")
 
 
 def format_table(df: pd.DataFrame, winner_id: str | None = None) -> str:
     t = df[list(TABLE)].copy()
     t.insert(0, "", ["*" if tid == winner_id else "" for tid in t["trial_id"]])
     t = t.rename(columns={"measured_images_per_s": "img/s", "batch_size": "batch", "channels_last": "ch_last",
-                          "reduced_decode": "reduced", "gpu_mem_gib": "mem_gib"})
+                          "reduced_decode": "reduced", "gpu_mem_gib": "mem_gib", "window_min": "win_min",
+                          "window_max": "win_max"})
     return t.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}")
 
 
-def write_report(results, settings: TuneConfig) -> EngineConfig | None:
-    """Write everything listed in the module docstring; print the table; return the winner (or None)."""
+def format_layout(layout: pd.DataFrame, winner: int | None) -> str:
+    if layout.empty:
+        return "layout level: not run"
+    cols = [c for c in ("engine", "layout", "status", "images_per_s", "steady_images_per_s", "first_result_s", "reason")
+            if c in layout]
+    t = layout[cols].copy()
+    t.insert(0, "", ["*" if i == winner else "" for i in t.index])
+    return t.rename(columns={"images_per_s": "img/s", "steady_images_per_s": "steady"}).to_string(
+        index=False, na_rep="-", float_format=lambda v: f"{v:.4g}")
+
+
+def _winner(df, layout: pd.DataFrame, settings: TuneConfig, default: Profile):
+    """(winner profile, its layout row index or None, the engine winner row or None, gain text)."""
+    engine_row = pick_winner(df, settings)
+    ok = layout[layout["status"].eq("ok")] if not layout.empty else layout
+    if not ok.empty:
+        best = ok["images_per_s"].idxmax()
+        profile = Profile.model_validate(yaml.safe_load(layout.loc[best, "profile"]))
+        base = ok[ok["engine"] == "default"]
+        gain = (f"{layout.loc[best, 'images_per_s'] / base['images_per_s'].iloc[0]:.2f}x the default profile "
+                f"({base['images_per_s'].iloc[0]:.1f} images/s end to end on the same sample)") if not base.empty else \
+            "the default profile's run failed"
+        return profile, best, engine_row, gain
+    if engine_row is None:
+        return None, None, None, ""
+    profile = default.replace(**engine_fields(engine_point(engine_row), settings))
+    return profile, None, engine_row, "no layout level: the engine winner with the default profile's layout"
+
+
+def write_report(results, settings: TuneConfig, default: Profile, layout_level=None) -> Profile | None:
+    """Write everything listed in the module docstring; print the tables; return the winner profile (or None).
+    `layout_level(top_engines)` runs the layout level and returns its rows (sweep.layout_level)."""
+    from yoloray.tune.plots import layout_plot, memory_plot, pareto_plot, trials_plot, varied
+
     out = Path(settings.out)
     df = trials_frame(results)
     df.to_parquet(out / "trials.parquet", index=False)
     df.to_csv(out / "trials.csv", index=False)
-    winner = pick_winner(df, settings)
-    pngs = _plots(df, out, winner)
+    layout = pd.DataFrame(layout_level(top_engines(df, settings)) if layout_level else [])
+    if not layout.empty:
+        layout.to_parquet(out / "layout.parquet", index=False)
+        layout.drop(columns=["profile"]).to_csv(out / "layout.csv", index=False)
+    profile, best, engine_row, gain = _winner(df, layout, settings, default)
+    engine_id = None if engine_row is None else engine_row["trial_id"]
+    if profile is not None and best is not None and layout.loc[best, "engine"] != "default":
+        engine_id = layout.loc[best, "engine"]
+    ok = df[df["status"].eq("ok") & (df["measured_images_per_s"] > 0)]
+    knobs = varied(df, KNOBS)
+    pngs = [trials_plot(ok, knobs, engine_id, out / "trials.png"), pareto_plot(ok, knobs, engine_id, out / "p99_vs_throughput.png"),
+            memory_plot(ok, out / "memory_vs_batch.png"), layout_plot(layout, best, out / "layout.png")]
     bounds = (("p99 ms <=", settings.max_p99_ms), ("GPU GiB <=", settings.max_gpu_mem_gib),
               ("fidelity >=", settings.min_fidelity))
     limits = ", ".join(f"{k} {v}" for k, v in bounds if v is not None) or "none"
-    engine = None
-    if winner is None:
+    if profile is None:
         summary = f"{len(df)} trials; no trial is ok within the limits ({limits})"
     else:
-        engine = winner_engine(winner, settings)
-        engine.to_yaml(out / "engine.yaml")
-        text = yaml.safe_dump(serve_config(engine, settings), sort_keys=False)
+        profile.to_yaml(out / "profile.yaml")
+        text = yaml.safe_dump(serve_config(profile, settings), sort_keys=False)
         serve_path = Path(settings.serve_config or Path.cwd() / "serve_configs" / f"{settings.name}.yaml")
         serve_path.parent.mkdir(parents=True, exist_ok=True)
         serve_path.write_text(text)
         (out / "serve.yaml").write_text(text)
-        summary = (f"{len(df)} trials; limits: {limits}\nwinner {winner['trial_id']}: "
-                   f"{winner['images_per_s']:.1f} images/s, p99 {winner['p99_ms']:.1f} ms, "
-                   f"{winner['gpu_mem_gib']:.2f} GiB, fidelity {winner['fidelity']:.3f}\n"
-                   f"engine: {out / 'engine.yaml'}\nserve config: {serve_path} (serve run {serve_path})")
-    (out / "report.html").write_text(_html(df, pngs, settings, summary))
-    print(format_table(df, None if winner is None else winner["trial_id"]))
+        how = "" if best is None else (f"; layout {layout.loc[best, 'layout']}: {layout.loc[best, 'images_per_s']:.1f} "
+                                       f"images/s end to end, {layout.loc[best, 'steady_images_per_s']:.1f} steady")
+        engine = "" if engine_row is None else (
+            f"\nengine level: {engine_row['trial_id']} {engine_row['images_per_s']:.1f} images/s, p99 "
+            f"{engine_row['p99_ms']:.1f} ms, {engine_row['gpu_mem_gib']:.2f} GiB, fidelity {engine_row['fidelity']:.3f}")
+        summary = (f"{len(df)} engine trials, {len(layout)} layout runs; limits: {limits}{engine}\n"
+                   f"winner: engine {engine_id}{how}\ngain: {gain}\n"
+                   f"profile: {out / 'profile.yaml'}  (yoloray infer SOURCES --out OUT --profile {out / 'profile.yaml'})\n"
+                   f"serve config: {serve_path} (serve run {serve_path})")
+    (out / "report.html").write_text(_html(df, layout, pngs, settings, summary))
+    print(format_table(df, engine_id))
+    print(format_layout(layout, best))
     print(summary)
     print(f"report: {out / 'report.html'}")
-    return engine
+    return profile

@@ -1,38 +1,41 @@
-"""The search space of `yoloray tune`, built from the capability table (no Ray here).
+"""The search space of `yoloray tune`'s engine level, built from the capability table (no Ray here).
 
-A space file is a YAML mapping `knob: [values]` (or `knob: value` to fix it); any other EngineConfig field
+A space file is a YAML mapping `knob: [values]` (or `knob: value` to fix it); any other Profile field
 except `model` and `device` may be fixed to one value (`conf: 0.3`). Values are checked against the
-capability table and EngineConfig; an error names the knob and the allowed values.
+capability table and the Profile; an error names the knob and the allowed values. Layout fields
+(`calls_per_actor: [1, 2]`, ...: LAYOUT_KNOBS) are searched by the layout level (tune/layout.py).
 
-Knobs are conditional: a knob never varies where it has no effect. `compile_mode` varies only for
-torch-compile, `provider` only for onnxruntime (each provider is an engine row of its own, with its own
-precisions), `cuda_graph` / `channels_last` / `workspace_gib` only where the backend or provider honours them,
-`reduced_decode` only when the CPU decodes. The default space (`default_values`) is the capability table's
-values narrowed to those worth measuring on the device, so that an exhaustive grid over it stays feasible: on
-CUDA the torch backend, fp16/bf16, batch 32-256, the frames' stride-aligned input shape, CUDA graphs on/off,
-channels_last, nvJPEG or hybrid decode (32 points); on a CPU-only run torch (fp32/bf16, channels_last
-on/off) and onnxruntime's CPU provider (fp32/int8), the same input shape, batch 1-16, DCT-reduced CPU decode
-(30 points). Each
-restriction's reason is a comment there; a space file can list any other value. CUDA-only values a user lists
-on a CPU-only run are kept and fail at trial start with the reason (see `Space.warnings`). A point is a dict
-of knob values that `EngineConfig.parse({**point, **fixed, "model": ..., "device": ...})` accepts.
+A space file is searched as written: only the knobs it lists vary; every other knob is fixed at the resolved
+default profile's value (what `yoloray infer` runs with no flags). Knobs are conditional: a knob never varies
+where it has no effect. `compile_mode` varies only for torch-compile, `provider` only for onnxruntime (each
+provider is an engine row of its own, with its own precisions), `cuda_graph` / `channels_last` /
+`workspace_gib` only where the backend or provider honours them, `reduced_decode` only when the CPU decodes.
+With no space file, the default space (`default_values`) is the capability table's values narrowed to those
+worth measuring, small enough to be a grid within the default budget on CUDA: the torch backend, fp16/bf16,
+batch 32-256, the frames' stride-aligned input shape, CUDA graphs on/off, channels_last, nvJPEG (16 points;
+where JPEGs are decoded is the layout level's); on a CPU-only run torch (fp32/bf16, channels_last on/off) and
+onnxruntime's CPU provider (fp32/int8), the same input shape, batch 1-16, DCT-reduced CPU decode (30 points).
+Each restriction's reason is a comment there. CUDA-only values a user lists on a CPU-only run are kept and
+fail at trial start with the reason (see `Space.warnings`). A point is a dict of knob values that
+`Profile.parse({**point, **fixed, "model": ..., "device": ...})` accepts.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
-from yoloray.config import MAX_STRIDE, ConfigError, EngineConfig, load_yaml, parse_imgsz
+from yoloray.config import SECTION_OF, SECTIONS, ConfigError, Profile, load_yaml, parse_imgsz
 from yoloray.engines.capabilities import CAPABILITIES, KNOB_DEFAULTS, capability, rows
 
 KNOBS = ("backend", "provider", "precision", "batch_size", "imgsz", "cuda_graph", "channels_last", "compile_mode",
          "decode", "reduced_decode", "workspace_gib")
+# searched by the layout level (real batch jobs), as written in a space file; never varied in-process
+LAYOUT_KNOBS = ("actors_per_gpu", "calls_per_actor", "batches_per_call", "decode_threads", "hybrid_cpu_share")
 NOT_SETTABLE = {"model": "the model is set with --model", "device": "the device follows --gpus (cuda or cpu)"}
 GPU_BATCHES = (32, 64, 128, 256)
 CPU_BATCHES = (1, 2, 4, 8, 16)
@@ -51,16 +54,15 @@ def format_imgsz(value: Any) -> str:
     return str(h) if h == w else f"{h}x{w}"
 
 
-def rect_imgsz(frame_size: tuple[int, int], long_side: int = 640) -> str:
+def rect_imgsz(frame_size: tuple[int, int]) -> str:
     """The stride-aligned letterbox input for frames of `frame_size` (width, height): 1920x1080 -> 384x640."""
-    w, h = frame_size
-    scale = long_side / max(w, h)
-    hh, ww = (math.ceil(h * scale / MAX_STRIDE) * MAX_STRIDE, math.ceil(w * scale / MAX_STRIDE) * MAX_STRIDE)
-    return format_imgsz((hh, ww))
+    from yoloray.profile import rect_imgsz as rect
+
+    return format_imgsz(rect(frame_size))
 
 
 def literal_values(knob: str) -> tuple:
-    """The values a Literal field of EngineConfig allows (None excluded)."""
+    """The values a Literal field of the Profile allows (None and `auto` excluded: a space lists real values)."""
 
     def flat(ann):
         args = get_args(ann)
@@ -70,7 +72,7 @@ def literal_values(knob: str) -> tuple:
             return args
         return tuple(v for a in args for v in flat(a))
 
-    return flat(EngineConfig.model_fields[knob].annotation)
+    return tuple(v for v in flat(SECTIONS[SECTION_OF[knob]].model_fields[knob].annotation) if v != "auto")
 
 
 def default_values(cuda: bool, frame_size: tuple[int, int] = (1920, 1080)) -> dict[str, tuple]:
@@ -100,8 +102,9 @@ def default_values(cuda: bool, frame_size: tuple[int, int] = (1920, 1080)) -> di
         # max-autotune modes compile for minutes per trial; a space file may list them
         "compile_mode": ("default",),
         # CUDA: CPU-only decode ran at about half of nvJPEG's images/s (YOLOv8n sweep on the H200: 1,582 vs
-        # 3,001); hybrid stays for hosts with many cores per GPU
-        "decode": ("gpu", "hybrid") if cuda else ("cpu",),
+        # 3,001). Whether a CPU share helps is measured by the layout level (tune/layout.py), where it runs
+        # in Ray tasks as in a batch job, not in the trial process's threads
+        "decode": ("gpu",) if cuda else ("cpu",),
         # where the CPU decodes: the DCT-domain 1/2-1/8 decode (taken only when the input is at most half the
         # frame) skips pixels the letterbox scales away; fidelity is checked per trial. nvJPEG: full size
         "reduced_decode": (True,),
@@ -116,7 +119,7 @@ def _validate(knob: str, value: Any, backend: str):
     fields = {"model": "check", "device": "auto", "backend": backend, knob: value}
     if knob == "micro_batch" and isinstance(value, int):  # checked against the batch sizes in Space.build
         fields["batch_size"] = value
-    return EngineConfig.model_validate(fields)
+    return Profile.model_validate(fields)
 
 
 def _accepted(knob: str, value: Any) -> bool:
@@ -158,21 +161,21 @@ def validate_mapping(data: Any, source: str = "space") -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: must be a mapping of knob: [values] (knobs: {', '.join(KNOBS)})")
-    fixable = [f for f in EngineConfig.model_fields if f not in KNOBS and f not in NOT_SETTABLE]
+    fixable = [f for f in SECTION_OF if f not in KNOBS and f not in LAYOUT_KNOBS and f not in NOT_SETTABLE]
     out: dict[str, Any] = {}
     for key, raw in data.items():
         if key in NOT_SETTABLE:
             raise ConfigError(f"{source}: {key} cannot be set in a space file: {NOT_SETTABLE[key]}")
-        if key not in KNOBS and key not in fixable:
-            raise ConfigError(f"{source}: unknown knob {key!r}; knobs: {', '.join(KNOBS)}; "
-                              f"fixed fields: {', '.join(fixable)}")
+        if key not in KNOBS and key not in LAYOUT_KNOBS and key not in fixable:
+            raise ConfigError(f"{source}: unknown knob {key!r}; knobs: {', '.join(KNOBS)}; layout knobs: "
+                              f"{', '.join(LAYOUT_KNOBS)}; fixed fields: {', '.join(fixable)}")
         values = raw if isinstance(raw, list) else [raw]  # imgsz: [384, 640] is two sizes; "384x640" one
         if not values:
             raise ConfigError(f"{source}: {key}: empty list; give at least one value")
-        if key not in KNOBS and len(values) > 1:
+        if key not in KNOBS and key not in LAYOUT_KNOBS and len(values) > 1:
             raise ConfigError(f"{source}: {key} is not searched; give one value, not {len(values)}")
         checked = list(dict.fromkeys(_check_value(key, v, source) for v in values))
-        out[key] = checked if key in KNOBS else checked[0]
+        out[key] = checked if key in KNOBS or key in LAYOUT_KNOBS else checked[0]
     return out
 
 
@@ -183,16 +186,29 @@ def load_space_file(path: str | Path) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Space:
     values: dict[str, tuple]  # knob -> candidate values
-    fixed: dict[str, Any] = field(default_factory=dict)  # other EngineConfig fields, the same for every trial
+    fixed: dict[str, Any] = field(default_factory=dict)  # other Profile fields, the same for every trial
     cuda: bool = False
     given: tuple[str, ...] = ()  # knobs the user's space file set
 
     @classmethod
-    def build(cls, mapping: dict[str, Any] | None, cuda: bool, frame_size=(1920, 1080)) -> Space:
+    def build(cls, mapping: dict[str, Any] | None, cuda: bool, frame_size=(1920, 1080), base: dict | None = None) -> Space:
+        """The default space when `mapping` lists no engine knob; else the space as written: the listed knobs
+        vary, every other knob is fixed at `base` (the flat fields of the resolved default profile; by
+        default `profile.defaults` for this kind of device and frames)."""
         mapping = validate_mapping(mapping or {})
-        values = default_values(cuda, frame_size)
-        values.update({k: tuple(v) for k, v in mapping.items() if k in KNOBS})
-        fixed = {k: v for k, v in mapping.items() if k not in KNOBS}
+        listed = {k: tuple(v) for k, v in mapping.items() if k in KNOBS}
+        if listed:
+            if base is None:
+                from yoloray.profile import Hardware, Sample, defaults
+
+                hw = Hardware(gpus=1, cpus=16) if cuda else Hardware(cpus=1)
+                base = {"backend": "torch", "provider": None, "compile_mode": None, "reduced_decode": False,
+                        "workspace_gib": None, **defaults(hw, Sample((tuple(frame_size),), ("jpeg",)))}
+            values = {k: (format_imgsz(base[k]) if k == "imgsz" else base[k],) for k in KNOBS}
+        else:
+            values = default_values(cuda, frame_size)
+        values.update(listed)
+        fixed = {k: v for k, v in mapping.items() if k not in KNOBS and k not in LAYOUT_KNOBS}
         micro = fixed.get("micro_batch")
         if micro is not None and (bad := [b for b in values["batch_size"] if b % micro]):
             raise ConfigError(f"space: micro_batch {micro} must divide every batch_size; it does not divide "

@@ -1,16 +1,21 @@
-"""`yoloray tune`: search the EngineConfig with the most images/s per GPU, on Ray Tune.
+"""`yoloray tune`: search the profile with the most images/s per GPU, in two levels, on Ray.
 
-    yoloray tune --model M [--space space.yaml] [--gpus N] [--budget-trials K | --budget-minutes T]
-        [--max-p99-ms X] [--max-gpu-mem-gib Y] [--min-fidelity Z] --out runs/NAME [--resume]
+    yoloray tune --model M [--archive SOURCE... | --images DIR] [--space space.yaml] [--gpus N]
+        [--budget-trials K | --budget-minutes T] [--max-p99-ms X] [--max-gpu-mem-gib Y] [--min-fidelity Z]
+        [--layout-top K] [--layout-images N] --out runs/NAME [--resume]
 
-One trial per point, one GPU per trial (CPU-only when the cluster has no GPU or --gpus 0). A space that fits
-the trial budget is searched as a grid; a larger one with Optuna (TPE, define-by-run so conditional knobs
-stay conditional) and ASHA, which stops trials whose images/s is clearly behind after a few windows.
-`--budget-minutes` bounds the sweep's wall time. With neither budget flag a sweep runs at most 16 trials and
-stops after 10 minutes (the default CUDA space has 32 points: Optuna + ASHA). Tune keeps its state in
-RUN/tune; `--resume` (or `--resume RUN`) restores it with `Tuner.restore`: finished trials are kept,
-interrupted ones run again, the settings come from RUN/sweep.yaml. The report (see `yoloray.tune.report`)
-is written at the end.
+Engine level (Ray Tune): one trial per point, one GPU per trial (CPU-only when the cluster has no GPU or
+--gpus 0). A space that fits the trial budget is searched as a grid (the default CUDA space, 16 points, is); a
+larger one with Optuna (TPE, define-by-run so conditional knobs stay conditional) and ASHA, which stops trials
+whose images/s is clearly behind after a few windows. A space file is searched as written: unlisted knobs stay
+at the default profile's values. With neither budget flag at most 16 trials and 10 minutes. Layout level: the
+best --layout-top engine configurations as real batch jobs over a sample of the inputs, once per layout
+(actors per GPU, calls, decode placement), and the default profile beside them; the fastest run is the winner,
+written as RUN/profile.yaml.
+
+Tune keeps its state in RUN/tune and the layout runs in RUN/layout.parquet; `--resume` (or `--resume RUN`)
+restores them: finished trials and runs are kept, interrupted ones run again, the settings come from
+RUN/sweep.yaml. The report (see `yoloray.tune.report`) is written at the end.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from ray import tune
 from yoloray.cluster import ClusterError, connect
 from yoloray.config import ConfigError, TuneConfig, default_model
 
-DEFAULT_TRIALS = 16  # half the default CUDA space (32 points); a YOLOv8s trial takes ~10 s on an H200
-# with DEFAULT_TRIALS when neither budget flag is given: a sweep on one GPU ends well within 15 minutes
+DEFAULT_TRIALS = 16  # the default CUDA space (16 points), as a grid; a YOLOv8s trial takes ~10 s on an H200
+# the engine level's wall-time cap when neither budget flag is given; the layout level then runs
+# (2 engines x 6 layouts + the default profile: 13 batch jobs of 20,000 members, ~20 s each on one H200, estimated from benchmarks/README rates)
 DEFAULT_MINUTES = 10.0
 METRIC = "images_per_s"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -58,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory runs/NAME (report, engine.yaml, Tune state)")
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN", help="continue the sweep in RUN (or --out)")
     p.add_argument("--images", help="folder of images to measure on (default: generated 1080p frames)")
+    p.add_argument("--archive", nargs="+", metavar="SOURCE",
+                   help="your archive (any `yoloray infer` source): its first images are measured instead")
+    p.add_argument("--layout-top", type=int, default=2, help="best engine configurations measured as real batch "
+                   "jobs, one per layout (default 2; 0: the engine level only)")
+    p.add_argument("--layout-images", type=int, help="archive members per layout run: the sample repeated "
+                   "(default 20,000 with GPUs, 256 on CPU)")
     p.add_argument("--frame-size", default="1920x1080", help="WxH of the generated frames (default 1920x1080)")
     p.add_argument("--window-seconds", type=float, default=2.0, help="measurement window (default 2)")
     p.add_argument("--max-windows", type=int, default=10, help="windows per trial at most (default 10)")
@@ -109,6 +121,11 @@ def settings_from_args(args) -> tuple[TuneConfig, bool]:
             raise UserError(f"--{flag.replace('_', '-')} must be {'>= 0' if flag == 'gpus' else '>= 1'}")
     if args.images and not Path(args.images).is_dir():
         raise UserError(f"--images {args.images}: not a folder")
+    if args.images and args.archive:
+        raise UserError("give --images or --archive, not both")
+    for flag in ("layout_top", "layout_images"):
+        if getattr(args, flag) is not None and getattr(args, flag) < (0 if flag == "layout_top" else 1):
+            raise UserError(f"--{flag.replace('_', '-')} must be {'>= 0' if flag == 'layout_top' else '>= 1'}")
     fields = {
         "name": out.name, "out": str(out), "model": _model(args.model),
         "space": load_space_file(args.space) if args.space else {},
@@ -116,6 +133,7 @@ def settings_from_args(args) -> tuple[TuneConfig, bool]:
         "max_p99_ms": args.max_p99_ms, "max_gpu_mem_gib": args.max_gpu_mem_gib, "min_fidelity": args.min_fidelity,
         "window_s": args.window_seconds, "max_windows": args.max_windows, "max_trial_s": args.max_trial_seconds,
         "images": str(Path(args.images).resolve()) if args.images else None,
+        "archive": list(args.archive or []), "layout_top": args.layout_top, "layout_images": args.layout_images,
         "frame_size": _frame_size(args.frame_size), "seed": args.seed,
         "serve_config": str(Path(args.serve_config).resolve()) if args.serve_config else None,
     }
@@ -142,7 +160,9 @@ def load_inputs(settings: TuneConfig) -> list[bytes]:
     folder = Path(settings.out) / "inputs"
     if folder.is_dir() and any(folder.iterdir()):
         return [p.read_bytes() for p in sorted(folder.iterdir())]
-    if settings.images:
+    if settings.archive:
+        named = _archive_images(settings)
+    elif settings.images:
         files = sorted(p for p in Path(settings.images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise UserError(f"--images {settings.images}: no image files ({', '.join(IMAGE_SUFFIXES)})")
@@ -159,6 +179,25 @@ def load_inputs(settings: TuneConfig) -> list[bytes]:
     for name, data in named:
         (folder / name).write_bytes(data)
     return [data for _, data in named]
+
+
+def _archive_images(settings: TuneConfig) -> list[tuple[str, bytes]]:
+    """The first n_images readable images of the archive (read here, a unit at a time)."""
+    from itertools import islice
+
+    from yoloray.data.inputs import SourceOptions
+    from yoloray.data.readers import read_unit
+    from yoloray.data.units import list_units
+
+    found: list[bytes] = []
+    for unit in list_units(settings.archive, SourceOptions()):
+        rows = islice(read_unit(unit, SourceOptions()), settings.n_images - len(found))
+        found += [r["image"] for r in rows if r.get("image") is not None and r.get("error") is None]
+        if len(found) >= settings.n_images:
+            break
+    if not found:
+        raise UserError(f"--archive {' '.join(settings.archive)}: no readable images")
+    return [(f"{i:04d}.jpg", data) for i, data in enumerate(found)]
 
 
 def default_budget(trials: int | None, minutes: float | None) -> dict:
@@ -180,7 +219,7 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def build_tuner(settings: TuneConfig, images: list[bytes], resume: bool):
+def build_tuner(settings: TuneConfig, images: list[bytes], resume: bool, base: dict | None = None):
     from ray.tune.schedulers import ASHAScheduler
 
     from yoloray.tune.space import OptunaSpace, Space
@@ -195,7 +234,7 @@ def build_tuner(settings: TuneConfig, images: list[bytes], resume: bool):
         print(f"yoloray tune: resuming {exp_dir} (finished trials are kept)", file=sys.stderr)
         return tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False), None
-    space = Space.build(settings.space, cuda=settings.gpus > 0, frame_size=settings.frame_size)
+    space = Space.build(settings.space, cuda=settings.gpus > 0, frame_size=settings.frame_size, base=base)
     for line in space.warnings():
         print(f"yoloray tune: warning: {line}", file=sys.stderr)
     points = space.points()
@@ -239,6 +278,55 @@ def _progress_callback():
     return Progress()
 
 
+def default_profile(settings: TuneConfig, images: list[bytes]):
+    """(the profile `yoloray infer` runs with no flags on this cluster and these inputs, the sample, the hardware).
+    Engine trials fix every knob a space file does not list at its value."""
+    from yoloray.config import Profile
+    from yoloray.profile import Hardware, Sample, resolve
+
+    hardware, sample = Hardware.cluster(), Sample.of_images(images)
+    if not settings.gpus:
+        hardware = Hardware(cpus=hardware.cpus)
+    return resolve(Profile(model=settings.model), hardware, sample), sample, hardware
+
+
+def layout_level(settings: TuneConfig, default, sample, images: list[bytes]):
+    """A function the report calls with the engine trials: runs the layout level (tune/layout.py) for the best
+    `layout_top` of them and returns its rows (kept in RUN/layout.parquet, so a resumed sweep skips them)."""
+    import pandas as pd
+
+    from yoloray.config import Profile
+    from yoloray.profile import Hardware, resolve
+    from yoloray.tune.layout import layout_points, run_level, write_sample
+    from yoloray.tune.trial import engine_fields
+
+    def run(top: list[tuple[str, dict]]) -> list[dict]:
+        out = Path(settings.out)
+        if not top or not settings.layout_top:
+            return []
+        hardware = Hardware.cluster()
+        hardware = hardware if settings.gpus else Hardware(cpus=hardware.cpus)
+        engines = [(tid, resolve(Profile.parse(engine_fields(point, settings), source="engine"), hardware, sample))
+                   for tid, point in top]
+        total = settings.layout_images or (20_000 if settings.gpus else 256)
+        shards = write_sample(images, out / "sample", total)
+        saved = out / "layout.parquet"
+        done = {(r["engine"], r["layout"]): r for r in pd.read_parquet(saved).to_dict("records")} if saved.is_file() else {}
+        print(f"yoloray tune: layout level: {len(engines)} engine configuration(s) + the default profile, "
+              f"{total:,} archive members per run", file=sys.stderr)
+        return run_level(engines, default, layout_points(settings.space, settings.gpus > 0), shards, out / "layout-run",
+                         done, log=lambda line: print(line, file=sys.stderr, flush=True),
+                         save=lambda rows: pd.DataFrame(rows).to_parquet(saved, index=False))
+
+    return run
+
+
+def _source_errors() -> tuple[type[Exception], ...]:
+    from yoloray.data.inputs import SourceError
+
+    return (SourceError,)
+
+
 def _runtime_env() -> dict | None:
     """Ship the package to the workers when it is not installed (`ray job submit --working-dir .`)."""
     from importlib import metadata
@@ -265,9 +353,12 @@ def run(settings: TuneConfig, resume: bool, gpus: int | None = None, cpus: int |
             Path(settings.out).mkdir(parents=True, exist_ok=True)
         images = load_inputs(settings)
         settings.to_yaml(Path(settings.out) / "sweep.yaml")
-        tuner, _ = build_tuner(settings, images, resume)
+        default, sample, hardware = default_profile(settings, images)
+        print(f"yoloray tune: the default profile ({hardware.describe()}; {sample.describe()}):\n"
+              f"{default.to_yaml()}", file=sys.stderr)
+        tuner, _ = build_tuner(settings, images, resume, base=default.flat())
         results = tuner.fit()
-        winner = write_report(results, settings)
+        winner = write_report(results, settings, default, layout_level(settings, default, sample, images))
     finally:
         if started:
             ray.shutdown()
@@ -281,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         settings, resume = settings_from_args(args)
         return run(settings, resume, gpus=args.gpus, cpus=args.cpus_per_trial, address=args.address)
-    except (UserError, ConfigError, ClusterError) as e:
+    except (UserError, ConfigError, ClusterError, *_source_errors()) as e:
         print(f"yoloray tune: error: {e}", file=sys.stderr)
         return 2
     except SystemExit as e:  # --help

@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from yoloray.config import ConfigError, EngineConfig, TuneConfig
-from yoloray.tune.space import KNOBS
+from yoloray.config import ConfigError, Profile, TuneConfig
+from yoloray.profile import EXACT_PATH
+from yoloray.tune.space import KNOBS, LAYOUT_KNOBS
 
 FIDELITY_IOU = 0.9
 FIDELITY_SCORE_TOL = 0.05
@@ -42,8 +43,8 @@ STABLE_WINDOWS = 3
 
 
 def engine_fields(point: dict[str, Any], settings: TuneConfig) -> dict[str, Any]:
-    """The full EngineConfig mapping of a point: knobs, the space's fixed fields, model and device."""
-    fixed = {k: v for k, v in settings.space.items() if k not in KNOBS}
+    """The full Profile mapping of a point: knobs, the space's fixed fields, model and device."""
+    fixed = {k: v for k, v in settings.space.items() if k not in KNOBS and k not in LAYOUT_KNOBS}
     return {**fixed, **point, "model": settings.model, "device": "cuda" if settings.gpus else "cpu"}
 
 
@@ -95,14 +96,14 @@ def exact_math():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def reference_detections(cfg: EngineConfig, images: list[bytes], cache_dir: Path | None):
+def reference_detections(cfg: Profile, images: list[bytes], cache_dir: Path | None):
     """Detections of the fp32 reference path for `cfg`'s model and input size, cached as a pickle."""
     from yoloray.detector import Detector
 
     keep = ("model", "imgsz", "device", "conf", "iou", "max_det", "agnostic_nms", "max_pixels")
-    ref_cfg = EngineConfig.parse({**{k: getattr(cfg, k) for k in keep}, "backend": "torch", "precision": "fp32",
-                                  "batch_size": max(1, len(images))}, source="reference")
-    digest = hashlib.sha256(ref_cfg.key().encode() + ref_cfg.device.encode())
+    ref_cfg = Profile.parse({**{k: getattr(cfg, k) for k in keep}, **EXACT_PATH, "backend": "torch",
+                             "batch_size": max(1, len(images))}, source="reference")
+    digest = hashlib.sha256(ref_cfg.output_key().encode() + ref_cfg.device.encode())
     for im in images:
         digest.update(hashlib.sha256(im).digest())
     path = cache_dir / f"{digest.hexdigest()[:24]}.pkl" if cache_dir else None
@@ -202,10 +203,10 @@ def measure(point: dict, settings: TuneConfig, images: list[bytes], report: Call
     fid_images = images[: settings.fidelity_images]
     try:
         try:
-            cfg = EngineConfig.parse(engine_fields(point, settings), source="trial")
+            cfg = Profile.parse(engine_fields(point, settings), source="trial")
             if cfg.precision == "int8" and cfg.calibration is None:  # calibrate on the sweep's own frames
-                cfg = cfg.model_copy(update={"calibration": str(calibration_folder(images))})
-            base["engine_key"] = cfg.key()
+                cfg = cfg.replace(calibration=str(calibration_folder(images)))
+            base["engine_key"] = cfg.output_key()
             reference = reference_detections(cfg, fid_images, Path(settings.out) / "reference")
             if cfg.device.startswith("cuda"):
                 torch.cuda.empty_cache()

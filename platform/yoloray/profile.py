@@ -1,0 +1,238 @@
+"""Resolve a profile: every `auto` becomes a concrete value, once, for the hardware found and a sample of the inputs.
+
+    resolve(profile, hardware, sample) -> Profile      (no field left `auto`; what is printed, saved and run)
+
+The defaults are the fastest settings measured that pass the fidelity checks (benchmarks/README.md):
+
+- CUDA: fp16, channels_last, CUDA graphs, batch 128 run as forwards of `micro_batch` 32, the frames'
+  stride-aligned rectangle, nvJPEG with 15% of the JPEGs decoded by CPU tasks upstream (`decode: hybrid`;
+  all on the GPU when there are fewer than 8 cores per GPU), 3 actors per GPU x 2 concurrent calls, 4 engine
+  batches per call. (One H200, 16 cores, YOLOv8s, 1080p JPEGs: 1,676 images/s end to end over 40,000 images,
+  3,315 over 300,000; the same configuration led at both job sizes.)
+- CPU: fp32, batch 16, OpenCV decode at full size, 1 actor x 1 call (not measured against other CPU
+  settings: these keep the exact path, which reproduces ultralytics predict).
+- Input size: ultralytics' rect letterbox for the sampled frames (the long side at 640, the short side
+  rounded up to the stride: 1920x1080 -> 384x640); frames of different sizes, or no sample, get square 640.
+
+The speed knobs (CUDA graphs, channels_last, micro_batch) were measured with the torch backend; with another
+backend `auto` leaves them off (give them to use them), and picks fp16 only where the backend offers it.
+A value the user gave is never changed; one that cannot run here fails with the reason (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from yoloray.config import AUTO, MAX_STRIDE, ConfigError, Profile
+from yoloray.engines.capabilities import capability
+
+LONG_SIDE = 640  # ultralytics' default imgsz
+# every speed knob off: the exact path, which reproduces ultralytics predict (the fidelity reference; also what
+# benchmarks and tests pin when they mean the settings that were the defaults before profiles)
+EXACT_PATH = {"precision": "fp32", "cuda_graph": False, "micro_batch": None, "channels_last": False, "decode": "cpu",
+              "reduced_decode": False}
+# Hardware JPEG / video decode engines per GPU model (NVIDIA data sheets); None where not known.
+ENGINES = {"H200": (7, 7), "H100": (7, 7), "A100": (1, 5), "L4": (4, 4)}  # (JPEG, NVDEC)
+HYBRID_MIN_CPUS_PER_GPU = 8  # the hybrid rows were measured with 16 cores per GPU
+JPEG_CODECS = ("jpeg",)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    gpus: int = 0
+    gpu_name: str | None = None
+    gpu_mem_gib: float | None = None
+    cpus: int = 1
+    jpeg_engines: int | None = None
+    nvdec_engines: int | None = None
+    nvdec: bool = False  # PyNvVideoCodec can decode video on these GPUs here (vision/decoders/nvdec.py)
+
+    @property
+    def cuda(self) -> bool:
+        return self.gpus > 0
+
+    @classmethod
+    def local(cls) -> Hardware:
+        """This process's view: the GPUs torch sees and the cores of this machine."""
+        import torch
+
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if not torch.cuda.is_available():
+            return cls(cpus=cpus)
+        from yoloray.vision.decoders.nvdec import nvdec_missing
+
+        props = torch.cuda.get_device_properties(0)
+        gpu = cls.of_gpu(torch.cuda.device_count(), props.name, props.total_memory / 2**30, cpus)
+        return replace(gpu, nvdec=nvdec_missing() is None)
+
+    @classmethod
+    def cluster(cls) -> Hardware:
+        """The Ray cluster's view (GPUs and CPUs in all; the GPU model from Ray's accelerator_type resource),
+        with this machine's GPU memory when it has the same GPUs."""
+        import ray
+
+        res = ray.cluster_resources()
+        gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
+        if not gpus:
+            return cls(cpus=cpus)
+        names = [k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")]
+        here = cls.local()
+        name = names[0] if names else here.gpu_name
+        same = bool(here.gpu_name and name and _model(name) == _model(here.gpu_name))
+        return replace(cls.of_gpu(gpus, name, here.gpu_mem_gib if same else None, cpus), nvdec=here.nvdec)
+
+    @classmethod
+    def of_gpu(cls, gpus: int, name: str | None, mem_gib: float | None, cpus: int) -> Hardware:
+        jpeg, nvdec = ENGINES.get(_model(name or ""), (None, None))
+        return cls(gpus, name, mem_gib, cpus, jpeg, nvdec)
+
+    def describe(self) -> str:
+        if not self.cuda:
+            return f"no GPU, {self.cpus} CPUs"
+        engines = "" if self.jpeg_engines is None else f", {self.jpeg_engines} JPEG / {self.nvdec_engines} NVDEC engines"
+        mem = "" if self.gpu_mem_gib is None else f" {self.gpu_mem_gib:.0f} GiB"
+        return f"{self.gpus} x {self.gpu_name or 'GPU'}{mem}{engines}, {self.cpus} CPUs"
+
+
+def _model(name: str) -> str:
+    """'NVIDIA H200' / 'H200' / 'NVIDIA-H100-80GB-HBM3' -> the model key of ENGINES (or '')."""
+    upper = name.upper().replace("-", " ").replace("_", " ")
+    return next((m for m in ENGINES if m in upper.split() or f" {m} " in f" {upper} "), "")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What a few inputs look like: frame sizes (width, height) and codecs ('jpeg', 'png', 'h264', ...)."""
+
+    frame_sizes: tuple[tuple[int, int], ...] = ()
+    codecs: tuple[str, ...] = ()
+
+    @classmethod
+    def of_images(cls, images: Sequence[bytes]) -> Sample:
+        from yoloray.vision.decode import ImageError, probe
+
+        sizes, codecs = [], []
+        for data in images:
+            try:
+                info = probe(data, 2**62)
+            except ImageError:
+                continue
+            sizes.append((info.width, info.height))
+            codecs.append("jpeg" if info.is_jpeg else "other")
+        return cls(tuple(sizes), tuple(codecs))
+
+    @classmethod
+    def of_units(cls, units: Sequence[dict], options=None, images: int = 8) -> Sample:
+        """The first `images` readable inputs of a job's units, read here on the driver (a few members of the
+        first archives or files, not whole archives). Frames of video units count as codec 'video'."""
+        from itertools import islice
+
+        from yoloray.data.inputs import SourceOptions
+        from yoloray.data.readers import read_unit
+
+        sizes: list[tuple[int, int]] = []
+        codecs: list[str] = []
+        for unit in units:
+            rows = islice(read_unit(unit, options or SourceOptions()), images - len(sizes))
+            one = cls.of_images([r["image"] for r in rows if r.get("image") is not None and r.get("error") is None])
+            sizes += one.frame_sizes
+            codecs += ["video"] * len(one.codecs) if unit.get("kind") == "video" else one.codecs
+            if len(sizes) >= images:
+                break
+        return cls(tuple(sizes), tuple(codecs))
+
+    @property
+    def jpeg(self) -> bool:
+        return bool(self.codecs) and all(c in JPEG_CODECS for c in self.codecs)
+
+    def describe(self) -> str:
+        if not self.frame_sizes:
+            return "no sample"
+        sizes = sorted(set(self.frame_sizes))
+        return f"{len(self.frame_sizes)} inputs, {', '.join(f'{w}x{h}' for w, h in sizes[:3])}, {'/'.join(sorted(set(self.codecs)))}"
+
+
+def rect_imgsz(frame_size: tuple[int, int], long_side: int = LONG_SIDE) -> tuple[int, int]:
+    """ultralytics' rect letterbox shape for frames of `frame_size` (width, height): the frame scaled so its
+    long side is `long_side`, each side rounded, then padded up to the stride. 1920x1080 -> (384, 640)."""
+    w, h = frame_size
+    r = long_side / max(w, h)
+    return tuple(math.ceil(round(side * r) / MAX_STRIDE) * MAX_STRIDE for side in (h, w))  # type: ignore[return-value]
+
+
+def auto_imgsz(sample: Sample | None) -> tuple[int, int]:
+    """One rectangle when every sampled frame has the same size (as ultralytics predicts a batch of same-shaped
+    frames); square LONG_SIDE otherwise."""
+    sizes = set(sample.frame_sizes) if sample else set()
+    return rect_imgsz(sizes.pop()) if len(sizes) == 1 else (LONG_SIDE, LONG_SIDE)
+
+
+def defaults(hardware: Hardware, sample: Sample | None) -> dict:
+    """The concrete value of every `auto` field, by flat name, for this hardware and sample."""
+    jpeg = sample is None or not sample.codecs or sample.jpeg
+    video = bool(sample and sample.codecs) and all(c == "video" for c in sample.codecs)
+    if not hardware.cuda:
+        return {"precision": "fp32", "batch_size": 16, "imgsz": auto_imgsz(sample), "cuda_graph": False,
+                "micro_batch": None, "channels_last": False, "decode": "cpu", "actors_per_gpu": 1,
+                "calls_per_actor": 1, "batches_per_call": 4, "hybrid_cpu_share": 0.15}
+    hybrid = jpeg and hardware.cpus / hardware.gpus >= HYBRID_MIN_CPUS_PER_GPU
+    return {"precision": "fp16", "batch_size": 128, "imgsz": auto_imgsz(sample), "cuda_graph": True,
+            "micro_batch": 32, "channels_last": True,
+            # JPEG: nvJPEG (with a CPU share); video: NVDEC where PyNvVideoCodec runs (GPU.md: 4,158-4,703 frames/s
+            # vs 1,567 for PyAV on 16 cores); anything else: the CPU
+            "decode": ("hybrid" if hybrid else "gpu") if jpeg else "gpu" if video and hardware.nvdec else "cpu",
+            "actors_per_gpu": 3, "calls_per_actor": 2, "batches_per_call": 4,
+            "hybrid_cpu_share": 0.15}  # the share only matters with decode: hybrid
+
+
+def resolve(profile: Profile, hardware: Hardware, sample: Sample | None = None) -> Profile:
+    """`profile` with every `auto` made concrete; explicit values kept (ConfigError if they cannot run)."""
+    fields = profile.flat()
+    device = fields["device"]
+    if device == AUTO:
+        device = "cuda" if hardware.cuda else "cpu"
+    elif device.startswith("cuda") and not hardware.cuda:
+        raise ConfigError(f"device {device!r} asked for, but no CUDA GPU was found ({hardware.describe()}); "
+                          "use device: auto or cpu")
+    on_cuda = device.startswith("cuda")
+    chosen = defaults(hardware if on_cuda else Hardware(cpus=hardware.cpus), sample)
+    cap = capability(profile.backend, profile.provider)  # auto picks only what the backend honours
+    if chosen["precision"] not in cap.precisions:
+        chosen["precision"] = "fp32" if "fp32" in cap.precisions else cap.precisions[0]
+    for knob in ("cuda_graph", "channels_last"):  # measured on the torch backend; elsewhere off unless given
+        chosen[knob] = chosen[knob] and cap.honours(knob) and profile.backend in ("torch", "torch-compile")
+    for name, value in fields.items():
+        if value != AUTO or name == "device":
+            continue
+        value = chosen[name]
+        if name == "micro_batch":  # measured with the torch backend's CUDA graphs: forwards of 32 graph replays
+            graphs = fields["cuda_graph"] if fields["cuda_graph"] != AUTO else chosen["cuda_graph"]
+            batch = fields["batch_size"] if fields["batch_size"] != AUTO else chosen["batch_size"]
+            value = value if profile.backend == "torch" and graphs is True and batch % value == 0 else None
+        fields[name] = value
+    try:
+        return Profile.parse({**fields, "device": device}, source="profile")
+    except ConfigError as e:
+        if profile.device == AUTO and not on_cuda:  # a CUDA-only value given, and no GPU to run it on
+            raise ConfigError(f"{e} (device auto is the CPU here: {hardware.describe()})") from None
+        raise
+
+
+def resolve_here(profile: Profile, sample: Sample | None = None) -> Profile:
+    """Resolve for this process's hardware (a Detector, a Serve replica, a tune trial)."""
+    return profile if profile.is_resolved() else resolve(profile, Hardware.local(), sample)
+
+
+def summary(profile: Profile, hardware: Hardware, sample: Sample | None, chosen: set[str]) -> str:
+    """Lines printed at the start of a job: hardware, sample and each section; values that `auto` chose (the
+    flat names in `chosen`) are marked with *."""
+    lines = [f"profile for {hardware.describe()}; sample: {sample.describe() if sample else 'none'}"]
+    for section in ("engine", "decoding", "post", "layout"):
+        values = getattr(profile, section).model_dump(mode="json")
+        shown = [f"{k}={v}{'*' if k in chosen else ''}" for k, v in values.items() if v is not None]
+        lines.append(f"  {section:<9} " + " ".join(shown))
+    lines.append(f"  device    {profile.device}{'*' if 'device' in chosen else ''}   (* = chosen by auto)")
+    return "\n".join(lines)

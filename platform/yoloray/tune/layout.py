@@ -1,0 +1,139 @@
+"""The layout level of `yoloray tune`: real Ray Data batch jobs over a sample of the user's inputs.
+
+The engine level (trial.py) measures engine knobs inside one process. Most of a batch job's speed, though, is
+layout: actors per GPU, concurrent calls per actor, where JPEGs are decoded (all on the GPU, or a CPU share in
+Ray tasks upstream), batches per call. So, like Triton Model Analyzer's model-then-runtime search, the best few
+engine configurations are each run as `run_job` (what `yoloray infer` runs) over the same sample, once per
+layout, and so is the default profile (every `auto` resolved), which gives the winner's gain over it.
+
+The sample: the engine level's inputs (a folder of the user's images, the first images of `--archive`, or
+generated frames) written as tar shards of 100 and repeated (hard links: distinct keys, the same pixels) up to
+`layout_images` members, so a run is long enough for a steady rate. A run's figures: images/s end to end
+(start-up included) and steady (images / time after the first result, as benchmarks/e2e.py).
+
+Layout points: a space file's layout knobs (space.LAYOUT_KNOBS) as written, every other layout field at the
+engine configuration's resolved value; with no space file, `default_layouts` (which also places the decode:
+nvJPEG alone or with a CPU share). A point that cannot run (too many actors for the
+cluster) is recorded with its reason, and the level goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import shutil
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from yoloray.config import ConfigError, Profile
+from yoloray.tune.space import LAYOUT_KNOBS
+
+COLUMNS = (*LAYOUT_KNOBS, "decode")  # what a layout row records of its profile
+PER_SHARD = 100
+
+
+def default_layouts(cuda: bool) -> dict[str, tuple]:
+    """The default layout grid. CUDA: 2-4 actors per GPU x 2 calls, nvJPEG alone or with 15% of the JPEGs decoded
+    by CPU tasks (benchmarks/README: 3 actors x 2 calls led, with 1 actor far behind and 3 calls no better than
+    2). CPU: one actor with 1 or 2 concurrent calls."""
+    if cuda:
+        return {"actors_per_gpu": (2, 3, 4), "calls_per_actor": (2,), "decode": ("gpu", "hybrid")}
+    return {"calls_per_actor": (1, 2)}
+
+
+def layout_points(space: dict[str, Any] | None, cuda: bool) -> list[dict[str, Any]]:
+    """Every layout point: the grid over the listed layout knobs (a space file), else the default grid."""
+    listed = {k: v for k, v in (space or {}).items() if k in LAYOUT_KNOBS}
+    grid = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in listed.items()} if space else default_layouts(cuda)
+    return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid else [{}]
+
+
+def write_sample(images: list[bytes], folder: Path, total: int) -> list[str]:
+    """`images` as tar shards of PER_SHARD members in `folder`, hard-linked under new names until `total`
+    members; returns the shard paths (a second call reuses what is there)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = images[:total]
+    unique = []
+    for s in range(0, len(images), PER_SHARD):
+        path = folder / f"unique-{s // PER_SHARD:05d}.tar"
+        if not path.is_file():
+            tmp = path.with_suffix(".tmp")
+            with tarfile.open(tmp, "w") as tar:
+                for i, data in enumerate(images[s : s + PER_SHARD], start=s):
+                    info = tarfile.TarInfo(f"{i:06d}.jpg")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+            os.replace(tmp, path)
+        unique.append((path, min(PER_SHARD, len(images) - s)))
+    shards, members = [], 0
+    for r in itertools.count():
+        for path, n in unique:
+            if members >= total:
+                return shards
+            link = path if r == 0 else folder / f"repeat-{r:04d}-{path.name}"
+            if not link.exists():
+                os.link(path, link)
+            shards.append(str(link))
+            members += n
+    return shards  # not reached
+
+
+def run_layout(profile: Profile, shards: list[str], work: Path) -> dict[str, Any]:
+    """One batch job over the sample with `profile`; its figures (the output is removed afterwards)."""
+    from yoloray.batch import JobError, run_job
+
+    out = work / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    try:
+        summary = run_job(shards, str(out), profile)
+    except (ConfigError, JobError) as e:
+        return {"status": "failed", "reason": str(e)[:500]}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    after_first = max(summary.seconds - summary.first_result_s, 1e-9)
+    return {"status": "ok", "reason": "", "images": summary.images, "seconds": round(seconds, 2),
+            "images_per_s": summary.images / seconds, "steady_images_per_s": summary.images / after_first,
+            "first_result_s": round(summary.first_result_s, 2), "errors": sum(summary.errors.values())}
+
+
+def layout_label(point: dict[str, Any]) -> str:
+    short = {"actors_per_gpu": "actors", "calls_per_actor": "calls", "batches_per_call": "per_call",
+             "decode_threads": "threads", "decode": "decode", "hybrid_cpu_share": "cpu_share"}
+    return " ".join(f"{short[k]}={v}" for k, v in point.items()) or "as resolved"
+
+
+def run_level(engines: list[tuple[str, Profile]], default: Profile, points: list[dict], shards: list[str],
+              work: Path, done: dict[tuple[str, str], dict] | None = None, log=print, save=None) -> list[dict]:
+    """Every (engine, layout point) run, plus the default profile as it resolves; one row per run. `done`: rows
+    of an earlier, interrupted level (by engine and layout label), kept instead of run again; `save(rows)` is
+    called after each run."""
+    done = done or {}
+    rows = []
+    runs = [("default", "default profile", default)]
+    for engine_id, engine in engines:
+        for point in points:
+            try:
+                profile = engine.replace(**point)
+            except ConfigError as e:
+                rows.append({"engine": engine_id, "layout": layout_label(point), **point, "status": "failed",
+                             "reason": str(e)[:500]})
+                continue
+            runs.append((engine_id, layout_label(point), profile))
+    for engine_id, label, profile in runs:
+        row = done.get((engine_id, label))
+        if row is None:
+            figures = run_layout(profile, shards, work)
+            row = {"engine": engine_id, "layout": label, **{k: profile.flat()[k] for k in COLUMNS}, **figures,
+                   "profile": profile.to_yaml()}
+            log(f"  layout {engine_id} {label}: {figures['status']}, "
+                f"{figures.get('images_per_s', 0):.1f} images/s end to end, "
+                f"{figures.get('steady_images_per_s', 0):.1f} steady {figures.get('reason', '')}".rstrip())
+        rows.append(row)
+        if save is not None:
+            save(rows)
+    return rows
