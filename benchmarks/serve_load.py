@@ -548,11 +548,14 @@ def main(argv=None) -> int:
     schema = load_serve_config(args.config)
     app_schema = schema.applications[0]
     app_args = dict(app_schema.args or {})
-    app_args["engine"] = dict(app_args.get("engine") or {})
+    # the engine's section of the app args: `engine` today; `profile` in configs written for profiles (issue
+    # 16), which read `engine` as the profile too. --set engine.X goes to whichever the config uses.
+    section = "profile" if "profile" in app_args else "engine"
+    app_args[section] = dict(app_args.get(section) or {})
     if args.random_weights:
-        app_args["engine"]["model"] = make_random_weights(args.random_weights)
+        app_args[section]["model"] = make_random_weights(args.random_weights)
     for k, v in parse_sets(args.set):
-        set_dotted(app_args, k, v)
+        set_dotted(app_args, section + k[len("engine") :] if k.startswith("engine.") else k, v)
     options = (
         app_schema.deployments[0].model_dump(exclude_unset=True, exclude={"name"})
         if app_schema.deployments
@@ -561,7 +564,7 @@ def main(argv=None) -> int:
     for k, v in parse_sets(args.option):
         set_dotted(options, k, v)
     cfg = ServeConfig.parse(app_args, source="benchmark app args")
-    eng = cfg.engine
+    eng = getattr(cfg, section)
     print(
         f"engine: {eng.model} {eng.backend} {eng.precision} imgsz {eng.imgsz} batch {eng.batch_size} device "
         f"{eng.device}; serve batch {cfg.max_batch_size} / {cfg.batch_wait_timeout_s}s; options {options}",
