@@ -175,3 +175,22 @@ def test_truncated_tar_range_gives_error_rows_for_the_rest(tmp_path):
     assert [r["key"] for r in rows] == [f"t.tar::{i}.jpg" for i in range(4)]
     assert rows[0]["error"] is None
     assert all(r["error"] and "cannot read tar member" in r["error"] for r in rows[1:])
+
+
+def test_video_with_a_name_that_is_not_utf8(tmp_path):
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    root = tmp_path / "in"
+    root.mkdir()
+    path = os.path.join(os.fsencode(root), b"clip\xe9.mp4")
+    with av.open(os.fsdecode(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 40, np.uint8), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    rows = _rows([str(root)])
+    assert rows and all(k.startswith("clip\\xe9.mp4") for k in rows), list(rows)
+    assert all(r["error"] is None for r in rows.values()), [r["error"] for r in rows.values()]

@@ -117,7 +117,7 @@ def locate(unit: dict) -> tuple[pafs.FileSystem, str]:
     """Filesystem + path of an archive/parquet/video unit. The root is resolved, then the (decoded) relative path
     joined, so names with spaces etc. work under URIs."""
     fs, root = resolve_path(unit["root"])
-    return fs, join_path(root, unit["prefix"])
+    return fs, join_path(root, unit.get("rel", unit["prefix"]))
 
 
 def encoded_views(column: pa.ChunkedArray | pa.Array) -> list:

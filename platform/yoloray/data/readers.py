@@ -110,12 +110,12 @@ def read_tar(unit: dict, options: SourceOptions | None = None) -> Iterator[dict]
     if "members" in unit:  # a range of an indexed tar (data/splits.py)
         yield from _read_tar_members(unit)
         return
-    prefix, source = escape_name(unit["prefix"]), unit["source"]
+    prefix, source = unit["prefix"], unit["source"]
     unique = UniqueNames()
     key = prefix
     try:
         with (
-            open_file(unit["root"], unit["prefix"], random_access=False) as raw,
+            open_file(unit["root"], unit["rel"], random_access=False) as raw,
             tarfile.open(fileobj=raw, mode="r|*", encoding="utf-8", errors="surrogateescape") as tf,
         ):
             for m in tf:
@@ -132,10 +132,10 @@ def read_tar(unit: dict, options: SourceOptions | None = None) -> Iterator[dict]
 
 
 def _read_tar_members(unit: dict) -> Iterator[dict]:
-    prefix, source = escape_name(unit["prefix"]), unit["source"]
+    prefix, source = unit["prefix"], unit["source"]
     members, done = unit["members"], 0
     try:
-        with open_file(unit["root"], unit["prefix"]) as f:
+        with open_file(unit["root"], unit["rel"]) as f:
             for offset, size, name in members:
                 f.seek(offset)
                 data = f.read(size)
@@ -155,9 +155,9 @@ def zip_member_ok(info: zipfile.ZipInfo) -> bool:
 
 
 def _read_zip(unit: dict, options: SourceOptions) -> Iterator[dict]:
-    prefix, source = escape_name(unit["prefix"]), unit["source"]
+    prefix, source = unit["prefix"], unit["source"]
     try:
-        with open_zip(unit["root"], unit["prefix"]) as zf:
+        with open_zip(unit["root"], unit["rel"]) as zf:
             infos = [i for i in zf.infolist() if zip_member_ok(i)]
             keys = unique_names(escape_name(zip_member_name(i.filename, i.flag_bits)) for i in infos)
             start, stop = unit.get("members", (0, len(infos)))
@@ -176,14 +176,14 @@ def _read_zip(unit: dict, options: SourceOptions) -> Iterator[dict]:
 def _parquet_tables(unit: dict, options: SourceOptions) -> Iterator[pa.Table]:
     """One row group at a time; keys are the key column (or the row number in the file), with the unit's
     renames of repeated keys (data/splits.py) applied."""
-    prefix, source = escape_name(unit["prefix"]), unit["source"]
+    prefix, source = unit["prefix"], unit["source"]
     image_col, key_col = unit["image_column"], unit["key_column"]
     renames = dict(unit.get("renames") or [])
     columns = [image_col] + ([key_col] if key_col else [])
     offset = unit["row_offset"]
     with contextlib.ExitStack() as stack:
         try:
-            pf = pq.ParquetFile(stack.enter_context(open_file(unit["root"], unit["prefix"])))
+            pf = pq.ParquetFile(stack.enter_context(open_file(unit["root"], unit["rel"])))
         except (OSError, pa.ArrowException) as e:
             pf, opened = None, e
         for rg, n in zip(unit["row_groups"], unit["group_rows"]):
@@ -234,7 +234,7 @@ def read_tables(unit: dict, options: SourceOptions) -> Iterator[pa.Table]:
         cols = {
             c: [v]
             for c, v in _row(
-                escape_name(unit["prefix"]), None, unit["source"], error="archive has no image members"
+                unit["prefix"], None, unit["source"], error="archive has no image members"
             ).items()
         }
     if cols["key"]:

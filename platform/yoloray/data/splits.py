@@ -47,13 +47,13 @@ def ranges(sizes: list[int] | list[tuple[int, int]], options: SourceOptions) -> 
 def tar_members(unit: dict) -> list[list] | None:
     """[data offset, size, member key] of the image members of an uncompressed local tar, from its headers;
     None when it cannot be cut (compressed, remote, sparse members, unreadable: the streamed reader reports it)."""
-    if not unit["prefix"].lower().endswith(".tar") or not is_local(unit["root"]):
+    if not unit["rel"].lower().endswith(".tar") or not is_local(unit["root"]):
         return None
     unique = UniqueNames()
     out = []
     try:
         with (
-            open_file(unit["root"], unit["prefix"]) as f,
+            open_file(unit["root"], unit["rel"]) as f,
             tarfile.open(fileobj=f, mode="r:", encoding="utf-8", errors="surrogateescape") as tf,
         ):
             for m in tf:  # a seekable tar: headers are read, member data skipped by seeking

@@ -208,13 +208,14 @@ def _expand(path: str) -> list[_Entry]:
 
 def _archive_unit(e: _Entry, options: SourceOptions) -> list[dict]:
     source = escape_name(join_path(e.source_root, e.rel))
-    base = {"kind": e.kind, "root": e.root, "source": source, "prefix": e.rel}
+    # prefix: the keys' prefix (escaped, data/names.py); rel: the file's path under root, as stored (any bytes)
+    base = {"kind": e.kind, "root": e.root, "source": source, "prefix": escape_name(e.rel), "rel": e.rel}
     if e.kind == "tar":
         if e.explicit and (e.size or 0) <= SMALL_ARCHIVE_BYTES:
             rows = list(read_tar(base))
             if not rows:
                 raise SourceError(f"tar archive {source!r} has no image members ({', '.join(IMAGE_EXTS)})")
-            if len(rows) == 1 and rows[0]["key"] == escape_name(e.rel):
+            if len(rows) == 1 and rows[0]["key"] == base["prefix"]:
                 raise SourceError(f"tar archive {source!r} is empty or not a tar file ({rows[0]['error']})")
         return split_tar(base, e.size, options)
     if e.kind == "zip":
