@@ -359,7 +359,8 @@ def run_job(
         message = _actor_init_error(e)
         if message is None:
             raise
-        raise JobError(f"the detector actor (batch/predictor.py Predictor) failed to start: {message}") from e
+        raise JobError(f"the detector actor (batch/predictor.py Predictor) failed to start: {message}. Fix the "
+                       "engine configuration and rerun; the same --out folder takes it") from e
     writer.flush()
     written = writer.written
     summary.images = len(written)
