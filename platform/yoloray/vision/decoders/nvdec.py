@@ -131,6 +131,13 @@ class NvdecDecoder:
         else:
             current.reconfigure_decoder(path)
         self._local.path = path
+        # PyNvVideoCodec's pts are the stream's own, before the container's edit list (H.264/HEVC with B-frames
+        # start at -2 frames, seen on the H200); the index holds the demuxer's. The file's first frame gives the
+        # shift, once per file and thread, so every later frame is still checked against the index.
+        first = current.get_batch_frames_by_index([0])
+        if len(first) != 1:
+            raise RuntimeError("the decoder did not return the file's first frame")
+        self._local.pts_shift = first[0].getPTS()
         return current
 
     def _fetch(self, decoder, unit: dict, frames: list[int]) -> FrameBatch:
@@ -146,8 +153,9 @@ class NvdecDecoder:
                 raise RuntimeError(f"asked for {len(wanted)} frames, got {len(decoded)}")
             for i, frame in zip(wanted, decoded):
                 expected = unit["pts"][i - unit["start"]]
-                if frame.getPTS() != expected:
-                    raise RuntimeError(f"frame {i} has pts {frame.getPTS()}, the container index says {expected}")
+                got = frame.getPTS() - self._local.pts_shift + unit["first_pts"]
+                if got != expected:
+                    raise RuntimeError(f"frame {i} has pts {got}, the container index says {expected}")
             surfaces = torch.stack([torch.from_dlpack(f) for f in decoded])  # one copy out of the decoder's surfaces
             batch.device_groups.append(yuv_to_rgb(surfaces, h, w, matrix, full))
         for j in range(len(frames)):
