@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print JSON rows in the output schema")
     d.add_argument("--show", type=int, default=10, help="detections listed per image (text output)")
     d.add_argument("--trace", metavar="DIR", help="write a torch profiler trace (Perfetto / chrome://tracing JSON) "
-                   "of the detect call, with a range per stage, and print a per-stage table (stderr)")
+                   "of the detect call, with a range per stage (NVTX too on CUDA: not run without a GPU), and print a "
+                   "per-stage table (stderr)")
     d.set_defaults(func=cmd_detect)
 
     i = sub.add_parser("infer", help="run the detector over archives on Ray Data into Parquet (resumable)")
@@ -341,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--run-name", dest="run_name",
                    help="the `run` label of the job's metrics (default: the --out folder's name)")
     i.add_argument("--trace", metavar="DIR", help="write a torch profiler trace (Perfetto / chrome://tracing JSON) "
-                   "of one actor's first call and a per-stage table to DIR")
+                   "of one actor's first call (a range per stage; NVTX too on CUDA: not run without a GPU) and a "
+                   "per-stage table to DIR")
     i.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
                    help="keep Ray Data's own progress blocks and per-run lines (in the ray log; quieted by default)")
     i.set_defaults(func=cmd_infer)
