@@ -41,7 +41,7 @@ def _count_members(unit: dict) -> int | None:
     """Image members of a local tar/zip (what the reader makes rows of), or None (remote, unreadable)."""
     if "://" in unit.get("root", "") or "://" in unit.get("source", ""):
         return None
-    path = join_path(unit["root"], unit["prefix"])
+    path = join_path(unit["root"], unit.get("rel", unit["prefix"]))  # rel: the real name (prefix is escaped)
     try:
         if unit["kind"] == "tar":
             with tarfile.open(path) as tf:
