@@ -137,6 +137,12 @@ def test_fp16_conversion_keeps_the_box_decode_in_fp32(checkpoints, tmp_path):
     export_onnx(load_model(str(checkpoints["v8"])), tmp_path / "m.onnx", (256, 256), None)
     meta = to_fp16(tmp_path / "m.onnx", tmp_path / "h.onnx")
     assert meta.precision == "fp16" == read_metadata(tmp_path / "h.onnx").precision
+    import onnx
+    import onnxruntime as ort
+
+    names = [n.name for n in onnx.load(str(tmp_path / "h.onnx")).graph.node]
+    assert len(names) == len(set(names))  # ONNX Runtime refuses repeated node names at load
+    ort.InferenceSession(str(tmp_path / "h.onnx"), providers=["CPUExecutionProvider"])  # a valid graph
     half = onnx.load(str(tmp_path / "h.onnx"))
     f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     assert half.graph.input[0].type.tensor_type.elem_type == f16

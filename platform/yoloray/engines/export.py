@@ -142,7 +142,26 @@ def to_fp16(src: str | Path, dst: str | Path) -> OnnxMeta:
     meta = OnnxMeta.from_props({p.key: p.value for p in model.metadata_props}, source=str(src))
     keep = head_nodes(model)[0]
     half = convert_float_to_float16(model, keep_io_types=[OUTPUT], node_block_list=keep)
+    _drop_repeated_casts(half)
     meta = OnnxMeta(**{**meta.__dict__, "precision": "fp16"})
     write_metadata(half, meta)
     onnx.save(half, str(dst))
     return meta
+
+
+def _drop_repeated_casts(model) -> None:
+    """The float16 converter inserts one Cast per (tensor, blocked consumer), all named after the tensor, so a
+    tensor feeding two kept-fp32 nodes gets two identical Cast nodes of one name and one output: ONNX Runtime
+    refuses such a graph ("two nodes with same node name", seen on the H200). The repeats compute the same
+    tensor, so only the first is kept; a different node that merely shares a name is renamed."""
+    seen: dict[str, object] = {}
+    nodes = []
+    for n in model.graph.node:
+        first = seen.setdefault(n.name, n)
+        if first is not n:
+            if list(first.output) == list(n.output) and list(first.input) == list(n.input):
+                continue
+            n.name = f"{n.name}_{len(nodes)}"
+        nodes.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
