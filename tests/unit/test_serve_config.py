@@ -130,6 +130,12 @@ def test_main_refuses_bad_config_without_starting_ray(tmp_path, capsys):
     bad.write_text("applications: 3\n")
     assert main([str(bad)]) == 2
     assert "applications" in capsys.readouterr().err
+    data["applications"][0]["deployments"][0]["name"] = "Detector"
+    data["applications"][0]["args"]["profile"]["model"] = str(tmp_path / "gone.pt")
+    bad.write_text(yaml.safe_dump(data))
+    assert main([str(bad)]) == 2  # a missing weights file: one line before Ray starts, not a replica traceback
+    err = capsys.readouterr().err
+    assert f"model weights {tmp_path / 'gone.pt'} do not exist" in err and "Traceback" not in err
     assert not ray.is_initialized()
 
 

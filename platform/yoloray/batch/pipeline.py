@@ -30,6 +30,7 @@ from yoloray.config import Layout, Profile
 from yoloray.data.inputs import SourceOptions
 from yoloray.data.sources import read_units
 from yoloray.data.units import list_units
+from yoloray.engines.base import EngineError, check_weights_file
 from yoloray.observe.errors import error_kind
 from yoloray.observe.reports import ActorObserve
 
@@ -258,13 +259,12 @@ def _check_model(config: Profile) -> None:
     Skipped under Ray Client (the path is resolved on the cluster, not here)."""
     from ray.util.client import ray as client_ray
 
-    model = config.model
-    if "://" in model or not model.endswith(".pt") or os.path.isfile(model) or client_ray.is_connected():
+    if client_ray.is_connected():
         return
-    raise JobError(
-        f"model weights {model} do not exist; pass --model with a .pt file, or a model YAML "
-        "such as yolov8n.yaml for random-weight speed tests"
-    )
+    try:
+        check_weights_file(config.model)
+    except EngineError as e:
+        raise JobError(str(e)) from None
 
 
 _USER_ERROR_LINE = re.compile(r"^(?:yoloray\.\S+\.)?(?:EngineError|ConfigError|JobError): (.+)$", re.M)

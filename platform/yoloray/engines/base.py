@@ -6,6 +6,7 @@ end-to-end heads, (B, K, 6) = x1, y1, x2, y2, score, class (used as it is).
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 
 import torch
@@ -13,6 +14,16 @@ import torch
 
 class EngineError(RuntimeError):
     """The engine cannot be built or run as configured; the message says what to change."""
+
+
+def check_weights_file(model: str) -> None:
+    """EngineError when `model` names a local .pt file that is not there (one message for every path: the
+    engine's load, and the batch job's and `yoloray serve`'s checks before any actor or replica starts)."""
+    if model.endswith(".pt") and "://" not in model and not os.path.isfile(model):
+        raise EngineError(
+            f"model weights {model} do not exist; pass --model with a .pt file, or a model YAML "
+            "such as yolov8n.yaml for random-weight speed tests"
+        )
 
 
 class Engine(ABC):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from yoloray.engines.base import Engine, EngineError
+from yoloray.engines.base import Engine, EngineError, check_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +24,7 @@ def load_model(model: str, max_det: int = 300, agnostic: bool = False) -> torch.
 
     path = Path(model)
     if path.suffix == ".pt":
-        if not path.is_file():
-            raise EngineError(
-                f"model weights {model} do not exist; pass --model with a .pt file, or a model YAML "
-                "such as yolov8n.yaml for random-weight speed tests"
-            )
+        check_weights_file(model)
         try:
             net = load_checkpoint(str(path), device="cpu")[0]
         except Exception as e:  # a file that is not an ultralytics checkpoint

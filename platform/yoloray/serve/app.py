@@ -181,6 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     # Serve itself is shut down on exit only when it lives in a Ray this command started on this machine;
     # on a cluster only this config's applications are deleted.
     local = not ray.is_initialized() and not args.address and not os.environ.get("RAY_ADDRESS")
+    if local:  # a missing weights file is one line here, not a replica's traceback (on a cluster it is theirs)
+        from yoloray.engines.base import EngineError, check_weights_file
+
+        try:
+            for a in apps:
+                check_weights_file(a["config"].profile.model)
+        except EngineError as e:
+            print(f"yoloray serve: error: {e}", file=sys.stderr)
+            return 2
     from yoloray.serve.ingress import prepare
 
     try:  # Serve's processes inherit this environment; on a cluster, `ray start` must have had it
