@@ -186,7 +186,7 @@ def test_every_panel_query_returns_series(traffic):
             if panel["title"] in CUDA_ONLY:
                 empty[panel["title"]] = series(target["expr"], traffic)
                 continue
-            wait_for(lambda expr=target["expr"]: series(expr, traffic), f"panel {panel['title']!r}: {target['expr']}", 30)
+            wait_for(lambda expr=target["expr"]: series(expr, traffic), f"panel {panel['title']!r}: {target['expr']}")
     assert set(empty) == set(CUDA_ONLY) and not any(empty.values()), "GPU memory has no series on the CPU"
     throughput = series(panels()[0]["targets"][0]["expr"], traffic)
     raw = series(f'ray_yoloray_images_total{{run="{RUN}"}}', traffic)
