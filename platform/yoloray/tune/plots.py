@@ -108,7 +108,7 @@ def memory_plot(ok: pd.DataFrame, path: Path) -> Path:
 
 
 def layout_plot(layout: pd.DataFrame, winner: int | None, path: Path) -> Path:
-    ok = layout[layout["status"] == "ok"].reset_index()
+    ok = layout[layout["status"] == "ok"].reset_index() if "status" in layout else layout  # none ran: no columns
     plt, fig, ax = _figure(max(3.0, 0.4 * len(ok) + 1.2))
     if ok.empty:
         ax.text(0.5, 0.5, "no layout runs" if layout.empty else "no successful layout runs", ha="center",
