@@ -190,4 +190,10 @@ def test_every_panel_query_returns_series(traffic):
     assert set(empty) == set(CUDA_ONLY) and not any(empty.values()), "GPU memory has no series on the CPU"
     throughput = series(panels()[0]["targets"][0]["expr"], traffic)
     raw = series(f'ray_yoloray_images_total{{run="{RUN}"}}', traffic)
-    assert max(float(v) for s in throughput for _, v in s["values"]) > 0, f"images/s never above zero: {raw}"
+    seen = [float(v) for s in raw for _, v in s["values"]]
+    # A 10-image job can end between two scrapes of its actor's new series; then Prometheus never saw the counter
+    # grow and rate() is rightly 0 (seen once on a loaded CI machine). When it did see it grow, the panel shows it.
+    if min(seen) < max(seen):
+        assert max(float(v) for s in throughput for _, v in s["values"]) > 0, f"images/s never above zero: {raw}"
+    else:
+        assert max(seen) == 10, raw
