@@ -325,14 +325,14 @@ def run_job(
                        "--gpus-per-actor is 0)")
     _check_model(config)
     _check_job_file(fs, root, config, sources)
-    with fs.open_output_stream(f"{root}/{PROFILE_FILE}") as f:  # what runs: `infer --profile` reruns it
-        f.write(config.to_yaml().encode())
     done = frozenset(done_keys(out))
     summary = Summary(out=out, engine=config.output_key(), skipped_done=len(done))
     unit_ids = sorted(u["unit_id"] for u in units)
     if done and _completed(fs, root) == {"units": unit_ids, "rows": len(done)}:  # finished, same inputs, all rows
         summary.seconds = time.perf_counter() - t0
-        return summary
+        return summary  # writes nothing, not even the profile: the one there is what ran
+    with fs.open_output_stream(f"{root}/{PROFILE_FILE}") as f:  # what runs: `infer --profile` reruns it
+        f.write(config.to_yaml().encode())
     if progress is not None:
         progress.begin(len(done))
     ds = read_units(units, source_options)
