@@ -8,7 +8,8 @@ processes (one per file) as `--files` H.264 mp4s (libx264 veryfast, a keyframe e
 same as HEVC (libx265); the files are repeated as hard links until a folder holds `--frames` frames (distinct
 keys, the same decode and model work per frame). All model rows use the same YOLOv8s random weights.
 Rows (frames/s):
-  (1) NVDEC alone: PyNvVideoCodec, one decoder per thread, 7 and 14 threads, NV12 -> RGB on the GPU included
+  (1) NVDEC alone: PyNvVideoCodec, one decoder per thread, 7 and 14 threads, NV12 -> fp16 model input on the
+      GPU included (and, for H.264, into full-size RGB: the reference conversion)
   (2) PyAV (FFmpeg) CPU decode alone to BGR, one process per core, one thread each
   (3) ultralytics predict on the files (batch 32, half)
   (4) Ray Data's `read_videos` docs pattern (needs decord; a row says so when it is missing)
@@ -59,27 +60,29 @@ def _encode_file(args: tuple) -> int:
     from yoloray.data.scene import render_video_frame
     from yoloray.data.synthetic import write_clip
 
-    folder, k, first, n, w, h, total = args
+    folder, k, first, n, w, h, total, codecs = args
     frames = [render_video_frame(11, first + i, w, h, total)[0] for i in range(n)]
-    for codec in ("h264", "hevc"):
+    for codec in codecs:
         write_clip(Path(folder) / codec / f"clip{k:03d}.mp4", frames, w, h, 30, codec, gop=30, crf=23)
     return n
 
 
-def make_clips(work: Path, unique: int, files: int, w: int, h: int) -> dict[str, list[Path]]:
+def make_clips(work: Path, unique: int, files: int, w: int, h: int,
+               codecs: tuple[str, ...] = ("h264", "hevc")) -> dict[str, list[Path]]:
     base = work / "clips"
-    if not (base / "done").exists():
+    if not (base / "done").exists() or (base / "done").read_text() != ",".join(codecs):
         shutil.rmtree(base, ignore_errors=True)
-        for codec in ("h264", "hevc"):
+        for codec in codecs:
             (base / codec).mkdir(parents=True)
         per = unique // files
-        jobs = [(str(base), k, k * per, per, w, h, unique) for k in range(files)]
+        jobs = [(str(base), k, k * per, per, w, h, unique, codecs) for k in range(files)]
         t = time.perf_counter()
         with ProcessPoolExecutor(min(files, os.cpu_count() or 1), mp_context=_SPAWN) as pool:
             list(pool.map(_encode_file, jobs))
-        (base / "done").touch()
-        print(f"data: {files} x {per} frames of {w}x{h} as H.264 and HEVC in {time.perf_counter() - t:.0f} s", flush=True)
-    return {c: sorted((base / c).glob("*.mp4")) for c in ("h264", "hevc")}
+        (base / "done").write_text(",".join(codecs))
+        print(f"data: {files} x {per} frames of {w}x{h} as {', '.join(codecs)} in {time.perf_counter() - t:.0f} s",
+              flush=True)
+    return {c: sorted((base / c).glob("*.mp4")) for c in codecs}
 
 
 def repeat_clips(clips: list[Path], folder: Path, frames: int, per_clip: int) -> tuple[Path, int]:
@@ -109,13 +112,15 @@ def units_of(paths: list[Path]) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------------ rows
-def nvdec_alone(codec: str, units: list[dict], threads: int) -> None:
+def nvdec_alone(codec: str, units: list[dict], threads: int, fused: bool = True) -> None:
+    """Decode only: `fused`, into fp16 model input (what the actor runs: vision/decoders/nv12.py); else into
+    full-size RGB (the reference conversion, before the letterbox)."""
     from yoloray.vision.decoders.nvdec import NvdecDecoder, nvdec_missing
 
-    name = f"(1) NVDEC alone {codec}, {threads} threads"
+    name = f"(1) NVDEC alone {codec}, {threads} threads, {'fused NV12 -> fp16 input' if fused else 'full-size RGB'}"
     if (why := nvdec_missing()) is not None:
         return skipped(name, why)
-    dec = NvdecDecoder(torch.device("cuda"), (384, 640), 32)
+    dec = NvdecDecoder(torch.device("cuda"), (384, 640), 128, torch.float16 if fused else None)
 
     def run(unit: dict) -> int:
         with _thread_stream():  # one CUDA stream per thread, as the Detector gives each call
@@ -126,8 +131,8 @@ def nvdec_alone(codec: str, units: list[dict], threads: int) -> None:
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(run, units[:threads]))  # one decoder session per thread, opened before timing
         t = time.perf_counter()
-        frames = sum(pool.map(run, units))
-    row(name, frames, time.perf_counter() - t, codec=codec, threads=threads)
+        frames = sum(pool.map(run, units * 3))
+    row(name, frames, time.perf_counter() - t, codec=codec, threads=threads, fused=fused)
 
 
 _STREAMS = {}
@@ -210,9 +215,20 @@ def yoloray_infer(name: str, weights: Path, folder: Path, out: Path, engine: dic
     run = seconds - summary.first_result_s
     steady = summary.images / run if run > 1.0 else None
     shutil.rmtree(dest, ignore_errors=True)
+    fallbacks = nvdec_fallbacks()
     return row(f"(5) yoloray infer {name}", summary.images, seconds, config=name, engine=engine, actor=actor,
                startup_s=round(summary.first_result_s, 1), steady_frames_per_s=round(steady, 1) if steady else None,
-               errors=sum(summary.errors.values()))
+               errors=sum(summary.errors.values()), nvdec_fallback_lines=fallbacks)
+
+
+def nvdec_fallbacks() -> int:
+    """Lines so far in this Ray session's worker logs saying NVDEC gave a segment to PyAV or stopped reading
+    segments through (the actors' log: a (5) row must not quietly run on the CPU)."""
+    n = 0
+    for f in Path("/tmp/ray/session_latest/logs").glob("worker-*"):
+        text = f.read_text(errors="replace")
+        n += text.count("NVDEC could not decode") + text.count("gave the wrong frame")
+    return n
 
 
 def stage_breakdown(weights: Path, units: list[dict], engine: dict, frames: int) -> None:
@@ -254,6 +270,8 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/yoloray-video")
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     p.add_argument("--skip", default="", help="comma list of rows to skip: nvdec,pyav,predict,docs,infer,stages")
+    p.add_argument("--configs", default="", help="comma list of the (5) configurations to run (default: all)")
+    p.add_argument("--codecs", default="h264,hevc", help="codecs of the (5) jobs")
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny clips and jobs (any machine)")
     a = p.parse_args()
     w, h = 1920, 1080
@@ -276,15 +294,20 @@ def main() -> int:
     configs = {  # name -> (engine fields, actor options)
         "pyav-cpu": ({**fast, "decode": "cpu"}, {"calls_per_actor": 2}),
         "nvdec-1actor-8calls": ({**fast, "decode": "gpu"}, {"calls_per_actor": 8}),
+        "nvdec-1actor-14calls": ({**fast, "decode": "gpu"}, {"calls_per_actor": 14}),
         "nvdec-2actors-4calls": ({**fast, "decode": "gpu"}, {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 4}),
         "hybrid.2-1actor-8calls": ({**fast, "decode": "hybrid", "hybrid_cpu_share": 0.2}, {"calls_per_actor": 8}),
     }
     if not GPU:
         configs = {"pyav-cpu": configs["pyav-cpu"]}
+    if a.configs:
+        configs = {k: v for k, v in configs.items() if k in a.configs.split(",")}
     steps = []
     for codec in ("h264", "hevc"):
         for threads in (7, 14):
             steps.append(("nvdec", lambda c=codec, k=threads: nvdec_alone(c, units[c], k)))
+        if codec == "h264":
+            steps.append(("nvdec", lambda c=codec: nvdec_alone(c, units[c], 7, fused=False)))
         steps.append(("pyav", lambda c=codec: pyav_alone(c, units[c])))
     steps.append(("predict", lambda: ultralytics_predict(weights, clips["h264"], a.peer_frames, imgsz)))
     ray_started = []
@@ -297,7 +320,7 @@ def main() -> int:
             ray_started.append(True)
 
     steps.append(("docs", lambda: (start_ray(), ray_docs_pattern(weights, clips["h264"], a.peer_frames))))
-    for codec in ("h264", "hevc"):
+    for codec in a.codecs.split(","):
         folder, n = repeat_clips(clips[codec], work / f"job-{codec}", a.frames, per_clip)
         for name, (engine, actor) in configs.items():
             if codec == "hevc" and name != next(iter(configs)) and not name.startswith("nvdec-1"):

@@ -169,14 +169,7 @@ class Detector:
             dets.timings = {}
         else:
             ranges.next("letterbox")
-            x = torch.empty((len(slots), 3, *self.imgsz), dtype=self.engine.dtype, device=self.device)
-            start = 0
-            for group in frames.device_groups:  # decoders bound a group's size (decoders/stills.py)
-                stop = start + int(group.shape[0])
-                letterbox_gpu(group, self.imgsz, x[start:stop])
-                start = stop
-            if frames.host_frames:
-                self._upload(frames.host_frames, x[start:])
+            x = self._model_input(frames)
             t2 = self._sync_time()
             ranges.next("inference")
             raw = self.infer(x)
@@ -189,6 +182,25 @@ class Detector:
         dets.widths[slots] = geom.orig_w[slots].astype(np.int32)
         dets.heights[slots] = geom.orig_h[slots].astype(np.int32)
         return dets
+
+    def _model_input(self, frames: FrameBatch) -> torch.Tensor:
+        """The batch's frames as one model input (k, 3, H, W): device groups letterboxed in order (a float group
+        is model input already: NVDEC's fused path; alone, it is used as it is), then the host frames."""
+        groups = frames.device_groups
+        if len(groups) == 1 and not frames.host_frames and groups[0].dtype == self.engine.dtype:
+            return groups[0]
+        x = torch.empty((len(frames.slots), 3, *self.imgsz), dtype=self.engine.dtype, device=self.device)
+        start = 0
+        for group in groups:  # decoders bound a group's size (decoders/stills.py)
+            stop = start + int(group.shape[0])
+            if group.is_floating_point():
+                x[start:stop] = group
+            else:
+                letterbox_gpu(group, self.imgsz, x[start:stop])
+            start = stop
+        if frames.host_frames:
+            self._upload(frames.host_frames, x[start:])
+        return x
 
     def _upload(self, arrays: list[np.ndarray], out: torch.Tensor) -> None:
         """Letterboxed BGR uint8 HWC arrays -> `out` (k, 3, H, W) RGB in [0, 1]: one uint8 copy to the device

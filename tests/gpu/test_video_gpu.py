@@ -40,9 +40,10 @@ def _units(path, **kw):
 
 
 @pytest.mark.parametrize("codec", ["h264", "hevc"])
-def test_nvdec_frames_match_pyav(clips, codec, caplog):
+@pytest.mark.parametrize("stride", [1, 3])  # 1: segments read through from the keyframe; 3: frames by index
+def test_nvdec_frames_match_pyav(clips, codec, stride, caplog):
     dec = NvdecDecoder(torch.device("cuda"), (384, 640), 16)
-    for unit in _units(clips[codec], video_stride=3):
+    for unit in _units(clips[codec], video_stride=stride):
         cpu = {i: im[..., ::-1] for i, im, err in decode_segment(unit) if err is None}
         got = {}
         for batch in dec.batches(unit):
@@ -52,7 +53,26 @@ def test_nvdec_frames_match_pyav(clips, codec, caplog):
         assert sorted(got) == sorted(cpu) == unit["keep"]
         worst = max(int(np.abs(got[i].astype(int) - cpu[i]).max()) for i in got)
         assert worst <= 3, worst
-    assert "NVDEC could not decode" not in caplog.text
+    assert "NVDEC could not decode" not in caplog.text and "gave the wrong frame" not in caplog.text
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_fused_nv12_input_matches_rgb_then_letterbox(clips, codec):
+    """The fused kernel (NVDEC surfaces -> fp16 model input, vision/decoders/nv12.py) against the reference
+    conversion then `letterbox_gpu`, on the GPU: within one level (fused multiply-adds)."""
+    from yoloray.vision.letterbox import letterbox_gpu
+
+    fused = NvdecDecoder(torch.device("cuda"), (384, 640), 16, torch.float16)
+    plain = NvdecDecoder(torch.device("cuda"), (384, 640), 16)
+    assert fused.input_dtype == torch.float16, "Triton is missing: the fused path is off"
+    for unit in _units(clips[codec]):
+        for a, b in zip(fused.batches(unit), plain.batches(unit)):
+            (ready,), (rgb,) = a.device_groups, b.device_groups
+            assert ready.dtype == torch.float16 and tuple(ready.shape[1:]) == (3, 384, 640)
+            ref = torch.empty_like(ready)
+            letterbox_gpu(rgb, (384, 640), ref)
+            diff = (ready.float() - ref.float()).abs() * 255
+            assert float(diff.max()) <= 1.01 and float((diff > 0.01).float().mean()) < 0.01, float(diff.max())
 
 
 def test_nvdec_detections_match_ultralytics(clips, demo_model):
@@ -65,7 +85,8 @@ def test_nvdec_detections_match_ultralytics(clips, demo_model):
 
     det = Detector(Profile(model=demo_model, imgsz=(384, 640), batch_size=16, device="cuda",
                            **{**EXACT_PATH, "decode": "gpu"})).warmup()
-    assert type(SegmentRunner(det, det.key).decoder).__name__ == "NvdecDecoder"
+    decoder = SegmentRunner(det, det.key).decoder
+    assert type(decoder).__name__ == "NvdecDecoder" and decoder.input_dtype == det.engine.dtype  # the fused path
     rows = detect_video(det, str(clips["h264"]))
     assert [r["frame"] for r in rows] == list(range(N)) and all(r["error"] is None for r in rows)
     ours = Detections.empty(N, det.names)

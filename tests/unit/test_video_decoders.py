@@ -1,5 +1,6 @@
-"""Video decoders without Ray or a GPU: NVDEC's colour conversion against FFmpeg's (the NVDEC path itself runs
-in tests/gpu/test_video_gpu.py), and `Detector.run` over frames in both FrameBatch forms."""
+"""Video decoders without Ray or a GPU: NVDEC's colour conversion against FFmpeg's and its fused NV12 ->
+model-input kernel against the reference (the NVDEC path itself runs in tests/gpu/test_video_gpu.py), and
+`Detector.run` over frames in every FrameBatch form."""
 
 from __future__ import annotations
 
@@ -53,6 +54,44 @@ def test_nv12_to_rgb_within_two_levels_of_ffmpeg(clip, matrix, tag, full):
         assert np.abs(wrong - ffmpeg).max() > 2
 
 
+_FUSED_CHECK = """
+import sys, av, numpy as np, torch
+from yoloray.vision.decoders.nv12 import nv12_letterbox
+from yoloray.vision.decoders.nvdec import yuv_to_rgb
+from yoloray.vision.letterbox import letterbox_gpu
+sys.path.insert(0, sys.argv[2])
+from test_video_decoders import H, W, _nv12
+with av.open(sys.argv[1]) as c:
+    surfaces = torch.stack([_nv12(f) for f in c.decode(video=0)])
+worst = 0.0
+for dst, dtype, matrix, full in [((128, 160), torch.float16, "bt601", False), ((320, 320), torch.float32, "bt709", True),
+                                 ((96, 256), torch.float16, "bt709", False)]:
+    ref = torch.empty((len(surfaces), 3, *dst), dtype=dtype)
+    letterbox_gpu(yuv_to_rgb(surfaces, H, W, matrix, full), dst, ref)
+    out = torch.full_like(ref, -1.0)
+    nv12_letterbox(surfaces, H, W, dst, out, matrix, full)
+    worst = max(worst, float((out.float() - ref.float()).abs().max()) * 255)
+print(worst)
+"""
+
+
+def test_fused_nv12_letterbox_matches_convert_then_letterbox(clip, tmp_path):
+    """NVDEC's fused path (one Triton kernel: NV12 -> letterboxed model input) against the reference
+    (`yuv_to_rgb`, then `letterbox_gpu`), run by Triton's interpreter on the CPU: downscale, upscale and a
+    wide pad, both matrices and ranges, fp16 and fp32. Tolerance: one level (the GPU's fused multiply-adds may
+    move a value across a truncation step; the interpreter gives the same numbers)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", _FUSED_CHECK, str(clip), str(Path(__file__).parent)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) <= 1.0 + 1e-3, done.stdout
+
+
 def test_run_takes_device_groups_and_host_frames_alike(clip, checkpoints):
     """The same frames as full-size RGB tensors (what NVDEC gives, letterboxed by run) and as letterboxed BGR
     arrays (what PyAV/OpenCV give) -> the same boxes."""
@@ -67,9 +106,17 @@ def test_run_takes_device_groups_and_host_frames_alike(clip, checkpoints):
     host.slots = device.slots = np.arange(4)
     device.device_groups = [torch.from_numpy(np.stack(bgr)[..., ::-1].copy()).permute(0, 3, 1, 2)]
     a, b = det.run(host), det.run(device)
+    ready = torch.empty((4, 3, H, W), dtype=det.engine.dtype)  # model input made upstream (NVDEC's fused path)
+    from yoloray.vision.letterbox import letterbox_gpu
+
+    letterbox_gpu(device.device_groups[0], (H, W), ready)
+    device.device_groups = [ready]
+    c = det.run(device)
     assert len(a) == len(b) == 4 and a.offsets[-1] > 0
     np.testing.assert_array_equal(a.offsets, b.offsets)
     np.testing.assert_allclose(a.boxes, b.boxes, atol=0.5)
+    np.testing.assert_array_equal(b.offsets, c.offsets)
+    np.testing.assert_allclose(b.boxes, c.boxes, atol=1e-4)
     assert (a.widths == W).all() and (b.heights == H).all()
 
 

@@ -105,9 +105,9 @@ def _with_pixel_columns(batch: pa.Table) -> pa.Table:
     return batch
 
 
-def open_video_decoder(device, imgsz: tuple[int, int], batch_size: int, gpu: bool = True):
-    """With `gpu` (decode gpu/hybrid), NVDEC on a CUDA device where PyNvVideoCodec is installed, else PyAV
-    (FFmpeg on the CPU)."""
+def open_video_decoder(device, imgsz: tuple[int, int], batch_size: int, gpu: bool = True, input_dtype=None):
+    """With `gpu` (decode gpu/hybrid), NVDEC on a CUDA device where PyNvVideoCodec is installed (delivering
+    model input of `input_dtype` where it can), else PyAV (FFmpeg on the CPU)."""
     from yoloray.vision.decoders.pyav import PyAVDecoder
 
     if gpu and device.type == "cuda":
@@ -115,7 +115,7 @@ def open_video_decoder(device, imgsz: tuple[int, int], batch_size: int, gpu: boo
 
         why = nvdec_missing()
         if why is None:
-            return NvdecDecoder(device, imgsz, batch_size)
+            return NvdecDecoder(device, imgsz, batch_size, input_dtype)
         log.warning("%s; decoding video on the CPU with PyAV instead", why)
     return PyAVDecoder(imgsz, batch_size)
 
@@ -127,7 +127,7 @@ class SegmentRunner:
     def __init__(self, detector, engine_key: str):
         self.detector, self.engine_key = detector, engine_key
         self.decoder = open_video_decoder(detector.device, detector.imgsz, detector.batch_size,
-                                          gpu=detector.config.decode != "cpu")
+                                          gpu=detector.config.decode != "cpu", input_dtype=detector.engine.dtype)
 
     def run(self, rows: pa.Table) -> tuple[pa.Table, dict[str, float], int]:
         """(output rows, stage timings summed, error rows)."""

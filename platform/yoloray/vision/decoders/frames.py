@@ -5,7 +5,8 @@ two forms, whichever the decoder made cheapest:
 
 - `device_groups`: full-size RGB uint8 tensors (g, 3, h, w) already on the Detector's device (nvJPEG,
   nvImageCodec, NVDEC), same-sized frames stacked into one group; `Detector.run` letterboxes each group on the
-  device in one call.
+  device in one call. A floating-point group is model input already (letterboxed, RGB in [0, 1], the engine's
+  dtype: NVDEC's fused NV12 path) and is used as it is.
 - `host_frames`: BGR uint8 (H, W, 3) arrays already letterboxed to the Detector's imgsz on the CPU (OpenCV, PyAV:
   decode and resize of one frame stay in the thread or task that decoded it); `Detector.run` uploads them in
   one pinned copy.
@@ -28,7 +29,7 @@ from yoloray.vision.letterbox import Geometry
 class FrameBatch:
     geom: Geometry
     errors: list[str | None]
-    device_groups: list = field(default_factory=list)  # torch uint8 (g, 3, h, w) RGB on the device
+    device_groups: list = field(default_factory=list)  # torch uint8 (g, 3, h, w) RGB, or model input, on the device
     host_frames: list[np.ndarray] = field(default_factory=list)  # letterboxed BGR uint8 (H, W, 3)
     slots: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     keys: list[str] | None = None

@@ -9,7 +9,8 @@ GPU's NVDEC engines are all busy), reused across segments and files (`reconfigur
 decoder sessions: a new session per clip halved the measured rate, GPU.md). A segment's kept frames are fetched
 by index in batches, NV12 (or 4:4:4, or 10-bit in 16-bit words) as CUDA memory through DLPack, converted to RGB
 on the device with the stream's own matrix (BT.709 when tagged, else BT.601; full range only when tagged, as
-FFmpeg does: vision/decoders/pyav.py), and handed to `Detector.run` as device groups. Each delivered frame's
+FFmpeg does: vision/decoders/pyav.py) and, for 8-bit NV12 (H.264, 8-bit HEVC), letterboxed into model input in
+the same pass (vision/decoders/nv12.py), then handed to `Detector.run` as device groups. Each delivered frame's
 presentation time is checked against the container index; a segment the decoder refuses (a codec or profile
 this GPU's NVDEC lacks, corrupt data, a timestamp mismatch) is decoded by PyAV on the CPU instead, so every kept
 frame still gets its row or its error.
@@ -26,13 +27,22 @@ import numpy as np
 import torch
 
 from yoloray.vision.decoders.frames import FrameBatch
+from yoloray.vision.decoders.nv12 import MATRICES, nv12_letterbox
 from yoloray.vision.decoders.pyav import PyAVDecoder, set_video_meta
 
 log = logging.getLogger(__name__)
 
-# Kr, Kb of the YCbCr matrices (ITU-R BT.601 / BT.709 / BT.2020)
-MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722), "bt2020": (0.2627, 0.0593)}
 _AVCOL_SPC = {1: "bt709", 9: "bt2020", 10: "bt2020"}  # FFmpeg's AVColorSpace values; anything else: BT.601
+
+
+_PTS_SHIFTS: dict[tuple, int] = {}  # file content -> PyNvVideoCodec's pts of its first frame
+
+
+def _content_of(path: str) -> tuple:
+    import os
+
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @cache
@@ -84,19 +94,43 @@ def yuv_to_rgb(yuv: torch.Tensor, height: int, width: int, matrix: str = "bt601"
     return torch.stack([r, g, b], 1).floor_().clamp_(0, 255).to(torch.uint8)  # swscale truncates too
 
 
+class FrameMismatch(RuntimeError):
+    """A decoded frame is not the one the container index names at that place."""
+
+
 class NvdecDecoder:
     """A segment -> FrameBatches of at most `batch_size` kept frames, as device groups (full-size RGB)."""
 
     name = "nvdec"
 
-    def __init__(self, device: torch.device, imgsz: tuple[int, int], batch_size: int):
+    def __init__(self, device: torch.device, imgsz: tuple[int, int], batch_size: int,
+                 input_dtype: torch.dtype | None = None):
+        """`input_dtype` (the engine's): deliver 8-bit NV12 frames already letterboxed into model input of that
+        dtype, in one fused pass (vision/decoders/nv12.py); None: full-size RGB frames (any surface format)."""
+        from yoloray.vision.decoders.nv12 import fused_enabled
         from yoloray.vision.decoders.stills import GPU_LETTERBOX_GROUP
 
         self.device, self.imgsz, self.batch_size = device, imgsz, batch_size
+        self.input_dtype = input_dtype if fused_enabled() else None
+        self.sequential = True  # read segments through (off for good in this decoder if a read-through misplaces a frame)
+        if self.input_dtype is not None:
+            self._compile_fused()
         self.group = GPU_LETTERBOX_GROUP  # frames fetched, converted and letterboxed at a time
         self.gpu_id = device.index if device.index is not None else torch.cuda.current_device()
         self.cpu = PyAVDecoder(imgsz, batch_size)
         self._local = threading.local()
+
+    def _compile_fused(self) -> None:
+        """Compile the fused kernel now for 1080p (other sizes compile on first use), so no segment pays for it;
+        where it cannot run, say so once and deliver RGB frames instead."""
+        try:
+            yuv = torch.zeros((1, 1620, 1920), dtype=torch.uint8, device=self.device)
+            out = torch.empty((1, 3, *self.imgsz), dtype=self.input_dtype, device=self.device)
+            nv12_letterbox(yuv, 1080, 1920, self.imgsz, out)
+            torch.cuda.synchronize(self.device)
+        except Exception as e:  # noqa: BLE001 - e.g. no C compiler for Triton's launcher
+            log.warning("the fused NV12 kernel cannot run here (%s); converting NVDEC frames in two steps", e)
+            self.input_dtype = None
 
     def batches(self, unit: dict) -> Iterator[FrameBatch]:
         from yoloray.data.inputs import locate
@@ -106,15 +140,32 @@ class NvdecDecoder:
             yield from self.cpu.batches(unit)
             return
         keep, done = unit["keep"], 0
-        try:
-            decoder = self._decoder(path)
-            for done in range(0, len(keep), self.batch_size):
-                batch = self._fetch(decoder, unit, keep[done : done + self.batch_size])
-                yield batch
-            return
-        except Exception as e:  # noqa: BLE001 - any refusal of the hardware path falls back to FFmpeg
-            log.warning("NVDEC could not decode %s frames %s-%s (%s); decoding the rest with PyAV on the CPU",
-                        unit["source"], unit["start"], unit["stop"], e)
+        # most kept frames: read the segment through from its keyframe and drop the others (one seek; reading
+        # by index was 10-20% slower on the H200, benchmarks/nvdec_probe.py); sparse sampling: by index
+        sequential = self.sequential and 2 * len(keep) >= unit["stop"] - unit["start"]
+        while True:
+            try:
+                decoder = self._decoder(path)
+                if sequential:
+                    decoder.seek_to_index(unit["start"])
+                    self._local.next = unit["start"]
+                while done < len(keep):
+                    yield self._fetch(decoder, unit, keep[done : done + self.batch_size], sequential)
+                    done += self.batch_size
+                return
+            except FrameMismatch as e:
+                if not sequential:
+                    why = e
+                    break
+                log.warning("NVDEC read through %s gave the wrong frame (%s); reading frames by index from now on",
+                            unit["source"], e)
+                self.sequential = sequential = False
+                self._local.path = None  # reopen: the decoder's position is unknown
+            except Exception as e:  # noqa: BLE001 - any refusal of the hardware path falls back to FFmpeg
+                why = e
+                break
+        log.warning("NVDEC could not decode %s frames %s-%s (%s); decoding the rest with PyAV on the CPU",
+                    unit["source"], unit["start"], unit["stop"], why)
         yield from self.cpu.batches({**unit, "keep": keep[done:]})
 
     def _decoder(self, path: str):
@@ -133,31 +184,61 @@ class NvdecDecoder:
         self._local.path = path
         # PyNvVideoCodec's pts are the stream's own, before the container's edit list (H.264/HEVC with B-frames
         # start at -2 frames, seen on the H200); the index holds the demuxer's. The file's first frame gives the
-        # shift, once per file and thread, so every later frame is still checked against the index.
-        first = current.get_batch_frames_by_index([0])
-        if len(first) != 1:
-            raise RuntimeError("the decoder did not return the file's first frame")
-        self._local.pts_shift = first[0].getPTS()
+        # shift, once per file content (hard-linked repeats share it), so every later frame is still checked
+        # against the index.
+        content = _content_of(path)
+        if content not in _PTS_SHIFTS:
+            first = current.get_batch_frames_by_index([0])
+            if len(first) != 1:
+                raise RuntimeError("the decoder did not return the file's first frame")
+            if len(_PTS_SHIFTS) >= 4096:
+                _PTS_SHIFTS.clear()
+            _PTS_SHIFTS[content] = first[0].getPTS()
+        self._local.pts_shift = _PTS_SHIFTS[content]
         return current
 
-    def _fetch(self, decoder, unit: dict, frames: list[int]) -> FrameBatch:
-        """Frames by index -> one FrameBatch (device groups of `group` frames, so an engine batch is full);
-        RuntimeError when a frame is not the one the container index names."""
-        h, w = unit["height"], unit["width"]
-        matrix, full = matrix_of(unit)
-        batch = FrameBatch.empty(len(frames))
-        for k in range(0, len(frames), self.group):
-            wanted = frames[k : k + self.group]
+    def _read(self, decoder, wanted: list[int], sequential: bool) -> tuple[torch.Tensor, list[int]]:
+        """The `wanted` frames (ascending) as stacked surfaces (a copy: the decoder reuses its buffers) and the
+        decoder's pts of each."""
+        if not sequential:
             decoded = decoder.get_batch_frames_by_index(wanted)
             if len(decoded) != len(wanted):
                 raise RuntimeError(f"asked for {len(wanted)} frames, got {len(decoded)}")
-            for i, frame in zip(wanted, decoded):
+            return torch.stack([torch.from_dlpack(f) for f in decoded]), [f.getPTS() for f in decoded]
+        pieces, pts, want = [], [], set(wanted)
+        while self._local.next <= wanted[-1]:
+            got = decoder.get_batch_frames(min(self.group, wanted[-1] + 1 - self._local.next))
+            if not got:
+                raise FrameMismatch(f"the stream ended at frame {self._local.next}")
+            kept = [f for j, f in enumerate(got) if self._local.next + j in want]
+            self._local.next += len(got)
+            if kept:
+                pieces.append(torch.stack([torch.from_dlpack(f) for f in kept]))
+                pts.extend(f.getPTS() for f in kept)
+        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)), pts
+
+    def _fetch(self, decoder, unit: dict, frames: list[int], sequential: bool = False) -> FrameBatch:
+        """Kept frames -> one FrameBatch (device groups of `group` frames, so an engine batch is full);
+        FrameMismatch when a frame is not the one the container index names."""
+        h, w = unit["height"], unit["width"]
+        matrix, full = matrix_of(unit)
+        batch = FrameBatch.empty(len(frames))
+        ready = None  # model input for the whole batch when the fused NV12 path runs
+        for k in range(0, len(frames), self.group):
+            wanted = frames[k : k + self.group]
+            surfaces, pts = self._read(decoder, wanted, sequential)
+            for i, decoded_pts in zip(wanted, pts):
                 expected = unit["pts"][i - unit["start"]]
-                got = frame.getPTS() - self._local.pts_shift + unit["first_pts"]
+                got = decoded_pts - self._local.pts_shift + unit["first_pts"]
                 if got != expected:
-                    raise RuntimeError(f"frame {i} has pts {got}, the container index says {expected}")
-            surfaces = torch.stack([torch.from_dlpack(f) for f in decoded])  # one copy out of the decoder's surfaces
-            batch.device_groups.append(yuv_to_rgb(surfaces, h, w, matrix, full))
+                    raise FrameMismatch(f"frame {i} has pts {got}, the container index says {expected}")
+            if self.input_dtype is not None and surfaces.dtype == torch.uint8 and surfaces.shape[1] * 2 == 3 * h:
+                if ready is None:
+                    ready = torch.empty((len(frames), 3, *self.imgsz), dtype=self.input_dtype, device=surfaces.device)
+                    batch.device_groups.append(ready)
+                nv12_letterbox(surfaces, h, w, self.imgsz, ready[k : k + len(wanted)], matrix, full)
+            else:
+                batch.device_groups.append(yuv_to_rgb(surfaces, h, w, matrix, full))
         for j in range(len(frames)):
             batch.geom.set(j, (h, w), self.imgsz, (h, w))
         batch.slots = np.arange(len(frames), dtype=np.int64)

@@ -1,0 +1,155 @@
+"""Where NVDEC's time goes: one set of clips, several ways of reading them with PyNvVideoCodec, frames/s each.
+
+    python3 benchmarks/nvdec_probe.py --out $OUT    (on a CUDA machine with pynvvideocodec; ~2 minutes)
+
+Clips: `--files` 1920x1080 H.264 mp4s of `--per-file` frames (libx264 veryfast, a keyframe every 30 frames,
+B-frames: benchmarks/video.py's), each read 3 times over by `--threads` threads; every row decodes every frame.
+Rows:
+  index-32 / index-128  yoloray's NvdecDecoder (get_batch_frames_by_index in groups of 32 / 128, fused NV12 ->
+                        fp16 model input), the batch job's decoder
+  sequential            SimpleDecoder.get_batch_frames(32) from the segment's start, same conversion
+  decode only           SimpleDecoder.get_batch_frames(32), no conversion (the decoder's own ceiling)
+  decode only, P procs  the same split over processes (one CUDA context each) instead of threads
+Prints a table last; writes nvdec_probe.json under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+ROWS: list[dict] = []
+
+
+def _decoder_for_thread(cache: dict, path: str):
+    import threading
+
+    import PyNvVideoCodec as nvc
+
+    key = threading.get_ident()
+    if key not in cache:
+        stream = torch.cuda.current_stream().cuda_stream
+        cache[key] = nvc.SimpleDecoder(path, gpu_id=0, cuda_stream=stream, use_device_memory=True,
+                                       output_color_type=nvc.OutputColorType.NATIVE)
+    else:
+        cache[key].reconfigure_decoder(path)
+    return cache[key]
+
+
+def read_sequential(cache: dict, unit: dict, convert: bool) -> int:
+    from yoloray.vision.decoders.nv12 import nv12_letterbox
+
+    dec = _decoder_for_thread(cache, unit["path"])
+    dec.seek_to_index(unit["start"])
+    n, left = 0, unit["stop"] - unit["start"]
+    out = torch.empty((32, 3, 384, 640), dtype=torch.float16, device="cuda") if convert else None
+    while left > 0:
+        frames = dec.get_batch_frames(min(32, left))
+        if not frames:
+            break
+        if convert:
+            surfaces = torch.stack([torch.from_dlpack(f) for f in frames])
+            nv12_letterbox(surfaces, 1080, 1920, (384, 640), out[: len(frames)])
+        n += len(frames)
+        left -= len(frames)
+    torch.cuda.current_stream().synchronize()
+    return n
+
+
+def timed(name: str, fn, units: list, threads: int, **extra) -> None:
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(fn, units[:threads]))  # open the decoders
+        t = time.perf_counter()
+        frames = sum(pool.map(fn, units * 3))
+    s = time.perf_counter() - t
+    ROWS.append({"row": name, "threads": threads, "frames": frames, "seconds": round(s, 2),
+                 "frames_per_s": round(frames / s, 1), **extra})
+    print(f"  -> {name}, {threads} threads: {frames / s:,.0f} frames/s", flush=True)
+
+
+def _proc_worker(args: tuple) -> tuple[int, float]:
+    units, threads = args
+    cache: dict = {}
+    fn = lambda u: read_sequential(cache, u, False)  # noqa: E731
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(fn, units[:threads]))
+        t = time.perf_counter()
+        frames = sum(pool.map(fn, units))
+    return frames, time.perf_counter() - t
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="/tmp/vbench")
+    p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    p.add_argument("--files", type=int, default=16)
+    p.add_argument("--per-file", type=int, default=120)
+    p.add_argument("--threads", default="7,14")
+    a = p.parse_args()
+    from video import make_clips, units_of
+
+    from yoloray.vision.decoders.nvdec import NvdecDecoder
+
+    clips = make_clips(Path(a.work), a.files * a.per_file, a.files, 1920, 1080, ("h264",))["h264"]
+    segs = units_of(clips)
+    units = [{"path": u["source"], "start": u["start"], "stop": u["stop"]} for u in segs]
+    streams: dict = {}
+
+    def in_stream(fn):
+        def run(u):
+            import threading
+
+            s = streams.setdefault(threading.get_ident(), torch.cuda.Stream())
+            with torch.cuda.stream(s):
+                return fn(u)
+        return run
+
+    for threads in [int(t) for t in a.threads.split(",")]:
+        for group in (32, 128):
+            dec = NvdecDecoder(torch.device("cuda"), (384, 640), 128, torch.float16)
+            dec.group = group
+
+            def index(u, dec=dec):
+                n = sum(len(b) for b in dec.batches(u))
+                torch.cuda.current_stream().synchronize()
+                return n
+            timed(f"index-{group} (NvdecDecoder, fused)", in_stream(index), segs, threads)
+        cache: dict = {}
+        timed("sequential (get_batch_frames, fused)", in_stream(lambda u, c=cache: read_sequential(c, u, True)),
+              units, threads)
+        cache2: dict = {}
+        timed("decode only (get_batch_frames)", in_stream(lambda u, c=cache2: read_sequential(c, u, False)),
+              units, threads)
+    for procs, threads in ((2, 4), (4, 2), (7, 1)):
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(procs, mp_context=ctx) as pool:
+            share = [(units[k::procs] * 3, threads) for k in range(procs)]
+            t = time.perf_counter()
+            done = list(pool.map(_proc_worker, share))
+            wall = time.perf_counter() - t
+        frames = sum(f for f, _ in done)
+        slowest = max(s for _, s in done)
+        ROWS.append({"row": f"decode only, {procs} processes x {threads} threads", "frames": frames,
+                     "seconds": round(slowest, 2), "frames_per_s": round(frames / slowest, 1), "wall_s": round(wall, 1)})
+        print(f"  -> decode only {procs}x{threads}: {frames / slowest:,.0f} frames/s", flush=True)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "nvdec_probe.json").write_text(json.dumps(ROWS, indent=1))
+    print("\n| read | threads | frames | s | frames/s |\n| --- | ---: | ---: | ---: | ---: |")
+    for r in ROWS:
+        print(f"| {r['row']} | {r.get('threads', '')} | {r['frames']:,} | {r['seconds']} | {r['frames_per_s']:,} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
