@@ -222,13 +222,10 @@ def yoloray_infer(name: str, weights: Path, folder: Path, out: Path, engine: dic
 
 
 def nvdec_fallbacks() -> int:
-    """Lines so far in this Ray session's worker logs saying NVDEC gave a segment to PyAV or stopped reading
-    segments through (the actors' log: a (5) row must not quietly run on the CPU)."""
-    n = 0
-    for f in Path("/tmp/ray/session_latest/logs").glob("worker-*"):
-        text = f.read_text(errors="replace")
-        n += text.count("NVDEC could not decode") + text.count("gave the wrong frame")
-    return n
+    """Lines so far in this Ray session's worker logs saying NVDEC gave a segment to PyAV (the actors' log: a
+    (5) row must not quietly run on the CPU)."""
+    return sum(f.read_text(errors="replace").count("NVDEC could not decode")
+               for f in Path("/tmp/ray/session_latest/logs").glob("worker-*"))
 
 
 def stage_breakdown(weights: Path, units: list[dict], engine: dict, frames: int) -> None:

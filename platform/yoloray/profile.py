@@ -179,12 +179,17 @@ def defaults(hardware: Hardware, sample: Sample | None) -> dict:
                 "micro_batch": None, "channels_last": False, "decode": "cpu", "actors_per_gpu": 1,
                 "calls_per_actor": 1, "batches_per_call": 4, "hybrid_cpu_share": 0.15}
     hybrid = jpeg and hardware.cpus / hardware.gpus >= HYBRID_MIN_CPUS_PER_GPU
+    nvdec = not jpeg and video and hardware.nvdec
+    # NVDEC: one actor, two concurrent calls (each its own decoder session) per NVDEC engine. H200, 100,080
+    # frames of 1080p H.264 (benchmarks/README.md): 1 x 14 calls 3,566 steady, 1 x 8 3,107, 2 actors x 4 3,037.
+    layout = {"actors_per_gpu": 1, "calls_per_actor": 2 * (hardware.nvdec_engines or 4)} if nvdec else \
+        {"actors_per_gpu": 3, "calls_per_actor": 2}
     return {"precision": "fp16", "batch_size": 128, "imgsz": auto_imgsz(sample), "cuda_graph": True,
             "micro_batch": 32, "channels_last": True,
             # JPEG: nvJPEG (with a CPU share); video: NVDEC where PyNvVideoCodec runs (GPU.md: 4,158-4,703 frames/s
             # vs 1,567 for PyAV on 16 cores); anything else: the CPU
-            "decode": ("hybrid" if hybrid else "gpu") if jpeg else "gpu" if video and hardware.nvdec else "cpu",
-            "actors_per_gpu": 3, "calls_per_actor": 2, "batches_per_call": 4,
+            "decode": ("hybrid" if hybrid else "gpu") if jpeg else "gpu" if nvdec else "cpu",
+            **layout, "batches_per_call": 4,
             "hybrid_cpu_share": 0.15}  # the share only matters with decode: hybrid
 
 

@@ -40,7 +40,7 @@ def _units(path, **kw):
 
 
 @pytest.mark.parametrize("codec", ["h264", "hevc"])
-@pytest.mark.parametrize("stride", [1, 3])  # 1: segments read through from the keyframe; 3: frames by index
+@pytest.mark.parametrize("stride", [1, 3])  # every frame; every third
 def test_nvdec_frames_match_pyav(clips, codec, stride, caplog):
     dec = NvdecDecoder(torch.device("cuda"), (384, 640), 16)
     for unit in _units(clips[codec], video_stride=stride):
@@ -53,7 +53,7 @@ def test_nvdec_frames_match_pyav(clips, codec, stride, caplog):
         assert sorted(got) == sorted(cpu) == unit["keep"]
         worst = max(int(np.abs(got[i].astype(int) - cpu[i]).max()) for i in got)
         assert worst <= 3, worst
-    assert "NVDEC could not decode" not in caplog.text and "gave the wrong frame" not in caplog.text
+    assert "NVDEC could not decode" not in caplog.text
 
 
 @pytest.mark.parametrize("codec", ["h264", "hevc"])

@@ -45,6 +45,13 @@ def test_cuda_defaults_are_the_fastest_measured():
     assert few_cores.decode == "gpu"  # hybrid was measured with 16 cores per GPU
     png = resolve(Profile(model="yolov8n.yaml"), H200, Sample(((1920, 1080),), ("other",)))
     assert png.decode == "cpu"  # the GPU decoder only takes JPEG
+    footage = Sample(((1920, 1080),) * 2, ("video",) * 2)
+    from dataclasses import replace
+
+    nvdec = resolve(Profile(model="yolov8n.yaml"), replace(H200, nvdec=True), footage)
+    assert (nvdec.decode, nvdec.actors_per_gpu, nvdec.calls_per_actor) == ("gpu", 1, 14)  # 2 calls per NVDEC engine
+    no_nvdec = resolve(Profile(model="yolov8n.yaml"), H200, footage)  # PyNvVideoCodec missing: PyAV upstream
+    assert (no_nvdec.decode, no_nvdec.actors_per_gpu, no_nvdec.calls_per_actor) == ("cpu", 3, 2)
 
 
 def test_cpu_defaults_and_resolved_values_stay():

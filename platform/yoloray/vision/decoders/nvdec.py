@@ -94,10 +94,6 @@ def yuv_to_rgb(yuv: torch.Tensor, height: int, width: int, matrix: str = "bt601"
     return torch.stack([r, g, b], 1).floor_().clamp_(0, 255).to(torch.uint8)  # swscale truncates too
 
 
-class FrameMismatch(RuntimeError):
-    """A decoded frame is not the one the container index names at that place."""
-
-
 class NvdecDecoder:
     """A segment -> FrameBatches of at most `batch_size` kept frames, as device groups (full-size RGB)."""
 
@@ -112,7 +108,6 @@ class NvdecDecoder:
 
         self.device, self.imgsz, self.batch_size = device, imgsz, batch_size
         self.input_dtype = input_dtype if fused_enabled() else None
-        self.sequential = True  # read segments through (off for good in this decoder if a read-through misplaces a frame)
         if self.input_dtype is not None:
             self._compile_fused()
         self.group = GPU_LETTERBOX_GROUP  # frames fetched, converted and letterboxed at a time
@@ -140,32 +135,14 @@ class NvdecDecoder:
             yield from self.cpu.batches(unit)
             return
         keep, done = unit["keep"], 0
-        # most kept frames: read the segment through from its keyframe and drop the others (one seek; reading
-        # by index was 10-20% slower on the H200, benchmarks/nvdec_probe.py); sparse sampling: by index
-        sequential = self.sequential and 2 * len(keep) >= unit["stop"] - unit["start"]
-        while True:
-            try:
-                decoder = self._decoder(path)
-                if sequential:
-                    decoder.seek_to_index(unit["start"])
-                    self._local.next = unit["start"]
-                while done < len(keep):
-                    yield self._fetch(decoder, unit, keep[done : done + self.batch_size], sequential)
-                    done += self.batch_size
-                return
-            except FrameMismatch as e:
-                if not sequential:
-                    why = e
-                    break
-                log.warning("NVDEC read through %s gave the wrong frame (%s); reading frames by index from now on",
-                            unit["source"], e)
-                self.sequential = sequential = False
-                self._local.path = None  # reopen: the decoder's position is unknown
-            except Exception as e:  # noqa: BLE001 - any refusal of the hardware path falls back to FFmpeg
-                why = e
-                break
-        log.warning("NVDEC could not decode %s frames %s-%s (%s); decoding the rest with PyAV on the CPU",
-                    unit["source"], unit["start"], unit["stop"], why)
+        try:
+            decoder = self._decoder(path)
+            for done in range(0, len(keep), self.batch_size):
+                yield self._fetch(decoder, unit, keep[done : done + self.batch_size])
+            return
+        except Exception as e:  # noqa: BLE001 - any refusal of the hardware path falls back to FFmpeg
+            log.warning("NVDEC could not decode %s frames %s-%s (%s); decoding the rest with PyAV on the CPU",
+                        unit["source"], unit["start"], unit["stop"], e)
         yield from self.cpu.batches({**unit, "keep": keep[done:]})
 
     def _decoder(self, path: str):
@@ -197,41 +174,24 @@ class NvdecDecoder:
         self._local.pts_shift = _PTS_SHIFTS[content]
         return current
 
-    def _read(self, decoder, wanted: list[int], sequential: bool) -> tuple[torch.Tensor, list[int]]:
-        """The `wanted` frames (ascending) as stacked surfaces (a copy: the decoder reuses its buffers) and the
-        decoder's pts of each."""
-        if not sequential:
-            decoded = decoder.get_batch_frames_by_index(wanted)
-            if len(decoded) != len(wanted):
-                raise RuntimeError(f"asked for {len(wanted)} frames, got {len(decoded)}")
-            return torch.stack([torch.from_dlpack(f) for f in decoded]), [f.getPTS() for f in decoded]
-        pieces, pts, want = [], [], set(wanted)
-        while self._local.next <= wanted[-1]:
-            got = decoder.get_batch_frames(min(self.group, wanted[-1] + 1 - self._local.next))
-            if not got:
-                raise FrameMismatch(f"the stream ended at frame {self._local.next}")
-            kept = [f for j, f in enumerate(got) if self._local.next + j in want]
-            self._local.next += len(got)
-            if kept:
-                pieces.append(torch.stack([torch.from_dlpack(f) for f in kept]))
-                pts.extend(f.getPTS() for f in kept)
-        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)), pts
-
-    def _fetch(self, decoder, unit: dict, frames: list[int], sequential: bool = False) -> FrameBatch:
-        """Kept frames -> one FrameBatch (device groups of `group` frames, so an engine batch is full);
-        FrameMismatch when a frame is not the one the container index names."""
+    def _fetch(self, decoder, unit: dict, frames: list[int]) -> FrameBatch:
+        """Frames by index -> one FrameBatch (device groups of `group` frames, so an engine batch is full);
+        RuntimeError when a frame is not the one the container index names."""
         h, w = unit["height"], unit["width"]
         matrix, full = matrix_of(unit)
         batch = FrameBatch.empty(len(frames))
         ready = None  # model input for the whole batch when the fused NV12 path runs
         for k in range(0, len(frames), self.group):
             wanted = frames[k : k + self.group]
-            surfaces, pts = self._read(decoder, wanted, sequential)
-            for i, decoded_pts in zip(wanted, pts):
+            decoded = decoder.get_batch_frames_by_index(wanted)
+            if len(decoded) != len(wanted):
+                raise RuntimeError(f"asked for {len(wanted)} frames, got {len(decoded)}")
+            for i, frame in zip(wanted, decoded):
                 expected = unit["pts"][i - unit["start"]]
-                got = decoded_pts - self._local.pts_shift + unit["first_pts"]
+                got = frame.getPTS() - self._local.pts_shift + unit["first_pts"]
                 if got != expected:
-                    raise FrameMismatch(f"frame {i} has pts {got}, the container index says {expected}")
+                    raise RuntimeError(f"frame {i} has pts {got}, the container index says {expected}")
+            surfaces = torch.stack([torch.from_dlpack(f) for f in decoded])  # one copy out of the decoder's surfaces
             if self.input_dtype is not None and surfaces.dtype == torch.uint8 and surfaces.shape[1] * 2 == 3 * h:
                 if ready is None:
                     ready = torch.empty((len(frames), 3, *self.imgsz), dtype=self.input_dtype, device=surfaces.device)
