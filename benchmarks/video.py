@@ -5,7 +5,7 @@
 
 Data, generated in the run: `--unique` 1920x1080 inspection-line frames rendered and encoded in parallel
 processes (one per file) as `--files` H.264 mp4s (libx264 veryfast, a keyframe every second, B-frames) and the
-same as HEVC (libx265); the files are repeated as hard links until a folder holds `--frames` frames (distinct
+same as HEVC (libx265, closed GOPs: open-GOP streams are decoded by PyAV, vision/decoders/nvdec.py); the files are repeated as hard links until a folder holds `--frames` frames (distinct
 keys, the same decode and model work per frame). All model rows use the same YOLOv8s random weights.
 Rows (frames/s):
   (1) NVDEC alone: PyNvVideoCodec, one decoder per thread, 7 and 14 threads, NV12 -> fp16 model input on the
@@ -63,7 +63,7 @@ def _encode_file(args: tuple) -> int:
     folder, k, first, n, w, h, total, codecs = args
     frames = [render_video_frame(11, first + i, w, h, total)[0] for i in range(n)]
     for codec in codecs:
-        write_clip(Path(folder) / codec / f"clip{k:03d}.mp4", frames, w, h, 30, codec, gop=30, crf=23)
+        write_clip(Path(folder) / codec / f"clip{k:03d}.mp4", frames, w, h, 30, codec, gop=30, crf=23, open_gop=False)
     return n
 
 

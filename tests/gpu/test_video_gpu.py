@@ -28,9 +28,11 @@ def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("gpu_clips")
     frames = [render_video_frame(5, i, W, H, N)[0] for i in range(N)]
     out = {}
-    for codec in ("h264", "hevc"):
+    for codec in ("h264", "hevc"):  # closed GOPs (NVDEC decodes these; open-GOP streams go to PyAV)
         out[codec] = d / f"{codec}.mp4"
-        write_clip(out[codec], frames, W, H, 30, codec, gop=12)
+        write_clip(out[codec], frames, W, H, 30, codec, gop=12, open_gop=False)
+    out["hevc-open"] = d / "hevc-open.mp4"
+    write_clip(out["hevc-open"], frames, W, H, 30, "hevc", gop=12)
     return out
 
 
@@ -54,6 +56,21 @@ def test_nvdec_frames_match_pyav(clips, codec, stride, caplog):
         worst = max(int(np.abs(got[i].astype(int) - cpu[i]).max()) for i in got)
         assert worst <= 3, worst
     assert "NVDEC could not decode" not in caplog.text
+
+
+def test_open_gop_stream_is_decoded_by_pyav_and_matches(clips, caplog):
+    """Open-GOP HEVC (x265's default): NVDEC's leading frames differed from FFmpeg's (up to 211 levels, H200,
+    2026-12-01), so such streams go to PyAV whole; every frame still comes, equal to FFmpeg's."""
+    dec = NvdecDecoder(torch.device("cuda"), (384, 640), 16, torch.float16)
+    for unit in _units(clips["hevc-open"]):
+        assert unit["open_gop"]
+        cpu = {i: im for i, im, err in decode_segment(unit) if err is None}
+        got = {}
+        for batch in dec.batches(unit):
+            assert not batch.device_groups and len(batch.host_frames) == len(batch)
+            got.update(zip(batch.frame_index.tolist(), batch.host_frames))
+        assert sorted(got) == sorted(cpu) == unit["keep"]
+    assert "open-GOP stream" in caplog.text
 
 
 @pytest.mark.parametrize("codec", ["h264", "hevc"])

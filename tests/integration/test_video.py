@@ -84,6 +84,15 @@ def test_keyframe_segments_decode_every_frame_once(clips, codec, monkeypatch):
     (table,) = list(read_tables(units[1], SourceOptions()))
     assert table.num_rows == 1 and table.column("image").null_count == 1
     assert json.loads(table.column("segment")[0].as_py())["keep"] == list(range(12, 24))
+    # x265's default open GOPs (leading frames after a CRA keyframe) are flagged for NVDEC (vision/decoders/nvdec.py)
+    assert all(u["open_gop"] == (codec == "hevc") for u in units)
+
+
+def test_closed_gop_hevc_is_not_flagged(clips, tmp_path):
+    path = tmp_path / "closed.mp4"
+    write_clip(path, [render_video_frame(3, i, W, H, N)[0] for i in range(N)], W, H, FPS, "hevc", gop=GOP,
+               open_gop=False)
+    assert not video_index.index_video({"kind": "video", "root": str(tmp_path), "prefix": path.name}).open_gop
 
 
 def test_sampling_and_time_range_select_frames(clips):

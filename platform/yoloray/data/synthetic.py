@@ -82,9 +82,10 @@ VIDEO_CODECS = {"h264": "libx264", "hevc": "libx265"}  # PyAV's FFmpeg (the PyPI
 
 
 def write_clip(path: Path, frames, width: int, height: int, fps: float, codec: str = "h264", gop: int = 15,
-               crf: int = 20) -> None:
-    """Encode BGR frames into an mp4 with PyAV: H.264 (libx264) or HEVC (libx265), a keyframe every `gop`
-    frames, B-frames on (so presentation order differs from decode order, as in camera archives)."""
+               crf: int = 20, open_gop: bool = True) -> None:
+    """Encode BGR frames into an mp4 with PyAV: H.264 (libx264, closed GOPs) or HEVC (libx265; open GOPs, its
+    default, unless `open_gop` is False), a keyframe every `gop` frames, B-frames on (so presentation order
+    differs from decode order, as in camera archives)."""
     import av
 
     with av.open(str(path), "w") as out:
@@ -94,7 +95,8 @@ def write_clip(path: Path, frames, width: int, height: int, fps: float, codec: s
             stream.options = {"g": str(gop), "keyint_min": str(gop), "crf": str(crf), "preset": "veryfast"}
         else:
             stream.options = {"crf": str(crf), "preset": "veryfast",
-                              "x265-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:log-level=error"}
+                              "x265-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:log-level=error"
+                                             + ("" if open_gop else ":open-gop=0")}
         for img in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
                 out.mux(packet)

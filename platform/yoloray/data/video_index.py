@@ -34,6 +34,7 @@ class VideoIndex:
     height: int
     colorspace: int  # FFmpeg's AVColorSpace tag (2: unspecified) and AVColorRange (2: full), for NVDEC's conversion
     color_range: int
+    open_gop: bool = False  # a frame decoded after a keyframe is shown before it (HEVC CRA leading pictures)
 
     def ts(self, frames) -> np.ndarray:
         num, den = self.time_base
@@ -76,12 +77,16 @@ _LOCAL_INDEXES: dict[tuple, VideoIndex] = {}
 def _demux_index(unit: dict) -> VideoIndex:
     container, stream = open_video(unit)
     with container:
-        pts, key = [], []
+        pts, key, open_gop, key_pts = [], [], False, None
         for packet in container.demux(stream):
             if packet.size == 0 or packet.pts is None:  # the demuxer's final flush packet, or no timestamp
                 continue
             pts.append(packet.pts)
             key.append(packet.is_keyframe)
+            if packet.is_keyframe:
+                key_pts = packet.pts
+            elif key_pts is not None and packet.pts < key_pts:
+                open_gop = True
         cc = stream.codec_context
         rate = stream.average_rate or stream.guessed_rate
         tb = stream.time_base
@@ -92,7 +97,8 @@ def _demux_index(unit: dict) -> VideoIndex:
         keyframes = sorted(int(rank[i]) for i, k in enumerate(key) if k)
         full = cc.color_range == 2 or (cc.format is not None and cc.format.name.startswith("yuvj"))
         return VideoIndex(ordered, keyframes, (tb.numerator, tb.denominator), float(rate) if rate else None,
-                          cc.name, cc.width, cc.height, int(cc.colorspace), 2 if full else int(cc.color_range))
+                          cc.name, cc.width, cc.height, int(cc.colorspace), 2 if full else int(cc.color_range),
+                          open_gop)
 
 
 def keep_frame(i: int, fps: float | None, options: SourceOptions) -> bool:
@@ -133,7 +139,7 @@ def video_units(base: dict, options: SourceOptions, min_frames: int | None = Non
                 "seek_pts": seek, "pts": index.pts[start:stop].tolist(), "keep": kept,
                 "time_base": list(index.time_base), "first_pts": int(index.pts[0]), "codec": index.codec,
                 "width": index.width, "height": index.height, "colorspace": index.colorspace,
-                "color_range": index.color_range,
+                "color_range": index.color_range, "open_gop": index.open_gop,
             })
         start = stop
     return units

@@ -13,7 +13,9 @@ FFmpeg does: vision/decoders/pyav.py) and, for 8-bit NV12 (H.264, 8-bit HEVC), l
 the same pass (vision/decoders/nv12.py), then handed to `Detector.run` as device groups. Each delivered frame's
 presentation time is checked against the container index; a segment the decoder refuses (a codec or profile
 this GPU's NVDEC lacks, corrupt data, a timestamp mismatch) is decoded by PyAV on the CPU instead, so every kept
-frame still gets its row or its error.
+frame still gets its row or its error. Open-GOP streams (HEVC from x265's defaults: leading frames after a CRA
+keyframe) go to PyAV whole: on the H200, NVDEC's frames of such a stream, read by index, had the right timestamps
+but some differed from FFmpeg's by up to 211 levels (tests/gpu/test_video_gpu.py), while closed-GOP H.264 matched.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class NvdecDecoder:
         self.group = GPU_LETTERBOX_GROUP  # frames fetched, converted and letterboxed at a time
         self.gpu_id = device.index if device.index is not None else torch.cuda.current_device()
         self.cpu = PyAVDecoder(imgsz, batch_size)
+        self._open_gop_said = False
         self._local = threading.local()
 
     def _compile_fused(self) -> None:
@@ -132,6 +135,14 @@ class NvdecDecoder:
 
         fs, path = locate(unit)
         if type(fs).__name__ != "LocalFileSystem":  # SimpleDecoder reads a local path
+            yield from self.cpu.batches(unit)
+            return
+        if unit.get("open_gop"):
+            if not self._open_gop_said:
+                self._open_gop_said = True
+                log.warning("%s is an open-GOP stream (frames decoded after a keyframe are shown before it): its "
+                            "frames are decoded with PyAV on the CPU, as are other such streams (NVDEC's leading "
+                            "frames differed from FFmpeg's on the H200)", unit["source"])
             yield from self.cpu.batches(unit)
             return
         keep, done = unit["keep"], 0
