@@ -109,6 +109,25 @@ def test_applications_from_applies_deployment_options():
     assert dep.ray_actor_options["num_cpus"] == 1
 
 
+def test_profile_file_replaces_every_applications_profile(tmp_path):
+    """`yoloray serve CONFIG --profile FILE`: the profile's fields (not its path) go into the app's args, so a
+    replica anywhere builds exactly that profile; the config's deployment options stay."""
+    from yoloray.config import ConfigError, Profile
+    from yoloray.serve.app import applications_from, load_serve_config
+
+    winner = Profile(imgsz=(384, 640), batch_size=8, precision="fp32", conf=0.4, calls_per_actor=3)  # file: 16
+    path = tmp_path / "profile.yaml"
+    winner.to_yaml(path)
+    (a,) = applications_from(load_serve_config(DETECTOR_YAML, path))
+    assert a["config"].profile == winner and a["config"].max_batch_size in (None, 8)  # follows batch_size
+    assert a["app"]._bound_deployment.max_ongoing_requests == 64  # the file's deployment options kept
+    path.unlink()  # nothing on a replica reads the file
+    assert applications_from(load_serve_config(DETECTOR_YAML, None))[0]["config"].profile != winner
+    (tmp_path / "bad.yaml").write_text("batch_size: -3\n")
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_serve_config(DETECTOR_YAML, tmp_path / "bad.yaml")
+
+
 def test_main_refuses_bad_config_without_starting_ray(tmp_path, capsys):
     import ray
 

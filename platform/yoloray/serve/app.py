@@ -83,17 +83,26 @@ def build_app(args: dict):
 
 
 # ------------------------------------------------------------------------------------ yoloray serve
-def load_serve_config(path: str | Path):
-    """Read and validate a Ray Serve config file; returns ray's ServeDeploySchema."""
+def load_serve_config(path: str | Path, profile: str | Path | None = None):
+    """Read and validate a Ray Serve config file; returns ray's ServeDeploySchema. `profile`: a profile file
+    (a tune winner's `profile.yaml`, a job's `_profile.yaml`) whose fields replace every yoloray application's
+    `args.profile` (and its max_batch_size, which then follows the profile's batch_size); they travel inside
+    the config, so replicas on other nodes need no copy of the file."""
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
-    from yoloray.config import format_validation_error, load_yaml
+    from yoloray.config import Profile, format_validation_error, load_yaml
 
     path = Path(path)
     data = load_yaml(path, "serve config")
     if not isinstance(data, dict):
         raise ConfigError(f"serve config {path} must be a mapping with an `applications:` list")
+    if profile is not None:
+        fields = Profile.from_yaml(profile).model_dump(mode="json")
+        for app in data.get("applications") or []:
+            if isinstance(app, dict) and app.get("import_path") == IMPORT_PATH:
+                args = {k: v for k, v in (app.get("args") or {}).items() if k != "max_batch_size"}
+                app["args"] = {**args, "profile": fields}  # serve batches follow the profile's batch_size
     try:
         return ServeDeploySchema.model_validate(data)
     except ValidationError as e:
@@ -147,7 +156,7 @@ def replica_memory(port: int, route: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`yoloray serve CONFIG [--address auto] [--no-block]`: deploy the config's applications and block
+    """`yoloray serve CONFIG [--profile FILE] [--address auto] [--no-block]`: deploy the config's applications and block
     until Ctrl-C (then shut them down)."""
     p = argparse.ArgumentParser(
         prog="yoloray serve",
@@ -156,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         "`python -m yoloray.serve.ingress CONFIG` prints before `ray start`.",
     )
     p.add_argument("config", help="Ray Serve config file, e.g. serve_configs/detector.yaml")
+    p.add_argument("--profile", metavar="FILE", help="serve this profile (a tune winner's runs/NAME/profile.yaml, "
+                   "or a job's OUT/_profile.yaml) in every yoloray application of the config, in place of its "
+                   "args.profile; serve batches follow its batch_size; the config's deployment options and "
+                   "request limits stay")
     p.add_argument("--address", help="Ray cluster to deploy to (auto, ray://HOST:10001); default: local Ray")
     p.add_argument(
         "--blocking",
@@ -167,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-block", dest="blocking", action="store_false", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
-        schema = load_serve_config(args.config)
+        schema = load_serve_config(args.config, args.profile)
         apps = applications_from(schema, source=str(args.config))
     except ConfigError as e:
         print(f"yoloray serve: error: {e}", file=sys.stderr)
