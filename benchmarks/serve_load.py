@@ -285,9 +285,9 @@ class Run:
         import ray
         from ray import serve
 
-        from yoloray.config import ServeConfig
         from yoloray.serve.grpc_api import SERVICER
         from yoloray.serve.ingress import prepare
+        from yoloray.serve.settings import ServeConfig
 
         args = self.args
         http_port, grpc_port, extra = ports_for(args.port_base)
@@ -338,7 +338,7 @@ class Run:
         from ray import serve
         from serve_docs_pattern import docs_app
 
-        from yoloray.config import ServeConfig
+        from yoloray.serve.settings import ServeConfig
 
         eng = ServeConfig.parse(self.app_args).engine
         replicas, gpus = self.args.layouts[0]
@@ -542,8 +542,8 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
 
-    from yoloray.config import ServeConfig
     from yoloray.serve.app import load_serve_config
+    from yoloray.serve.settings import ServeConfig
 
     schema = load_serve_config(args.config)
     app_schema = schema.applications[0]

@@ -92,8 +92,8 @@ def run_phase(name: str, argv: list[str]) -> dict:
     """One `yoloray tune` run, timed; its trials and winner (the report's pick) as a dict."""
     import pandas as pd
 
-    from yoloray.config import TuneConfig
     from yoloray.tune.report import pick_winner
+    from yoloray.tune.settings import TuneConfig
     from yoloray.tune.sweep import main as tune_main
 
     print(f"\n== {name}: yoloray tune {' '.join(argv)}", flush=True)

@@ -41,9 +41,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, demo_model):
-    from yoloray.config import ServeConfig
     from yoloray.serve.app import build_application, main
     from yoloray.serve.ingress import prepare
+    from yoloray.serve.settings import ServeConfig
 
     port, grpc_port = _free_port(), _free_port()
     config = {

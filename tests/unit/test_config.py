@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from yoloray.config import ConfigError, Profile, ServeConfig
+from yoloray.config import ConfigError, Profile
+from yoloray.serve.settings import ServeConfig
 
 
 def test_yaml_round_trip(tmp_path):

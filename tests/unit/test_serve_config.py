@@ -10,8 +10,9 @@ import pytest
 import requests
 import yaml
 
-from yoloray.config import ConfigError, Profile, ServeConfig
+from yoloray.config import ConfigError, Profile
 from yoloray.profile import resolve_here
+from yoloray.serve.settings import ServeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DETECTOR_YAML = ROOT / "serve_configs" / "detector.yaml"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from yoloray.config import ConfigError, Profile, TuneConfig
+from yoloray.config import ConfigError, Profile
 from yoloray.engines.capabilities import CAPABILITIES
+from yoloray.tune.settings import TuneConfig
 from yoloray.tune.space import KNOBS, OptunaSpace, Space, load_space_file, rect_imgsz, validate_mapping
 from yoloray.tune.trial import engine_fields, is_stable, make_batches
 

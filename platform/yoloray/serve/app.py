@@ -41,7 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from yoloray.config import ConfigError, ServeConfig
+from yoloray.config import ConfigError
+from yoloray.serve.settings import ServeConfig
 
 IMPORT_PATH = "yoloray.serve.app:build_app"
 DEPLOYMENT_NAME = "Detector"

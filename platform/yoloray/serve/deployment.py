@@ -21,7 +21,6 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import yoloray
-from yoloray.config import ServeConfig
 from yoloray.observe import memory
 from yoloray.observe.serve_metrics import record_request, route_tag, set_gpu_memory
 from yoloray.serve import grpc_api
@@ -45,6 +44,7 @@ from yoloray.serve.http import (
     to_row,
 )
 from yoloray.serve.ingress import active_ingress
+from yoloray.serve.settings import ServeConfig
 
 log = logging.getLogger("ray.serve")
 

@@ -26,7 +26,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from yoloray.config import Profile, TuneConfig
+from yoloray.config import Profile
+from yoloray.tune.settings import TuneConfig
 from yoloray.tune.space import KNOBS
 from yoloray.tune.trial import engine_fields
 

@@ -28,7 +28,8 @@ from pathlib import Path
 from ray import tune
 
 from yoloray.cluster import ClusterError, connect
-from yoloray.config import ConfigError, TuneConfig, default_model
+from yoloray.config import ConfigError, default_model
+from yoloray.tune.settings import TuneConfig
 
 DEFAULT_TRIALS = 16  # the default CUDA space (16 points), as a grid; a YOLOv8s trial takes ~10 s on an H200
 # the engine level's wall-time cap when neither budget flag is given; the layout level then runs

@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from yoloray.config import ConfigError, Profile, TuneConfig
+from yoloray.config import ConfigError, Profile
 from yoloray.profile import EXACT_PATH
+from yoloray.tune.settings import TuneConfig
 from yoloray.tune.space import KNOBS, LAYOUT_KNOBS
 
 FIDELITY_IOU = 0.9
