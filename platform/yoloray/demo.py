@@ -49,6 +49,7 @@ def run_demo(out: Path, frames: int = 48, device: str = "auto") -> int:
     from yoloray.cluster import connect
     from yoloray.config import Profile
     from yoloray.data.synthetic import generate
+    from yoloray.observe.quiet import quiet_ray_data, quiet_ray_startup
 
     out = Path(out)
     data_dir, results = out / "sample_footage", out / "detections"
@@ -69,7 +70,9 @@ def run_demo(out: Path, frames: int = 48, device: str = "auto") -> int:
         device=device, imgsz=(384, 640), batch_size=16, **engine,
         **({"model": str(weights)} if weights else {"model": "yolov8n.yaml"}),
     )
+    quiet_ray_startup(verbose=False)  # the console keeps the demo's own lines, as `yoloray infer` does
     connect(None, log_to_driver=False, configure_logging=False)  # a new local Ray unless one is up in-process
+    quiet_ray_data(verbose=False)
     summary = run_job([str(data_dir / "shards"), str(data_dir / "clip.mp4")], str(results), config)
     print(summary.text())
     table = pq.read_table(results).to_pylist()
