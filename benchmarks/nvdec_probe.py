@@ -97,21 +97,16 @@ def main() -> int:
     p.add_argument("--per-file", type=int, default=120)
     p.add_argument("--threads", default="7,14")
     a = p.parse_args()
-    from video import make_clips, units_of
+    from video import _thread_stream, make_clips, units_of
 
     from yoloray.vision.decoders.nvdec import NvdecDecoder
 
     clips = make_clips(Path(a.work), a.files * a.per_file, a.files, 1920, 1080, ("h264",))["h264"]
     segs = units_of(clips)
     units = [{"path": u["source"], "start": u["start"], "stop": u["stop"]} for u in segs]
-    streams: dict = {}
-
     def in_stream(fn):
         def run(u):
-            import threading
-
-            s = streams.setdefault(threading.get_ident(), torch.cuda.Stream())
-            with torch.cuda.stream(s):
+            with _thread_stream():  # one CUDA stream per thread, as the Detector gives each call
                 return fn(u)
         return run
 

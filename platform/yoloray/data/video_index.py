@@ -62,16 +62,22 @@ def index_video(unit: dict) -> VideoIndex:
     fs, path = locate(unit)
     if not isinstance(fs, pafs.LocalFileSystem):
         return _demux_index(unit)
-    st = os.stat(path)
-    content = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    if content not in _LOCAL_INDEXES:
-        if len(_LOCAL_INDEXES) >= 4096:
-            _LOCAL_INDEXES.clear()
-        _LOCAL_INDEXES[content] = _demux_index(unit)
-    return _LOCAL_INDEXES[content]
+    return per_content(_LOCAL_INDEXES, path, lambda: _demux_index(unit))
 
 
 _LOCAL_INDEXES: dict[tuple, VideoIndex] = {}
+
+
+def per_content(cache: dict, path: str, make):
+    """`make()` once per content of the local file `path` (device, inode, size, mtime: hard links and repeats
+    share it), kept in `cache`, which holds at most 4096 entries."""
+    st = os.stat(path)
+    content = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if content not in cache:
+        if len(cache) >= 4096:
+            cache.clear()
+        cache[content] = make()
+    return cache[content]
 
 
 def _demux_index(unit: dict) -> VideoIndex:

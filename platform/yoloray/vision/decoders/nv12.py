@@ -10,7 +10,7 @@ pixels the resize would blend (luma, and the chroma sample each of them repeats)
 `yuv_to_rgb` does (truncated to a uint8 value), and blends them with the resize's weights; pad pixels get 114.
 It reads the NV12 bytes once and writes the input once. Only the order of float operations differs from the
 reference (fused multiply-adds), so a channel may differ by one level where a value sits on a truncation step;
-tests/unit/test_nv12_letterbox.py checks it against the reference with Triton's interpreter on the CPU, and
+tests/unit/test_video_decoders.py checks it against the reference with Triton's interpreter on the CPU, and
 tests/gpu/test_video_gpu.py on the GPU.
 """
 
@@ -100,15 +100,22 @@ if triton is not None:
         tl.store(o + 2 * total, tl.where(inside, acc_b.to(dtype).to(tl.float32) / 255.0, padv).to(dtype), mask=valid)
 
 
+def is_nv12(yuv, height: int) -> bool:
+    """Whether decoded surfaces (N, rows, width[, 1]) are 8-bit NV12 of frames `height` rows high (not 4:4:4,
+    not 16-bit words): what the fused kernel takes."""
+    import torch
+
+    return yuv.dtype == torch.uint8 and yuv.shape[1] * 2 == 3 * height
+
+
 def nv12_letterbox(yuv, height: int, width: int, dst_hw: tuple[int, int], out, matrix: str = "bt601",
                    full_range: bool = False) -> None:
     """NV12 uint8 surfaces (N, height * 3/2, width[, 1]) -> `out` (N, 3, H, W) RGB in [0, 1] (out's dtype,
     fp16 or fp32), letterboxed as `letterbox_gpu(yuv_to_rgb(...))` would make it."""
-    import torch
 
     if yuv.dim() == 4 and yuv.shape[-1] == 1:
         yuv = yuv[..., 0]
-    if yuv.dtype != torch.uint8 or yuv.shape[1] * 2 != 3 * height or yuv.stride(2) != 1:
+    if not is_nv12(yuv, height) or yuv.stride(2) != 1:
         raise ValueError(f"not 8-bit NV12 rows of {width}x{height}: {tuple(yuv.shape)} {yuv.dtype}")
     if not out.is_contiguous() or tuple(out.shape[1:]) != (3, *dst_hw):
         raise ValueError(f"out must be a contiguous (N, 3, {dst_hw[0]}, {dst_hw[1]}) tensor")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from yoloray.vision.decoders.frames import FrameBatch
-from yoloray.vision.decoders.nv12 import MATRICES, nv12_letterbox
+from yoloray.vision.decoders.nv12 import MATRICES, is_nv12, nv12_letterbox
 from yoloray.vision.decoders.pyav import PyAVDecoder, set_video_meta
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,11 @@ _AVCOL_SPC = {1: "bt709", 9: "bt2020", 10: "bt2020"}  # FFmpeg's AVColorSpace va
 _PTS_SHIFTS: dict[tuple, int] = {}  # file content -> PyNvVideoCodec's pts of its first frame
 
 
-def _content_of(path: str) -> tuple:
-    import os
-
-    st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+def _first_pts(decoder) -> int:
+    first = decoder.get_batch_frames_by_index([0])
+    if len(first) != 1:
+        raise RuntimeError("the decoder did not return the file's first frame")
+    return first[0].getPTS()
 
 
 @cache
@@ -174,15 +174,9 @@ class NvdecDecoder:
         # start at -2 frames, seen on the H200); the index holds the demuxer's. The file's first frame gives the
         # shift, once per file content (hard-linked repeats share it), so every later frame is still checked
         # against the index.
-        content = _content_of(path)
-        if content not in _PTS_SHIFTS:
-            first = current.get_batch_frames_by_index([0])
-            if len(first) != 1:
-                raise RuntimeError("the decoder did not return the file's first frame")
-            if len(_PTS_SHIFTS) >= 4096:
-                _PTS_SHIFTS.clear()
-            _PTS_SHIFTS[content] = first[0].getPTS()
-        self._local.pts_shift = _PTS_SHIFTS[content]
+        from yoloray.data.video_index import per_content
+
+        self._local.pts_shift = per_content(_PTS_SHIFTS, path, lambda: _first_pts(current))
         return current
 
     def _fetch(self, decoder, unit: dict, frames: list[int]) -> FrameBatch:
@@ -203,7 +197,7 @@ class NvdecDecoder:
                 if got != expected:
                     raise RuntimeError(f"frame {i} has pts {got}, the container index says {expected}")
             surfaces = torch.stack([torch.from_dlpack(f) for f in decoded])  # one copy out of the decoder's surfaces
-            if self.input_dtype is not None and surfaces.dtype == torch.uint8 and surfaces.shape[1] * 2 == 3 * h:
+            if self.input_dtype is not None and is_nv12(surfaces, h):
                 if ready is None:
                     ready = torch.empty((len(frames), 3, *self.imgsz), dtype=self.input_dtype, device=surfaces.device)
                     batch.device_groups.append(ready)
