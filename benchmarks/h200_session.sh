@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One lent-H200 session's measuring runs, each a separate `run` call (10 minutes at most each), made right after
 # the wheel staging runs that ../shared/gpu/bundle-wheels.sh prints (this script assumes /tmp/site holds them).
-#   bash benchmarks/h200_session.sh tests    # tests/gpu (fidelity of every CUDA path) + benchmarks/engines.py --mode gpu
+#   bash benchmarks/h200_session.sh tests [ARGS]  # tests/gpu but video (every CUDA path) + engines.py --mode gpu ARGS
 #   bash benchmarks/h200_session.sh video    # benchmarks/video.py (NVDEC, PyAV, ultralytics, yoloray infer on clips)
+#   bash benchmarks/h200_session.sh video-tests ARGS  # tests/gpu/test_video_gpu.py + video.py ARGS + the best (5) at 300k
 #   bash benchmarks/h200_session.sh e2e      # benchmarks/e2e.py: no-flag (auto profile) row beside the hand-set rows
+#   bash benchmarks/h200_session.sh e2e-observe ARGS  # e2e.py ARGS, then observe_gpu.py --with-ray
 #   bash benchmarks/h200_session.sh serve    # benchmarks/serve_load.py
 # Results go under $OUT (the run tool brings them back).
 set -uo pipefail
@@ -15,15 +17,33 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 git log -1 --format='commit %h %s' 2>/dev/null | cut -c1-120
 case "${1:-}" in
   tests)
-    timeout 90 python3 benchmarks/nvdec_smoke.py >"$OUT/nvdec_smoke.txt" 2>&1; tail -30 "$OUT/nvdec_smoke.txt"
-    timeout 300 python3 -m pytest -q -p no:cacheprovider -rfE tests/gpu >"$OUT/tests_gpu.txt" 2>&1; tail -40 "$OUT/tests_gpu.txt"
-    timeout 200 python3 benchmarks/engines.py --mode gpu --out "$OUT" >"$OUT/engines.txt" 2>&1; tail -40 "$OUT/engines.txt"
+    timeout 240 python3 -m pytest -q -p no:cacheprovider -rfE tests/gpu --ignore tests/gpu/test_video_gpu.py \
+      >"$OUT/tests_gpu.txt" 2>&1; tail -25 "$OUT/tests_gpu.txt"
+    timeout $((575 - SECONDS)) python3 benchmarks/engines.py --mode gpu --out "$OUT" "${@:2}" >"$OUT/engines.txt" 2>&1
+    tail -25 "$OUT/engines.txt"
     ;;
   video)
     timeout 580 python3 benchmarks/video.py --work /tmp/vbench --out "$OUT" "${@:2}" >"$OUT/video.txt" 2>&1; tail -60 "$OUT/video.txt"
     ;;
+  video-tests)  # tests/gpu/test_video_gpu.py, then the given video.py rows, then the best (5) config at 300,000 frames
+    timeout 170 python3 -m pytest -q -p no:cacheprovider -rfE tests/gpu/test_video_gpu.py >"$OUT/tests_video.txt" 2>&1
+    tail -15 "$OUT/tests_video.txt"
+    timeout 330 python3 benchmarks/video.py --work /tmp/vbench --out "$OUT" "${@:2}" >"$OUT/video.txt" 2>&1
+    grep -E "^\||^actor start|^best|x$" "$OUT/video.txt" | tail -30
+    best=$(python3 -c "import json; r=[x for x in json.load(open('$OUT/video.json')) if x['row'].startswith('(5)') and 'frames_per_s' in x]; print(max(r, key=lambda x: x['frames_per_s'])['config'] if r else '')")
+    if [ -n "$best" ] && [ "$SECONDS" -lt 420 ]; then
+      timeout $((570 - SECONDS)) python3 benchmarks/video.py --work /tmp/vbench --out "$OUT/long" --unique 1920 --files 16 \
+        --frames 300000 --codecs h264 --skip nvdec,pyav,predict,docs,stages --configs "$best" >"$OUT/long.txt" 2>&1
+      grep -E "^\||^actor start" "$OUT/long.txt" | tail -5
+    fi
+    ;;
   e2e)
     timeout 580 python3 benchmarks/e2e.py --out "$OUT" "${@:2}" >"$OUT/e2e.txt" 2>&1; tail -60 "$OUT/e2e.txt"
+    ;;
+  e2e-observe)  # benchmarks/e2e.py ARGS, then benchmarks/observe_gpu.py (trace, memory budget, the Ray metric)
+    timeout 400 python3 benchmarks/e2e.py --out "$OUT" "${@:2}" >"$OUT/e2e.txt" 2>&1; grep -E "^\|" "$OUT/e2e.txt" | tail -12
+    timeout $((575 - SECONDS)) python3 benchmarks/observe_gpu.py --out "$OUT/observe" --frames 512 --batch 64 --with-ray \
+      >"$OUT/observe.txt" 2>&1; tail -25 "$OUT/observe.txt"
     ;;
   serve)
     timeout 580 python3 benchmarks/serve_load.py --out "$OUT/serve_load.json" "${@:2}" >"$OUT/serve.txt" 2>&1; tail -60 "$OUT/serve.txt"

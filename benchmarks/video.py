@@ -204,21 +204,28 @@ def ray_docs_pattern(weights: Path, clips: list[Path], frames: int) -> None:
 def yoloray_infer(name: str, weights: Path, folder: Path, out: Path, engine: dict, actor: dict) -> dict:
     from yoloray.batch import ActorOptions, run_job
     from yoloray.config import Profile
+    from yoloray.data.units import list_units
+    from yoloray.observe.job_observer import JobObserver
     from yoloray.profile import EXACT_PATH
 
     cfg = Profile(model=str(weights), **{**EXACT_PATH, **engine})  # unset knobs off, as before profiles
     dest = out / name
     shutil.rmtree(dest, ignore_errors=True)
     t = time.perf_counter()
-    summary = run_job([str(folder)], str(dest), cfg, ActorOptions(**actor))
+    units = list_units([str(folder)])  # as `yoloray infer` does: listing counts, the observer reports start-up
+    with JobObserver(units, None, "bench") as obs:
+        summary = run_job([str(folder)], str(dest), cfg, ActorOptions(**actor, observe=obs.actor_observe),
+                          units=units, progress=obs.progress)
     seconds = time.perf_counter() - t
+    report = obs.report()
+    print(report, flush=True)
     run = seconds - summary.first_result_s
     steady = summary.images / run if run > 1.0 else None
     shutil.rmtree(dest, ignore_errors=True)
     fallbacks = nvdec_fallbacks()
     return row(f"(5) yoloray infer {name}", summary.images, seconds, config=name, engine=engine, actor=actor,
                startup_s=round(summary.first_result_s, 1), steady_frames_per_s=round(steady, 1) if steady else None,
-               errors=sum(summary.errors.values()), nvdec_fallback_lines=fallbacks)
+               errors=sum(summary.errors.values()), nvdec_fallback_lines=fallbacks, actor_report=report)
 
 
 def nvdec_fallbacks() -> int:
@@ -268,7 +275,7 @@ def main() -> int:
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     p.add_argument("--skip", default="", help="comma list of rows to skip: nvdec,pyav,predict,docs,infer,stages")
     p.add_argument("--configs", default="", help="comma list of the (5) configurations to run (default: all)")
-    p.add_argument("--codecs", default="h264,hevc", help="codecs of the (5) jobs")
+    p.add_argument("--codecs", default="h264,hevc", help="codecs of rows (1), (2) and (5) (H.264 is always encoded: row (3) runs on it)")
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny clips and jobs (any machine)")
     a = p.parse_args()
     w, h = 1920, 1080
@@ -279,7 +286,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     print(f"device: {torch.cuda.get_device_name(0) if GPU else 'cpu'}; CPUs: {os.cpu_count()}", flush=True)
-    clips = make_clips(work, a.unique, a.files, w, h)
+    clips = make_clips(work, a.unique, a.files, w, h, tuple(dict.fromkeys(["h264", *a.codecs.split(",")])))
     per_clip = a.unique // a.files
     from yoloray.engines.torch_backend import save_random_checkpoint
 
@@ -292,6 +299,7 @@ def main() -> int:
         "pyav-cpu": ({**fast, "decode": "cpu"}, {"calls_per_actor": 2}),
         "nvdec-1actor-8calls": ({**fast, "decode": "gpu"}, {"calls_per_actor": 8}),
         "nvdec-1actor-14calls": ({**fast, "decode": "gpu"}, {"calls_per_actor": 14}),
+        "nvdec-1actor-28calls": ({**fast, "decode": "gpu"}, {"calls_per_actor": 28}),
         "nvdec-2actors-4calls": ({**fast, "decode": "gpu"}, {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 4}),
         "hybrid.2-1actor-8calls": ({**fast, "decode": "hybrid", "hybrid_cpu_share": 0.2}, {"calls_per_actor": 8}),
     }
@@ -300,7 +308,7 @@ def main() -> int:
     if a.configs:
         configs = {k: v for k, v in configs.items() if k in a.configs.split(",")}
     steps = []
-    for codec in ("h264", "hevc"):
+    for codec in clips:  # H.264 always (row (3) runs on it), and the codecs of the (5) jobs
         for threads in (7, 14):
             steps.append(("nvdec", lambda c=codec, k=threads: nvdec_alone(c, units[c], k)))
         if codec == "h264":

@@ -1,7 +1,7 @@
 """What a user sees: `yoloray infer` run as a user runs it (a subprocess, stdout/stderr not a terminal, its own
 local Ray) prints periodic progress lines and none of Ray Data's progress blocks (neither on the terminal nor
 in the command's ray log); `--trace` writes a torch
-profiler trace with a range per stage; `yoloray detect --trace` too. CPU, the bundled demo detector.
+profiler trace with a range per stage (and the actor's start-up phases are reported); `yoloray detect --trace` too. CPU, the bundled demo detector.
 """
 
 from __future__ import annotations
@@ -52,6 +52,12 @@ def test_infer_progress_lines_without_a_terminal(footage, tmp_path):
         assert noise not in r.stderr + r.stdout + ray_log, noise
     out = r.stdout
     assert "24 new" in out and "GPU memory per Detector: not measured (runs on cpu)" in out
+    start = re.search(r"^actor start   ready ([\d.]+) s after the job began: ([\d.]+) s until its constructor ran "
+                      r"\(scheduling, process start, imports\), engine build [\d.]+ s, warmup [\d.]+ s; its first "
+                      r"call ended at ([\d.]+) s$", out, re.M)
+    assert start, out
+    ready, before, first = map(float, start.groups())
+    assert 0 < before < ready <= first
     table = out[out.index("trace of 1 call(s)"):].splitlines()
     assert [ln.split()[0] for ln in table[2:2 + len(STAGES)]] == list(STAGES)
     assert set(STAGES) <= trace_names(tmp_path / "trace")

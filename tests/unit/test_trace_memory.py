@@ -75,3 +75,18 @@ def test_packing_from_a_budget():
     small = memory.MemoryBudget("cuda:1", peak_reserved=gib, peak_allocated=gib, gpu_total=int(139.8 * gib))
     assert memory.summarize([small, b]).endswith("(largest of 2 actors)")
     assert "peak 9.40" in memory.summarize([small, b])
+
+
+def test_startup_line_places_the_slowest_actor_in_the_job():
+    from yoloray.observe.job_observer import startup_line
+
+    job = 1000.0
+    fast = {"began": job + 2.0, "phases": {"engine build": 1.0, "warmup": 1.0, "video decoder": 0.0},
+            "first_call_done": job + 6.0}
+    slow = {"began": job + 5.0, "phases": {"engine build": 1.5, "warmup": 2.5, "video decoder": 1.0},
+            "first_call_done": job + 12.0}
+    line = startup_line([fast, slow], job)
+    assert line == ("actor start   ready 10.0 s after the job began (slowest of 2): 5.0 s until its constructor ran "
+                    "(scheduling, process start, imports), engine build 1.5 s, warmup 2.5 s, video decoder 1.0 s; "
+                    "its first call ended at 12.0 s")
+    assert "video decoder" not in startup_line([fast], job)  # a phase that took no time is not listed

@@ -15,7 +15,7 @@ import os
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -159,6 +159,9 @@ def detect(ds, config: Profile, options: ActorOptions | None = None, frames_per_
 
         config = resolve(config, Hardware.cluster())
     options = options or ActorOptions.from_layout(config.layout)
+    # the actors remember their GPU memory budget for this profile (observe/budgets.py)
+    running = config.replace(calls_per_actor=options.calls_per_actor, batches_per_call=options.batches_per_call)
+    options = replace(options, observe=(options.observe or ActorObserve()).for_profile(running))
     columns = ds.columns(fetch_if_missing=False)  # known without running anything (e.g. from_items)
     if columns is not None:
         _check_columns(columns)
@@ -177,7 +180,8 @@ def detect(ds, config: Profile, options: ActorOptions | None = None, frames_per_
     return ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"config": config.model_dump(mode="json"), "decode_threads": options.decode_threads,
-                               "predecoded": predecoded, "observe": options.observe},
+                               "predecoded": predecoded, "observe": options.observe,
+                               "video": frames_per_row is not None and config.decode != "cpu"},
         batch_size=max(1, round(rows_per_call)),  # the Detector runs it in engine batches
         batch_format="pyarrow",
         # A fixed pool: every actor starts (and warms) at once, instead of the pool growing from one mid-job.

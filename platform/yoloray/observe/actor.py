@@ -6,8 +6,8 @@
         call.finish(out_table, detector_timings)       # rows, errors by kind, stage seconds, GPU memory
 
 The first call's end measures the memory budget (warmup + the first real batch, observe/memory.py), exports
-it as a gauge and sends it to the driver; with `trace_dir` set one actor of the job traces its first calls
-(observe/trace.py) and sends the stage table.
+it as a gauge, remembers it in the artifact cache (observe/budgets.py) and sends it to the driver, with the actor's start-up phases (`started`); with `trace_dir` set
+one actor of the job traces its first calls (observe/trace.py) and sends the stage table.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from yoloray.observe import memory
+from yoloray.observe.budgets import remember
 from yoloray.observe.errors import error_kind
 from yoloray.observe.metrics import BatchMetrics
 from yoloray.observe.reports import ActorObserve, send
@@ -56,10 +57,16 @@ class ActorObserver:
         self.cuda = getattr(device, "type", "cpu") == "cuda"
         self.metrics = BatchMetrics(self.observe.run, engine_key)
         self.budget: memory.MemoryBudget | None = None
+        self.startup: dict | None = None  # sent with the first call's end (`started`)
         self.tracer = None
         if self.observe.trace_dir and claim(self.observe.trace_dir):
             self.tracer = Tracer(self.observe.trace_dir, self.cuda)
         memory.begin(device)
+
+    def started(self, began: float, phases: dict[str, float]) -> None:
+        """The constructor's start (wall clock, so the driver can place it in the job) and its phases in seconds;
+        reported to the driver with the end of the first call."""
+        self.startup = {"began": began, "phases": {k: round(v, 3) for k, v in phases.items()}}
 
     @contextlib.contextmanager
     def call(self):
@@ -76,6 +83,9 @@ class ActorObserver:
         if self.budget is None:
             self.budget = memory.measure(self.device)
             send(self.observe, "memory", **self.budget.to_dict())
+            remember(self.budget, self.observe.budget_key, self.observe.cache_dir)  # for the next auto layout
+            if self.startup is not None:
+                send(self.observe, "startup", **self.startup, first_call_done=time.time())
         self.metrics.gpu_memory(self.device, self.budget.peak_reserved)
         if self.tracer is not None and self.tracer.finished:
             send(self.observe, "trace", table=self.tracer.table, path=self.tracer.path)

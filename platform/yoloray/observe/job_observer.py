@@ -1,5 +1,6 @@
 """The driver's side of observing a batch job (`yoloray infer`): the live progress line, Ray's console noise
-quieted, the actors' reports (memory budget, trace table) collected and printed after the summary.
+quieted, the actors' reports (memory budget, start-up phases, trace table) collected and printed after the
+summary.
 
     with JobObserver(units, source_options, run="nightly", trace_dir=None, verbose=False) as obs:
         summary = run_job(..., ActorOptions(..., observe=obs.actor_observe), progress=obs.progress)
@@ -9,6 +10,7 @@ quieted, the actors' reports (memory budget, trace table) collected and printed 
 from __future__ import annotations
 
 import os
+import time
 
 from yoloray.data.inputs import SourceOptions
 from yoloray.observe.job_progress import JobProgress
@@ -37,6 +39,7 @@ class JobObserver:
         self.received: list[dict] = []
 
     def __enter__(self) -> JobObserver:
+        self.began = time.time()
         self.progress.__enter__()
         return self
 
@@ -55,6 +58,9 @@ class JobObserver:
         if not budgets and not self.gpus:
             budgets = [MemoryBudget("cpu")]
         lines = [summarize(budgets)] if budgets else []
+        startups = [r for r in self.received if r["kind"] == "startup"]
+        if startups:
+            lines.append(startup_line(startups, self.began))
         traces = [r for r in self.received if r["kind"] == "trace"]
         for t in traces:
             lines += [f"trace         {t['path']} (open in https://ui.perfetto.dev or chrome://tracing)", t["table"]]
@@ -62,3 +68,16 @@ class JobObserver:
             lines.append(f"trace         none written: no actor of this run took a batch, or {self.trace_dir} "
                          "was already claimed by an earlier trace (use an empty folder)")
         return "\n".join(lines)
+
+
+def startup_line(reports: list[dict], job_began: float) -> str:
+    """The slowest actor's start-up, placed in the job's time: until its constructor ran (scheduling, process
+    start, imports), each constructor phase, and when its first call ended."""
+    slowest = max(reports, key=lambda r: r["began"] + sum(r["phases"].values()))
+    before = max(0.0, slowest["began"] - job_began)
+    ready = before + sum(slowest["phases"].values())
+    phases = ", ".join(f"{name} {s:.1f} s" for name, s in slowest["phases"].items() if s >= 0.05)
+    first = slowest["first_call_done"] - job_began
+    many = f" (slowest of {len(reports)})" if len(reports) > 1 else ""
+    return (f"actor start   ready {ready:.1f} s after the job began{many}: {before:.1f} s until its constructor ran "
+            f"(scheduling, process start, imports), {phases}; its first call ended at {first:.1f} s")
