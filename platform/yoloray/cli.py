@@ -188,6 +188,7 @@ def cmd_infer(args) -> int:
     from yoloray.batch import ActorOptions, run_job
     from yoloray.data.inputs import SourceOptions
     from yoloray.data.units import list_units
+    from yoloray.observe.budgets import after_job, budgets_of
     from yoloray.observe.job_observer import JobObserver, run_label
     from yoloray.observe.quiet import quiet_ray_startup
     from yoloray.profile import Hardware, Sample, resolve
@@ -240,6 +241,8 @@ def cmd_infer(args) -> int:
             return 0
         print(summary.text(), file=terminal)
         print(obs.report(), file=terminal)
+        if warning := after_job(budgets_of(obs.received), config.actors_per_gpu):  # ran at a default too large
+            print(warning, file=terminal)
         print(f"ray log       {log}", file=terminal)
     return 0
 

@@ -7,8 +7,10 @@ The defaults are the fastest settings measured that pass the fidelity checks (be
 - CUDA: fp16, channels_last, CUDA graphs, batch 128 run as forwards of `micro_batch` 32, the frames'
   stride-aligned rectangle, nvJPEG with 15% of the JPEGs decoded by CPU tasks upstream (`decode: hybrid`;
   all on the GPU when there are fewer than 8 cores per GPU), 3 actors per GPU x 2 concurrent calls, 4 engine
-  batches per call. (One H200, 16 cores, YOLOv8s, 1080p JPEGs: 1,676 images/s end to end over 40,000 images,
-  3,315 over 300,000; the same configuration led at both job sizes.)
+  batches per call; fewer actors per GPU when a GPU memory budget measured earlier for the same profile on the
+  same GPU model says fewer fit (observe/budgets.py; an explicit actors_per_gpu is kept, with a warning).
+  (One H200, 16 cores, YOLOv8s, 1080p JPEGs: 1,676 images/s end to end over 40,000 images, 3,315 over
+  300,000; the same configuration led at both job sizes.)
 - CPU: fp32, batch 16, OpenCV decode at full size, 1 actor x 1 call (not measured against other CPU
   settings: these keep the exact path, which reproduces ultralytics predict).
 - Input size: ultralytics' rect letterbox for the sampled frames (the long side at 640, the short side
@@ -219,11 +221,14 @@ def resolve(profile: Profile, hardware: Hardware, sample: Sample | None = None) 
             value = value if profile.backend == "torch" and graphs is True and batch % value == 0 else None
         fields[name] = value
     try:
-        return Profile.parse({**fields, "device": device}, source="profile")
+        resolved = Profile.parse({**fields, "device": device}, source="profile")
     except ConfigError as e:
         if profile.device == AUTO and not on_cuda:  # a CUDA-only value given, and no GPU to run it on
             raise ConfigError(f"{e} (device auto is the CPU here: {hardware.describe()})") from None
         raise
+    from yoloray.observe.budgets import pack  # auto actors_per_gpu capped by a stored GPU memory budget
+
+    return pack(resolved, hardware, auto=profile.layout.actors_per_gpu == AUTO)
 
 
 def resolve_here(profile: Profile, sample: Sample | None = None) -> Profile:
@@ -240,4 +245,7 @@ def summary(profile: Profile, hardware: Hardware, sample: Sample | None, chosen:
         shown = [f"{k}={v}{'*' if k in chosen else ''}" for k, v in values.items() if v is not None]
         lines.append(f"  {section:<9} " + " ".join(shown))
     lines.append(f"  device    {profile.device}{'*' if 'device' in chosen else ''}   (* = chosen by auto)")
-    return "\n".join(lines)
+    from yoloray.observe.budgets import packing  # the GPU memory budget stored for this profile, if any
+
+    packed = packing(profile, hardware, auto="actors_per_gpu" in chosen)
+    return "\n".join(lines + (packed.lines() if packed else []))

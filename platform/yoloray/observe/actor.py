@@ -6,8 +6,9 @@
         call.finish(out_table, detector_timings)       # rows, errors by kind, stage seconds, GPU memory
 
 The first call's end measures the memory budget (warmup + the first real batch, observe/memory.py), exports
-it as a gauge, remembers it in the artifact cache (observe/budgets.py) and sends it to the driver, with the actor's start-up phases (`started`); with `trace_dir` set
-one actor of the job traces its first calls (observe/trace.py) and sends the stage table.
+it as a gauge, remembers it in the artifact cache for the next `auto` layout (observe/budgets.py) and sends it
+to the driver, with the actor's start-up phases (`started`); with `trace_dir` set one actor of the job traces
+its first calls (observe/trace.py) and sends the stage table.
 """
 
 from __future__ import annotations

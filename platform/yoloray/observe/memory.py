@@ -7,8 +7,9 @@ What torch's allocator does not see comes on top: the CUDA context (`CUDA_CONTEX
 process by `torch.cuda.mem_get_info` only when the process is alone on the GPU) and nvJPEG/nvImageCodec's own
 work buffers.
 
-`per_gpu(budget, gpu_bytes)` is how many such Detectors one GPU holds; the `auto` layout (profile.py) can pack
-actors and replicas per GPU from it.
+`per_gpu(budget, gpu_bytes)` is how many such Detectors one GPU holds. Whoever measures a budget remembers it in
+the artifact cache, and the `auto` layout packs actors (and `num_gpus: auto` Serve replicas) per GPU from the
+budget stored for the same profile and GPU model (observe/budgets.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class MemoryBudget:
     peak_reserved: int | None = None  # bytes the caching allocator held at its peak (what packing must fit)
     peak_allocated: int | None = None  # bytes in live tensors at the peak
     gpu_total: int | None = None
+    gpu_name: str | None = None  # the CUDA device's name ('NVIDIA H200'): budgets are remembered per GPU model
 
     @property
     def measured(self) -> bool:
@@ -67,7 +69,7 @@ def measure(device) -> MemoryBudget:
 
     return MemoryBudget(str(device), torch.cuda.max_memory_reserved(device),
                         torch.cuda.max_memory_allocated(device),
-                        torch.cuda.get_device_properties(device).total_memory)
+                        torch.cuda.get_device_properties(device).total_memory, torch.cuda.get_device_name(device))
 
 
 def per_gpu(budget: MemoryBudget, gpu_bytes: int, context_bytes: int = CUDA_CONTEXT_BYTES,

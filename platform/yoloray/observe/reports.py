@@ -8,7 +8,7 @@ the job ends. A report that cannot be sent is logged on the actor and never fail
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,16 @@ class ActorObserve:
     run: str = ""  # the `run` metric label
     trace_dir: str | None = None  # one actor writes a profiler trace of a few calls here
     reports: Any = None  # a ray.util.queue.Queue (ActorReports.queue), or None
+    budget_key: dict | None = None  # what the GPU memory budget is remembered under (observe/budgets.py)
+    cache_dir: str | None = None  # the artifact cache it is remembered in (the profile's cache_dir)
+
+    def for_profile(self, profile) -> ActorObserve:
+        """This, with the budget key of a resolved CUDA profile (a CPU budget is never remembered)."""
+        if not str(profile.device).startswith("cuda"):
+            return self
+        from yoloray.observe.budgets import batch_fields
+
+        return replace(self, budget_key=batch_fields(profile), cache_dir=profile.cache_dir)
 
 
 class ActorReports:

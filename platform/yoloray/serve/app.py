@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from yoloray.config import ConfigError
+from yoloray.config import ConfigError, load_yaml
 from yoloray.serve.settings import ServeConfig
 
 IMPORT_PATH = "yoloray.serve.app:build_app"
@@ -92,12 +92,13 @@ def load_serve_config(path: str | Path, profile: str | Path | None = None):
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
-    from yoloray.config import Profile, format_validation_error, load_yaml
+    from yoloray.config import Profile, format_validation_error
 
     path = Path(path)
     data = load_yaml(path, "serve config")
     if not isinstance(data, dict):
         raise ConfigError(f"serve config {path} must be a mapping with an `applications:` list")
+    auto_gpu_apps(data, replace_with=1)  # `yoloray serve` sets them once it sees the cluster (pack_replicas)
     if profile is not None:
         fields = Profile.from_yaml(profile).model_dump(mode="json")
         for app in data.get("applications") or []:
@@ -134,10 +135,49 @@ def applications_from(schema, source: str = "serve config") -> list[dict]:
                 "name": a.name,
                 "route_prefix": a.route_prefix,
                 "config": config,
+                "args": a.args,
+                "options": options,
                 "app": build_application(a.args, **options),
             }
         )
     return out
+
+
+def auto_gpu_apps(data: dict, replace_with: float | None = None) -> set[str]:
+    """Names of the yoloray applications whose Detector deployment has `ray_actor_options: {num_gpus: auto}`
+    (Ray's schema takes numbers only: with `replace_with` the `auto` is replaced in `data`)."""
+    names: set[str] = set()
+    apps = data.get("applications") if isinstance(data, dict) else None
+    for app in apps if isinstance(apps, list) else []:  # anything malformed is Ray's schema's to name
+        if not isinstance(app, dict) or app.get("import_path") != IMPORT_PATH:
+            continue
+        deployments = app.get("deployments")
+        for d in deployments if isinstance(deployments, list) else []:
+            options = d.get("ray_actor_options") if isinstance(d, dict) else None
+            if isinstance(options, dict) and options.get("num_gpus") == "auto":
+                names.add(app.get("name", "default"))
+                if replace_with is not None:
+                    options["num_gpus"] = replace_with
+    return names
+
+
+def pack_replicas(a: dict, hardware) -> str:
+    """Give application `a` (applications_from) the `num_gpus` per replica that its GPU memory budget, stored by
+    an earlier replica or tuning trial of the same profile on this GPU model, fits (observe/budgets.py); one
+    GPU per replica while none is stored, none on a cluster without GPUs. Returns the line to print."""
+    from yoloray.observe.budgets import replica_gpus
+    from yoloray.profile import resolve
+
+    profile = resolve(a["config"].profile, hardware)  # as a replica resolves it (no sample)
+    if not profile.device.startswith("cuda"):
+        fraction, why = 0.0, f"num_gpus auto: 0 (the profile runs on the CPU: {hardware.describe()})"
+    else:
+        fraction, why = replica_gpus(profile, a["config"].max_batch_size or profile.batch_size, hardware)
+    options = a["options"]
+    actor = {**options.get("ray_actor_options", {}), "num_gpus": fraction}
+    a["options"] = {**options, "ray_actor_options": actor}
+    a["app"] = build_application(a["args"], **a["options"])
+    return why
 
 
 def _interrupt(signum, frame):
@@ -223,6 +263,20 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterError as e:
         print(f"yoloray serve: error: {e}", file=sys.stderr)
         return 2
+    auto_gpus = auto_gpu_apps(load_yaml(args.config, "serve config"))
+    if auto_gpus:
+        from yoloray.profile import Hardware
+
+        hardware = Hardware.cluster()
+        try:
+            for a in apps:
+                if a["name"] in auto_gpus:
+                    print(f"yoloray serve: {a['name']}: {pack_replicas(a, hardware)}", flush=True)
+        except ConfigError as e:
+            print(f"yoloray serve: error: {e}", file=sys.stderr)
+            if started_ray:
+                ray.shutdown()
+            return 2
     http = schema.http_options.model_dump(exclude_unset=True)
     grpc = schema.grpc_options.model_dump(exclude_unset=True)
     serve.start(http_options=http, grpc_options=grpc or None, proxy_location=schema.proxy_location)

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import yoloray
 from yoloray.observe import memory
+from yoloray.observe.budgets import detector_fields, remember
 from yoloray.observe.serve_metrics import record_request, route_tag, set_gpu_memory
 from yoloray.serve import grpc_api
 from yoloray.serve.batcher import ImageBatcher
@@ -170,6 +171,9 @@ class DetectorDeployment:
         self.warmup = self.batcher.warm()
         self.warmup["init_seconds"] = round(time.perf_counter() - t0, 3)
         self.memory = memory.measure(self.detector.device)  # peak of build and warmup (observe/memory.py)
+        # remembered for `num_gpus: auto` (observe/budgets.py); nothing on the CPU
+        if self.memory.measured:
+            remember(self.memory, detector_fields(profile, c.max_batch_size), profile.cache_dir)
         set_gpu_memory(self.detector.device, self.memory.peak_reserved)
         self.replica = _replica_tag()
         log.info("yoloray replica ready: %r, warmed %s; %s", self.detector, self.warmup, self.memory.text())

@@ -360,6 +360,12 @@ def run(settings: TuneConfig, resume: bool, gpus: int | None = None, cpus: int |
         tuner, _ = build_tuner(settings, images, resume, base=default.flat())
         results = tuner.fit()
         winner = write_report(results, settings, default, layout_level(settings, default, sample, images))
+        if winner is not None and hardware.cuda:  # measured by the trials and layout runs (observe/budgets.py)
+            from yoloray.observe.budgets import winner_lines
+            from yoloray.profile import resolve
+
+            winner = winner if winner.is_resolved() else resolve(winner, hardware, sample)
+            print("\n".join(winner_lines(winner, hardware)))
     finally:
         if started:
             ray.shutdown()

@@ -179,6 +179,17 @@ def _peak_gib(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
 
 
+def remember_budget(detector) -> None:
+    """Store the trial Detector's GPU memory budget (peaks since before its build) for `yoloray serve`'s
+    `num_gpus: auto` and the tune summary (observe/budgets.py); nothing on the CPU."""
+    from yoloray.observe import budgets, memory
+
+    budget = memory.measure(detector.device)
+    if budget.measured:
+        config = detector.config
+        budgets.remember(budget, budgets.detector_fields(config, config.batch_size), config.cache_dir)
+
+
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or (
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
@@ -238,6 +249,7 @@ def measure(point: dict, settings: TuneConfig, images: list[bytes], report: Call
                 time.perf_counter() - start >= settings.max_trial_s)
             if final:
                 metrics["model_images_per_s"] = model_throughput(detector, min(settings.window_s, 1.0))
+                remember_budget(detector)
                 if settings.max_p99_ms is not None and metrics["p99_ms"] > settings.max_p99_ms:
                     return end("constraint_violated: p99 latency", f"p99 batch latency {metrics['p99_ms']:.1f} ms > "
                                f"--max-p99-ms {settings.max_p99_ms}", **metrics)
