@@ -30,7 +30,7 @@ case "${1:-}" in
     tail -15 "$OUT/tests_video.txt"
     timeout 330 python3 benchmarks/video.py --work /tmp/vbench --out "$OUT" "${@:2}" >"$OUT/video.txt" 2>&1
     grep -E "^\||^actor start|^best|x$" "$OUT/video.txt" | tail -30
-    best=$(python3 -c "import json; r=[x for x in json.load(open('$OUT/video.json')) if x['row'].startswith('(5)') and 'frames_per_s' in x]; print(max(r, key=lambda x: x['frames_per_s'])['config'] if r else '')")
+    best=$(python3 -c "import json; r=[x for x in json.load(open('$OUT/video.json')) if x['row'].startswith('(5)') and 'frames_per_s' in x]; print(max(r, key=lambda x: x['frames_per_s'])['config'].split()[0] if r else '')")
     if [ -n "$best" ] && [ "$SECONDS" -lt 420 ]; then
       timeout $((570 - SECONDS)) python3 benchmarks/video.py --work /tmp/vbench --out "$OUT/long" --unique 1920 --files 16 \
         --frames 300000 --codecs h264 --skip nvdec,pyav,predict,docs,stages --configs "$best" >"$OUT/long.txt" 2>&1

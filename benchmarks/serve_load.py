@@ -340,7 +340,7 @@ class Run:
 
         from yoloray.serve.settings import ServeConfig
 
-        eng = ServeConfig.parse(self.app_args).engine
+        eng = ServeConfig.parse(self.app_args).profile
         replicas, gpus = self.args.layouts[0]
         actor = dict(self.options.get("ray_actor_options") or {})
         if gpus > 0:
