@@ -85,7 +85,7 @@ def test_ort_fast_modes_match_exact(frames, exact, held_out, tmp_path, fields):
 def test_ort_cuda_graph_pads_short_batches(frames, tmp_path):
     cfg = _config(tmp_path, provider="cuda", precision="fp16")
     eager = Detector(cfg).warmup()
-    graph = Detector(cfg.model_copy(update={"cuda_graph": True, "micro_batch": 4})).warmup()
+    graph = Detector(cfg.replace(cuda_graph=True, micro_batch=4)).warmup()
     assert graph.engine.static_batch == 4
     imgs = frames[:5]  # 5 -> two replays of 4 (padded)
     assert compare(eager.detect(imgs), graph.detect(imgs), iou=0.99, score_tol=1e-3).rate >= 0.99

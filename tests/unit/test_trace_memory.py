@@ -90,3 +90,18 @@ def test_startup_line_places_the_slowest_actor_in_the_job():
                     "(scheduling, process start, imports), engine build 1.5 s, warmup 2.5 s, video decoder 1.0 s; "
                     "its first call ended at 12.0 s")
     assert "video decoder" not in startup_line([fast], job)  # a phase that took no time is not listed
+
+
+def test_stage_table_reads_the_cpu_range_when_cuda_adds_a_gpu_span():
+    """On CUDA the profiler reports a range twice under one name (the CPU range and the GPU span it covers; seen
+    on the H200, where the table showed 0.0 CPU ms for every GPU stage): the table takes each from its own."""
+    from types import SimpleNamespace
+
+    from yoloray.observe.trace import stage_table
+
+    cpu = SimpleNamespace(key="inference", count=4, cpu_time_total=40_000, device_time_total=0)
+    gpu = SimpleNamespace(key="inference", count=4, cpu_time_total=0, device_time_total=30_000)
+    row = next(ln for ln in stage_table([cpu, gpu], 0.1, 4, cuda=True).splitlines() if ln.startswith("inference"))
+    assert row.split() == ["inference", "4", "40.0", "10.00", "40.0%", "30.0"]
+    row = next(ln for ln in stage_table([gpu, cpu], 0.1, 4, cuda=True).splitlines() if ln.startswith("inference"))
+    assert row.split()[2] == "40.0"  # whichever comes first

@@ -163,17 +163,21 @@ class Tracer:
 def stage_table(events, wall_s: float, calls: int, cuda: bool) -> str:
     """Per stage: ranges, total and mean wall ms on the CPU side, share of the traced wall time, and the
     GPU kernel time inside the ranges on CUDA."""
-    by_name = {e.key: e for e in events if e.key in STAGES}
+    by_name: dict[str, list] = {}  # on CUDA a range is two events of one name: the CPU range and its GPU span
+    for e in events:
+        if e.key in STAGES:
+            by_name.setdefault(e.key, []).append(e)
     head = f"{'stage':<10} {'ranges':>7} {'total ms':>10} {'mean ms':>9} {'% wall':>7}"
     head += f" {'GPU ms':>9}" if cuda else ""
     lines = [f"trace of {calls} call(s), {wall_s * 1e3:,.1f} ms wall", head]
     for name in STAGES:
-        e = by_name.get(name)
-        if e is None:
+        group = by_name.get(name)
+        if not group:
             continue
-        total_ms = e.cpu_time_total / 1e3  # record_function ranges: wall time of the range, in us
+        e = max(group, key=lambda ev: ev.cpu_time_total)  # the CPU range: its wall time, in us
+        total_ms = e.cpu_time_total / 1e3
         row = f"{name:<10} {e.count:>7} {total_ms:>10.1f} {total_ms / e.count:>9.2f} {total_ms / (wall_s * 1e3):>7.1%}"
         if cuda:
-            row += f" {getattr(e, 'device_time_total', 0) / 1e3:>9.1f}"
+            row += f" {max(getattr(ev, 'device_time_total', 0) for ev in group) / 1e3:>9.1f}"
         lines.append(row)
     return "\n".join(lines)
