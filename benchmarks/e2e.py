@@ -195,8 +195,8 @@ def yoloray_cli(name: str, weights: Path, shards: Path, out: Path, label: str = 
     seconds = time.perf_counter() - t
     summary = json.loads((dest / "_summary.json").read_text())
     profile = yaml.safe_load((dest / "_profile.yaml").read_text())
-    run = seconds - summary["first_result_s"]
-    steady = summary["images"] / run if run > 1.0 else None
+    run = summary["seconds"] - summary["first_result_s"]  # both on run_job's clock (the command lists and samples
+    steady = summary["images"] / run if run > 1.0 else None  # the inputs before run_job starts it)
     shutil.rmtree(dest, ignore_errors=True)
     what = "no flags (auto profile)" if name == "auto" else f"--profile {name.removeprefix('profile:')}"
     return row(f"(4) yoloray infer {what}" + (f" ({label})" if label else ""), summary["images"], seconds, config=name,

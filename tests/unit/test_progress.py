@@ -150,3 +150,33 @@ def test_epoch_lines_of_a_finetune_run():
     callback(SimpleNamespace(epoch=1, epochs=2))
     lines = out.getvalue().splitlines()
     assert [ln.split("  ")[0] for ln in lines] == ["finetune: epoch 1/2 (50%)", "finetune: epoch 2/2 (100%)"]
+
+
+def test_archive_members_are_counted_beside_the_start(tmp_path, monkeypatch):
+    """Counting a tar's members (reading its headers) does not hold up the job's start: the progress exists at
+    once with no frame total, and the total appears when the count is done."""
+    import threading
+
+    from yoloray.observe import job_progress
+
+    with tarfile.open(tmp_path / "a.tar", "w") as tf:
+        for name in ("1.jpg", "2.jpg", "3.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tf.addfile(info, io.BytesIO(b"abc"))
+    release = threading.Event()
+    count = job_progress._count_members
+
+    def slow_count(unit):
+        release.wait(10)
+        return count(unit)
+
+    monkeypatch.setattr(job_progress, "_count_members", slow_count)
+    root = str(tmp_path)
+    units = [{"unit_id": "tar:a", "kind": "tar", "root": root, "source": f"{root}/a.tar", "prefix": "a.tar"},
+             {"unit_id": "files:1", "kind": "files", "root": root, "source_root": root, "keys": ["x.jpg"]}]
+    p = JobProgress(units, SourceOptions(), stream=io.StringIO(), interval_s=60)
+    assert p.frames.total is None and p.units_total == 2  # constructed while the count is still waiting
+    release.set()
+    p.counted.join(10)
+    assert p.frames.total == 4 and [g.expected for g in p.groups] == [1, 3]

@@ -5,7 +5,8 @@
 Fed by the output rows as the driver collects them (`JobProgress.rows(batch)`): a row is one frame. Totals
 come from the read units (data/units.py) where they are known without reading the data: a files unit lists
 its images, a Parquet unit its row group's rows, a local tar or zip its image members (counted here from
-the headers, within `COUNT_BUDGET_S`), a video chunk its frame range (over --video-stride; a --video-fps
+the headers, within `COUNT_BUDGET_S`, in a thread beside the job's start: the totals appear when counted),
+a video chunk its frame range (over --video-stride; a --video-fps
 resample or a chunk that reads to the end of the stream is unknown). When any total is unknown the frame
 count shows no total (and the ETA comes from units). A unit counts as done once all rows of its source have
 arrived; a resumed run starts from the rows already written (shown as done) and counts units this run
@@ -15,6 +16,7 @@ finished.
 from __future__ import annotations
 
 import tarfile
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -70,6 +72,15 @@ def expected_rows(unit: dict, options: SourceOptions, deadline: float = float("i
     return None
 
 
+def _needs_count(unit: dict) -> bool:
+    return unit.get("kind") in ("tar", "zip") and not unit.get("members")
+
+
+def _total(units: list[dict], options: SourceOptions, deadline: float) -> int | None:
+    counts = [expected_rows(u, options, deadline) for u in units]
+    return None if any(c is None for c in counts) else sum(counts)
+
+
 class JobProgress:
     """Tracks a job's output rows against its units; `live` prints the line (see LiveLine)."""
 
@@ -78,7 +89,6 @@ class JobProgress:
         options = options or SourceOptions()
         self.groups: list[_Group] = []
         self.group_of: dict[str, int] = {}  # source -> group index
-        deadline = time.perf_counter() + COUNT_BUDGET_S
         by_source: dict[str, list[dict]] = {}
         for u in units:
             if u.get("kind") == "files":
@@ -87,21 +97,35 @@ class JobProgress:
                     self.group_of[join_path(u.get("source_root", ""), key)] = len(self.groups) - 1
             else:
                 by_source.setdefault(u.get("source", u["unit_id"]), []).append(u)
+        to_count: list[tuple[int, list[dict]]] = []  # archives whose members are counted by reading them
         for source, members in by_source.items():
-            counts = [expected_rows(u, options, deadline) for u in members]
-            total = None if any(c is None for c in counts) else sum(counts)
-            self.groups.append(_Group(len(members), total))
+            self.groups.append(_Group(len(members), _total(members, options, deadline=0.0)))
             self.group_of[source] = len(self.groups) - 1
+            if any(_needs_count(u) for u in members):
+                to_count.append((len(self.groups) - 1, members))
         self.units_total = sum(g.units for g in self.groups)
-        totals = [g.expected for g in self.groups]
-        frames_total = None if any(t is None for t in totals) else sum(totals)
-        self.frames = Rate(frames_total)
+        self.frames = Rate(self._frames_total())
+        # Counting archive members reads every tar/zip index (up to COUNT_BUDGET_S): done beside the job's start,
+        # not before it; the totals appear on the line when known.
+        self.counted = threading.Thread(target=self._count, args=(to_count, options), daemon=True,
+                                        name="yoloray-count-members")
+        self.counted.start()
         self.already_done = 0
         self.errors = 0
         self.first_row_s: float | None = None
         self.began = False  # run_job started the Dataset (not a finished job that had nothing to do)
         self.finished = False
         self.live = LiveLine(label, self.render, **line_options)
+
+    def _count(self, to_count: list[tuple[int, list[dict]]], options: SourceOptions) -> None:
+        deadline = time.perf_counter() + COUNT_BUDGET_S
+        for g, members in to_count:
+            self.groups[g].expected = _total(members, options, deadline)
+        self.frames.total = self._frames_total()
+
+    def _frames_total(self) -> int | None:
+        totals = [g.expected for g in self.groups]
+        return None if any(t is None for t in totals) else sum(totals)
 
     # ------------------------------------------------------------------ feeding (batch/pipeline.run_job)
     def begin(self, already_done: int) -> None:
