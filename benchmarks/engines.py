@@ -3,10 +3,13 @@ with its fidelity, and an actor's start-up with a cold and a warm artifact cache
 
     python benchmarks/engines.py --mode gpu --out $OUT   # H200: YOLOv8s (random weights), 384x640, batch 128
     python benchmarks/engines.py --mode cpu --out $OUT   # this 2-core machine: the demo YOLOv8n, 640, batch 4
+    python benchmarks/engines.py --mode cpu --interleave 25 --no-startup   # model alone timed call by call in turn
 
 Speed: "model" = the engine alone on a ready (B, 3, H, W) batch on the device; "detector" = `Detector.detect`
 on encoded 1080p JPEGs (decode, letterbox, engine, NMS), batches of B; each row is timed for at least
-`--seconds` after a warm-up. Fidelity: the same engine configuration built on the demo detector (real boxes),
+`--seconds` after a warm-up; with `--interleave N` the model-alone column is instead the median of N calls per row
+timed in turn (every row built first, then one call of each row after another), so a shared machine's load
+falls on every row alike (the sequential figure stays in results.json). Fidelity: the same engine configuration built on the demo detector (real boxes),
 compared with the exact path (torch fp32, TF32 off) on its held-out frames at the fast-mode tolerance
 (IoU >= 0.9, score within 0.05); the GPU rows' YOLOv8s has random weights, so its own boxes would say nothing.
 Start-up: a new process builds and warms a Detector (imports included) with an empty cache folder (cold), then
@@ -99,18 +102,52 @@ def start_up(fields: dict, cache: str, work: Path) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def fields(row: dict, spec: dict, args, calib: str) -> dict:
+    from yoloray.profile import EXACT_PATH
+
+    base = {**EXACT_PATH, "imgsz": list(spec["imgsz"]), "batch_size": args.batch or spec["batch"],
+            "device": spec["device"], **row}  # every knob a row does not set: off (not `auto`)
+    return {**base, "calibration": calib} if row.get("precision") == "int8" else base
+
+
+def interleaved(rows: list[dict], spec: dict, args, model: str, calib: str, work: Path) -> dict[str, float]:
+    """Model-alone images/s per row from `args.interleave` calls each, one call of every row in turn (median)."""
+    import statistics
+
+    from yoloray.config import Profile
+    from yoloray.detector import Detector
+
+    dets = {}
+    for row in rows:
+        cache = str(work / "cache" / name(row).replace(" ", "-"))  # measure() built it: loads
+        try:
+            dets[name(row)] = Detector(Profile.parse({**fields(row, spec, args, calib), "model": model,
+                                                      "cache_dir": cache})).warmup()
+        except Exception:  # the row's error is already in its result
+            continue
+    sync = (lambda: torch.cuda.synchronize()) if spec["device"] == "cuda" else (lambda: None)
+    inputs = {k: torch.rand((d.batch_size, 3, *spec["imgsz"]), device=d.device).to(d.engine.dtype)
+              for k, d in dets.items()}
+    times: dict[str, list[float]] = {k: [] for k in dets}
+    for _ in range(args.interleave):
+        for k, d in dets.items():
+            t0 = time.perf_counter()
+            d.infer(inputs[k])
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    for d in dets.values():
+        d.close()
+    return {k: dets[k].batch_size / statistics.median(v) for k, v in times.items()}
+
+
 def measure(row: dict, spec: dict, args, model: str, images: list[bytes], held: list[bytes], calib: str,
             exact, work: Path) -> dict:
     from yoloray.config import Profile
     from yoloray.detector import Detector
     from yoloray.fidelity import compare
-    from yoloray.profile import EXACT_PATH
 
     device = spec["device"]
-    base = {**EXACT_PATH, "imgsz": list(spec["imgsz"]), "batch_size": args.batch or spec["batch"], "device": device,
-            **row}  # every knob a row does not set: off (not `auto`)
-    if row.get("precision") == "int8":
-        base["calibration"] = calib
+    base = fields(row, spec, args, calib)
     result = {"row": name(row)}
     cache = str(work / "cache" / name(row).replace(" ", "-"))
     try:
@@ -167,6 +204,8 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, help="1080p frames to generate (default max(2 batches, 160)); a fifth are "
                    "the held-out fidelity frames, the rest the Detector's timing set and the int8 calibration folder")
     p.add_argument("--rows", help="comma-separated row numbers to run (default all)")
+    p.add_argument("--interleave", type=int, metavar="N", help="model alone: N calls per row timed in turn, after "
+                   "the rows ran (the median call; for a shared or noisy machine)")
     p.add_argument("--no-startup", dest="startup", action="store_false", help="skip the cold/warm start-up runs")
     args = p.parse_args(argv)
     spec = MODES[args.mode]
@@ -189,9 +228,15 @@ def main(argv=None) -> int:
         r = measure(row, spec, args, model or default_model(), images, held, calib, exact, work)
         results.append(r)
         print(json.dumps(r), flush=True)
+    if args.interleave:
+        speeds = interleaved(rows, spec, args, model or default_model(), calib, work)
+        for r in results:
+            if r["row"] in speeds:
+                r["model_sequential_images_per_s"], r["model_images_per_s"] = r["model_images_per_s"], speeds[r["row"]]
     ref = next((r["model_images_per_s"] for r in results if r["row"] == "torch fp32" and "error" not in r), None)
     print(f"\nengines, mode {args.mode}: model {spec['model'] or 'demo YOLOv8n'}, imgsz {spec['imgsz']}, batch {b}, "
-          f"device {spec['device']}, torch {torch.__version__}")
+          f"device {spec['device']}, torch {torch.__version__}"
+          + (f"; model img/s: median of {args.interleave} interleaved calls" if args.interleave else ""))
     print(table(results, ref))
     ok = [r for r in results if "error" not in r and r["fidelity"] >= MIN_FIDELITY]
     if ok and ref:

@@ -2,9 +2,9 @@
 
 The graph is traced by ultralytics' own exporter helper (`torch2onnx`, TorchScript-based, the opset ultralytics
 picks for ONNX Runtime) from the same fused model the torch backend runs (`torch_backend.load_model`), with the
-head in export mode (raw head output only). The input is `images` (B, 3, H, W) float in [0, 1] at the engine's
-imgsz; the batch axis is dynamic (`batch=None`) or fixed. The output `output0` keeps the torch backend's layout:
-(B, 4 + nc, N) or, for end-to-end heads, (B, K, 6).
+head in export mode (raw head output only; DFL's softmax over the last axis, `LastAxisDFL`). The input is
+`images` (B, 3, H, W) float in [0, 1] at the engine's imgsz; the batch axis is dynamic (`batch=None`) or fixed.
+The output `output0` keeps the torch backend's layout: (B, 4 + nc, N) or, for end-to-end heads, (B, K, 6).
 
 Metadata (ONNX `metadata_props`, the keys and value forms ultralytics writes, so its own loader reads them too):
 names, stride, imgsz, task, batch, end2end, plus `precision` and `yoloray` (the build key it came from).
@@ -21,6 +21,7 @@ import torch
 from yoloray.engines.base import EngineError
 
 INPUT, OUTPUT = "images", "output0"
+GRAPH_FORM = 2  # in the export's cache key: 2 = DFL as LastAxisDFL (1: ultralytics' middle-axis softmax)
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,32 @@ def write_metadata(model, meta: OnnxMeta) -> None:
         entry.key, entry.value = k, v
 
 
+class LastAxisDFL(torch.nn.Module):
+    """ultralytics' DFL (the expected distance over `c1` bins of each box side) with its softmax over the last
+    axis and the bins as a MatMul: the same values, but ONNX Runtime's CPU softmax over DFL's middle axis was
+    a tenth of the int8 graph's time (2-core machine, YOLOv8n at 640; benchmarks/README.md)."""
+
+    def __init__(self, dfl: torch.nn.Module):
+        super().__init__()
+        self.c1 = dfl.c1
+        self.register_buffer("bins", dfl.conv.weight.detach().reshape(dfl.c1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, a = x.shape  # (B, 4 * c1, A) -> (B, 4, A)
+        return (x.view(b, 4, self.c1, a).transpose(2, 3).softmax(-1) @ self.bins).view(b, 4, a)
+
+
 def _prepare_head(net: torch.nn.Module, imgsz: tuple[int, int]) -> None:
-    """The detection head in export mode (raw output only), as ultralytics' exporter sets it."""
+    """The detection head in export mode (raw output only), as ultralytics' exporter sets it, with DFL's
+    softmax on the last axis (LastAxisDFL)."""
     from ultralytics.nn.modules import Detect
+    from ultralytics.nn.modules.block import DFL
 
     for m in net.modules():
         if isinstance(m, Detect):
             m.export, m.format, m.dynamic, m.shape = True, "onnx", False, None
+            if isinstance(getattr(m, "dfl", None), DFL):
+                m.dfl = LastAxisDFL(m.dfl)
             if getattr(net, "end2end", False):  # top-k cannot keep more candidates than there are anchors
                 anchors = sum((imgsz[0] // int(s)) * (imgsz[1] // int(s)) for s in net.stride.tolist())
                 m.max_det = min(m.max_det, anchors)

@@ -22,7 +22,7 @@ from yoloray.engines import ort_providers as providers
 from yoloray.engines.base import Engine, EngineError
 from yoloray.engines.cache import ArtifactCache, cache_key, environment
 from yoloray.engines.capabilities import KNOB_DEFAULTS, unhonoured
-from yoloray.engines.export import INPUT, OUTPUT, export_onnx, read_metadata, to_fp16
+from yoloray.engines.export import GRAPH_FORM, INPUT, OUTPUT, export_onnx, read_metadata, to_fp16
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def export_fields(config, static_batch: int | None) -> dict:
     from yoloray.config import model_identity
 
     return {"model": model_identity(config.model), "imgsz": list(config.imgsz), "batch": static_batch,
-            "max_det": config.max_det, "agnostic_nms": config.agnostic_nms}
+            "max_det": config.max_det, "agnostic_nms": config.agnostic_nms, "graph_form": GRAPH_FORM}
 
 
 def onnx_artifact(config, provider: str, cache: ArtifactCache, static_batch: int | None) -> tuple[Path, str]:
