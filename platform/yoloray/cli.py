@@ -33,7 +33,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                    help=f"profile YAML (a tune winner's or a job's _profile.yaml, or a flat engine config; default: "
                    f"${PROFILE_ENV} when set); flags override its fields; fields left out or auto are resolved "
                    "for the hardware and inputs found")
-    g.add_argument("--backend", help="torch | torch-compile | onnxruntime (see `yoloray backends`)")
+    g.add_argument("--backend", help="auto | torch | torch-compile | onnxruntime (see `yoloray backends`); auto: "
+                   "onnxruntime's CPU provider at fp32 on a CPU (exact, faster than torch), torch on CUDA")
     g.add_argument("--provider", help="onnxruntime provider: cpu | cuda | tensorrt (default: the best present; "
                    "tensorrt is built against ONNX Runtime's documented options, not run here)")
     g.add_argument("--imgsz", help="input size: 640 or HxW such as 384x640 (default auto: the frames' stride-aligned "

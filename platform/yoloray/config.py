@@ -124,7 +124,9 @@ class EngineConfig(_Model):
     """What changes the built engine: weights, backend, numerics, input shape, batch and how it is launched."""
 
     model: str = Field(default_factory=default_model, description="ultralytics weights (.pt) or model YAML")
-    backend: Literal[tuple(CAPABILITIES)] = "torch"  # type: ignore[valid-type]
+    backend: Literal[(AUTO, *CAPABILITIES)] = Field(  # type: ignore[valid-type]
+        AUTO, description="torch | torch-compile | onnxruntime; auto: onnxruntime at fp32 (CPU provider) on a "
+        "CPU device, the fastest exact CPU engine measured, and torch on CUDA")
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
     batch_size: Annotated[int, Field(ge=1, le=1024)] | Auto = "auto"
     imgsz: tuple[int, int] | Auto = Field(
@@ -176,7 +178,7 @@ class EngineConfig(_Model):
 
     @model_validator(mode="after")
     def _backend_honours_knobs(self):
-        if reasons := unhonoured(self.concrete(), self.backend, self.provider):
+        if reasons := self._unhonoured():
             raise ValueError(reasons[0])
         if isinstance(self.micro_batch, int) and isinstance(self.batch_size, int) and self.batch_size % self.micro_batch:
             raise ValueError(
@@ -184,6 +186,18 @@ class EngineConfig(_Model):
                 f"(e.g. {max(d for d in range(1, self.micro_batch + 1) if self.batch_size % d == 0)})"
             )
         return self
+
+    def _unhonoured(self) -> list[str]:
+        fields = self.concrete()
+        if self.backend != AUTO or self.provider is not None:
+            return unhonoured(fields, self._backend(), self.provider)
+        # auto without a provider becomes torch, or onnxruntime's CPU provider on a CPU (profile.auto_backend)
+        reasons = unhonoured(fields, "torch")
+        return reasons if reasons and unhonoured(fields, "onnxruntime", "cpu") else []
+
+    def _backend(self) -> str:
+        """The backend, or for `auto` the one it reads as before resolve (onnxruntime when a provider is given)."""
+        return self.backend if self.backend != AUTO else "onnxruntime" if self.provider else "torch"
 
     def concrete(self) -> dict[str, Any]:
         """The fields with `auto` read as a value every backend takes (the knob off, the first precision the
@@ -193,7 +207,7 @@ class EngineConfig(_Model):
             if value == AUTO:
                 fields[knob] = KNOB_DEFAULTS.get(knob)
         if fields["precision"] is None:
-            fields["precision"] = capability(self.backend, self.provider).precisions[0]
+            fields["precision"] = capability(self._backend(), self.provider).precisions[0]
         return fields
 
 

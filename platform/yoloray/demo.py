@@ -60,14 +60,10 @@ def run_demo(out: Path, frames: int = 48, device: str = "auto") -> int:
     weights = demo_weights()
     if weights is None:
         print("note: no bundled demo detector in this install; using random YOLOv8n weights (detects nothing)")
-    # on a CPU the fastest engine that keeps exact-mode fidelity: ONNX Runtime's CPU provider at fp32
-    # (benchmarks/engines.py --mode cpu measures it against torch; tests/unit/test_onnxruntime.py holds its fidelity)
-    import torch
-
-    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    engine = {"backend": "onnxruntime", "provider": "cpu"} if on_cpu else {}
+    # backend auto: on a CPU the fastest engine that keeps exact-mode fidelity, ONNX Runtime's CPU provider at
+    # fp32 (profile.auto_backend; benchmarks/engines.py --mode cpu measures it against torch)
     config = Profile(
-        device=device, imgsz=(384, 640), batch_size=16, **engine,
+        device=device, imgsz=(384, 640), batch_size=16,
         **({"model": str(weights)} if weights else {"model": "yolov8n.yaml"}),
     )
     quiet_ray_startup(verbose=False)  # the console keeps the demo's own lines, as `yoloray infer` does

@@ -11,8 +11,9 @@ The defaults are the fastest settings measured that pass the fidelity checks (be
   same GPU model says fewer fit (observe/budgets.py; an explicit actors_per_gpu is kept, with a warning).
   (One H200, 16 cores, YOLOv8s, 1080p JPEGs: 1,676 images/s end to end over 40,000 images, 3,315 over
   300,000; the same configuration led at both job sizes.)
-- CPU: fp32, batch 16, OpenCV decode at full size, 1 actor x 1 call (not measured against other CPU
-  settings: these keep the exact path, which reproduces ultralytics predict).
+- CPU: backend onnxruntime (CPU provider) at fp32, batch 16, OpenCV decode at full size, 1 actor x 1 call.
+  ONNX Runtime fp32 keeps the exact path's detections (ultralytics predict's) and ran the demo YOLOv8n at 640
+  1.67x torch fp32 on the 2-core machine; int8 (2.25x) is a fast mode, used only when asked for.
 - Input size: ultralytics' rect letterbox for the sampled frames (the long side at 640, the short side
   rounded up to the stride: 1920x1080 -> 384x640); frames of different sizes, or no sample, get square 640.
 
@@ -29,13 +30,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from yoloray.config import AUTO, MAX_STRIDE, ConfigError, Profile
-from yoloray.engines.capabilities import capability
+from yoloray.engines.capabilities import KNOB_DEFAULTS, capability, unhonoured
 
 LONG_SIDE = 640  # ultralytics' default imgsz
 # every speed knob off: the exact path, which reproduces ultralytics predict (the fidelity reference; also what
 # benchmarks and tests pin when they mean the settings that were the defaults before profiles)
-EXACT_PATH = {"precision": "fp32", "cuda_graph": False, "micro_batch": None, "channels_last": False, "decode": "cpu",
-              "reduced_decode": False}
+EXACT_PATH = {"backend": "torch", "precision": "fp32", "cuda_graph": False, "micro_batch": None, "channels_last": False,
+              "decode": "cpu", "reduced_decode": False}
 # Hardware JPEG / video decode engines per GPU model (NVIDIA data sheets); None where not known.
 ENGINES = {"H200": (7, 7), "H100": (7, 7), "A100": (1, 5), "L4": (4, 4)}  # (JPEG, NVDEC)
 HYBRID_MIN_CPUS_PER_GPU = 8  # the hybrid rows were measured with 16 cores per GPU
@@ -195,6 +196,19 @@ def defaults(hardware: Hardware, sample: Sample | None) -> dict:
             "hybrid_cpu_share": 0.15}  # the share only matters with decode: hybrid
 
 
+def auto_backend(fields: dict, on_cuda: bool) -> str:
+    """backend auto: on CUDA torch (the measured defaults above); on a CPU device ONNX Runtime's CPU provider,
+    exact at fp32 and faster than torch fp32 (benchmarks/README.md), unless a value given needs torch
+    (bf16, channels_last). A provider given means onnxruntime anywhere."""
+    if fields["provider"] is not None:
+        return "onnxruntime"
+    if on_cuda:
+        return "torch"
+    given = {k: (KNOB_DEFAULTS.get(k) if v == AUTO else v) for k, v in fields.items()}
+    given["precision"] = "fp32" if fields["precision"] == AUTO else fields["precision"]
+    return "torch" if unhonoured(given, "onnxruntime", "cpu") else "onnxruntime"
+
+
 def resolve(profile: Profile, hardware: Hardware, sample: Sample | None = None) -> Profile:
     """`profile` with every `auto` made concrete; explicit values kept (ConfigError if they cannot run)."""
     fields = profile.flat()
@@ -206,11 +220,14 @@ def resolve(profile: Profile, hardware: Hardware, sample: Sample | None = None) 
                           "use device: auto or cpu")
     on_cuda = device.startswith("cuda")
     chosen = defaults(hardware if on_cuda else Hardware(cpus=hardware.cpus), sample)
-    cap = capability(profile.backend, profile.provider)  # auto picks only what the backend honours
+    backend = chosen["backend"] = profile.backend if profile.backend != AUTO else auto_backend(fields, on_cuda)
+    if profile.backend == AUTO and backend == "onnxruntime" and fields["provider"] is None and not on_cuda:
+        fields["provider"] = "cpu"  # recorded in the profile, as the engine would pick it
+    cap = capability(backend, profile.provider)  # auto picks only what the backend honours
     if chosen["precision"] not in cap.precisions:
         chosen["precision"] = "fp32" if "fp32" in cap.precisions else cap.precisions[0]
     for knob in ("cuda_graph", "channels_last"):  # measured on the torch backend; elsewhere off unless given
-        chosen[knob] = chosen[knob] and cap.honours(knob) and profile.backend in ("torch", "torch-compile")
+        chosen[knob] = chosen[knob] and cap.honours(knob) and backend in ("torch", "torch-compile")
     for name, value in fields.items():
         if value != AUTO or name == "device":
             continue
@@ -218,7 +235,7 @@ def resolve(profile: Profile, hardware: Hardware, sample: Sample | None = None) 
         if name == "micro_batch":  # measured with the torch backend's CUDA graphs: forwards of 32 graph replays
             graphs = fields["cuda_graph"] if fields["cuda_graph"] != AUTO else chosen["cuda_graph"]
             batch = fields["batch_size"] if fields["batch_size"] != AUTO else chosen["batch_size"]
-            value = value if profile.backend == "torch" and graphs is True and batch % value == 0 else None
+            value = value if backend == "torch" and graphs is True and batch % value == 0 else None
         fields[name] = value
     try:
         resolved = Profile.parse({**fields, "device": device}, source="profile")

@@ -26,3 +26,8 @@ def test_demo_runs_stills_and_video_with_a_quiet_console(tmp_path):
     assert len(video) == 24 and sorted(r["frame"] for r in video) == list(range(24))  # every frame of the clip
     assert stills and all(r["error"] is None for r in rows)
     assert (tmp_path / "contact_sheet.png").stat().st_size > 0
+    # backend auto on a CPU: the fastest CPU engine that keeps exact-mode fidelity (ONNX Runtime fp32)
+    from yoloray.config import Profile
+
+    ran = Profile.from_yaml(tmp_path / "detections" / "_profile.yaml")
+    assert (ran.backend, ran.provider, ran.precision) == ("onnxruntime", "cpu", "fp32")

@@ -56,7 +56,7 @@ def test_exact_mode_matches_predict(demo_model, held_out, photos, shape):
 @pytest.mark.parametrize("fast", [{"reduced_decode": True}, {"precision": "bf16"}, {"reduced_decode": True, "precision": "bf16"}])
 def test_cpu_fast_modes_within_tolerance(demo_model, held_out, tmp_path, fast):
     files = val_files(held_out)
-    base = Profile(device="cpu", imgsz=(384, 640), conf=0.25, batch_size=8)
+    base = Profile(device="cpu", imgsz=(384, 640), conf=0.25, batch_size=8, backend="torch")  # the exact path
     exact, quick = Detector(base), Detector(base.replace(**fast))
     imgs = [f.read_bytes() for f in files]
     fid = compare(exact.detect(imgs), quick.detect(imgs), iou=0.9, score_tol=0.05)

@@ -56,9 +56,27 @@ def test_cuda_defaults_are_the_fastest_measured():
 
 def test_cpu_defaults_and_resolved_values_stay():
     p = resolve(Profile(model="yolov8n.yaml"), Hardware(cpus=2), FULLHD)
-    assert (p.device, p.precision, p.batch_size, p.cuda_graph, p.decode, p.imgsz) == (
-        "cpu", "fp32", 16, False, "cpu", (384, 640))
+    assert (p.device, p.backend, p.precision, p.batch_size, p.cuda_graph, p.decode, p.imgsz) == (
+        "cpu", "onnxruntime", "fp32", 16, False, "cpu", (384, 640))
     assert resolve(p, H200, FULLHD) == p  # nothing left to resolve: a resolved profile runs as written
+
+
+def test_cpu_backend_is_onnxruntime_fp32_unless_told_otherwise():
+    """backend auto: ONNX Runtime's CPU provider at fp32 on a CPU (the fastest exact CPU engine), torch on CUDA;
+    a backend given, or a value only torch honours, keeps torch."""
+    cpu = Hardware(cpus=2)
+    p = resolve(Profile(model="yolov8n.yaml"), cpu, FULLHD)
+    assert (p.backend, p.provider, p.precision, p.channels_last, p.micro_batch) == (
+        "onnxruntime", "cpu", "fp32", False, None)
+    assert resolve(Profile(model="yolov8n.yaml", device="cpu"), H200, FULLHD).backend == "onnxruntime"
+    assert resolve(Profile(model="yolov8n.yaml"), H200, FULLHD).backend == "torch"
+    assert resolve(Profile(model="yolov8n.yaml", backend="torch"), cpu, FULLHD).backend == "torch"
+    for needs_torch in ({"precision": "bf16"}, {"channels_last": True}):
+        assert resolve(Profile(model="yolov8n.yaml", **needs_torch), cpu, FULLHD).backend == "torch", needs_torch
+    int8 = resolve(Profile(model="yolov8n.yaml", precision="int8", calibration="frames/"), cpu, FULLHD)
+    assert (int8.backend, int8.precision) == ("onnxruntime", "int8")  # int8 only when asked for
+    on_gpu = resolve(Profile(model="yolov8n.yaml", provider="cuda"), H200, FULLHD)
+    assert (on_gpu.backend, on_gpu.precision, on_gpu.cuda_graph) == ("onnxruntime", "fp16", False)
 
 
 def test_explicit_values_win_and_impossible_ones_fail():
