@@ -159,13 +159,13 @@ def detect(ds, config: Profile, options: ActorOptions | None = None, frames_per_
 
         config = resolve(config, Hardware.cluster())
     options = options or ActorOptions.from_layout(config.layout)
-    # the actors remember their GPU memory budget for this profile (observe/budgets.py)
-    running = config.replace(calls_per_actor=options.calls_per_actor, batches_per_call=options.batches_per_call)
-    options = replace(options, observe=(options.observe or ActorObserve()).for_profile(running))
     columns = ds.columns(fetch_if_missing=False)  # known without running anything (e.g. from_items)
     if columns is not None:
         _check_columns(columns)
-    gpus, actors = _resources(options)
+    gpus, actors = _resources(options)  # JobError for options that cannot run, before they reach the profile
+    # the actors remember their GPU memory budget for this profile (observe/budgets.py)
+    running = config.replace(calls_per_actor=options.calls_per_actor, batches_per_call=options.batches_per_call)
+    options = replace(options, observe=(options.observe or ActorObserve()).for_profile(running))
     ds = ds.map_batches(_normalize, batch_format="pyarrow", batch_size=None)
     predecoded = config.decode == "hybrid"
     if predecoded:  # the CPU share is decoded in Ray tasks (fused with the reads), not by threads in the actor
