@@ -267,3 +267,18 @@ def test_trial_helpers():
     assert not is_stable([w, w], 0.1)
     assert is_stable([w, w, {"measured_images_per_s": 105.0, "p99_ms": 10.5}], 0.1)
     assert not is_stable([w, w, {"measured_images_per_s": 150.0, "p99_ms": 10.0}], 0.1)
+
+
+def test_a_torch_point_laid_over_a_cpu_default_drops_the_auto_provider():
+    """On a CPU the default profile resolves to ONNX Runtime with provider cpu; the report lays the engine
+    winner (a torch point) over it when there is no layout level, which must not keep that provider (a resumed
+    sweep failed there: 'provider is only honoured by backend onnxruntime')."""
+    from yoloray.profile import Hardware, resolve
+
+    default = resolve(Profile(model="yolov8n.yaml", device="cpu", imgsz=(64, 64)), Hardware(cpus=2))
+    assert (default.backend, default.provider) == ("onnxruntime", "cpu")
+    settings = TuneConfig(name="t", out="/tmp/t", model="yolov8n.yaml")
+    winner = default.replace(**engine_fields({"backend": "torch", "precision": "fp32", "batch_size": 2}, settings))
+    assert (winner.backend, winner.provider, winner.batch_size) == ("torch", None, 2)
+    ort = default.replace(**engine_fields({"backend": "onnxruntime", "batch_size": 2}, settings))
+    assert ort.provider == "cpu"  # an ONNX Runtime point keeps it

@@ -46,7 +46,10 @@ STABLE_WINDOWS = 3
 def engine_fields(point: dict[str, Any], settings: TuneConfig) -> dict[str, Any]:
     """The full Profile mapping of a point: knobs, the space's fixed fields, model and device."""
     fixed = {k: v for k, v in settings.space.items() if k not in KNOBS and k not in LAYOUT_KNOBS}
-    return {**fixed, **point, "model": settings.model, "device": "cuda" if settings.gpus else "cpu"}
+    fields = {**fixed, **point, "model": settings.model, "device": "cuda" if settings.gpus else "cpu"}
+    if fields.get("backend") not in (None, "auto", "onnxruntime"):  # laid over a resolved profile (report.py), a
+        fields.setdefault("provider", None)  # torch point must not keep the ONNX Runtime provider auto chose
+    return fields
 
 
 def calibration_folder(images: list[bytes]) -> Path:
