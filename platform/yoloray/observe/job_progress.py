@@ -76,9 +76,14 @@ def _needs_count(unit: dict) -> bool:
     return unit.get("kind") in ("tar", "zip") and not unit.get("members")
 
 
-def _total(units: list[dict], options: SourceOptions, deadline: float) -> int | None:
-    counts = [expected_rows(u, options, deadline) for u in units]
+def _sum_known(counts) -> int | None:
+    """The sum, or None when any count is unknown."""
+    counts = list(counts)
     return None if any(c is None for c in counts) else sum(counts)
+
+
+def _total(units: list[dict], options: SourceOptions, deadline: float) -> int | None:
+    return _sum_known(expected_rows(u, options, deadline) for u in units)
 
 
 class JobProgress:
@@ -104,12 +109,14 @@ class JobProgress:
             if any(_needs_count(u) for u in members):
                 to_count.append((len(self.groups) - 1, members))
         self.units_total = sum(g.units for g in self.groups)
-        self.frames = Rate(self._frames_total())
+        self.frames = Rate(_sum_known(g.expected for g in self.groups))
         # Counting archive members reads every tar/zip index (up to COUNT_BUDGET_S): done beside the job's start,
         # not before it; the totals appear on the line when known.
-        self.counted = threading.Thread(target=self._count, args=(to_count, options), daemon=True,
-                                        name="yoloray-count-members")
-        self.counted.start()
+        self.counted: threading.Thread | None = None
+        if to_count:
+            self.counted = threading.Thread(target=self._count, args=(to_count, options), daemon=True,
+                                            name="yoloray-count-members")
+            self.counted.start()
         self.already_done = 0
         self.errors = 0
         self.first_row_s: float | None = None
@@ -121,11 +128,7 @@ class JobProgress:
         deadline = time.perf_counter() + COUNT_BUDGET_S
         for g, members in to_count:
             self.groups[g].expected = _total(members, options, deadline)
-        self.frames.total = self._frames_total()
-
-    def _frames_total(self) -> int | None:
-        totals = [g.expected for g in self.groups]
-        return None if any(t is None for t in totals) else sum(totals)
+        self.frames.total = _sum_known(g.expected for g in self.groups)
 
     # ------------------------------------------------------------------ feeding (batch/pipeline.run_job)
     def begin(self, already_done: int) -> None:
