@@ -13,7 +13,11 @@ falls on every row alike (the sequential figure stays in results.json). Fidelity
 compared with the exact path (torch fp32, TF32 off) on its held-out frames at the fast-mode tolerance
 (IoU >= 0.9, score within 0.05); the GPU rows' YOLOv8s has random weights, so its own boxes would say nothing.
 Start-up: a new process builds and warms a Detector (imports included) with an empty cache folder (cold), then
-another with the cache the first one filled (warm); the inductor cache of each process is empty too.
+another with the cache the first one filled (warm); the inductor cache of each process is empty too. "start" is
+the whole process, "ready" the part after the imports (CUDA context, engine build, export or compile, warmup):
+what an actor pays beyond its imports, and what the artifact cache changes (`--startup-rows` picks the rows).
+`--kernels N` (GPU): the torch profiler's GPU kernel time per model-alone call, by kind and its top kernels, so
+two engines' difference in speed has a measured place (convolutions, layout transposes, launches).
 Frames are generated in the run (the scene generator, seed 0: its val split is the demo detector's held-out
 set; the train split is the int8 calibration folder, 32 frames drawn from it). Rows that cannot run here say why.
 """
@@ -41,6 +45,10 @@ MODES = {
         {"backend": "onnxruntime", "provider": "cuda", "precision": "fp16", "cuda_graph": True},
         {"backend": "onnxruntime", "provider": "tensorrt", "precision": "fp16"},
         {"backend": "onnxruntime", "provider": "tensorrt", "precision": "int8"},
+        # ORT's NHWC convolutions (prefer_nhwc), torch's channels_last counterpart; and torch without its graph
+        {"backend": "onnxruntime", "provider": "cuda", "precision": "fp16", "channels_last": True},
+        {"backend": "onnxruntime", "provider": "cuda", "precision": "fp16", "channels_last": True, "cuda_graph": True},
+        {"backend": "torch", "precision": "fp16", "channels_last": True},
     ]},
     "cpu": {"model": None, "imgsz": (640, 640), "batch": 4, "device": "cpu", "rows": [
         {"backend": "torch"},
@@ -53,10 +61,12 @@ FAST_IOU, FAST_SCORE, MIN_FIDELITY = 0.9, 0.05, 0.97
 START = """
 import json, sys, time
 t0 = time.perf_counter()
+import torch
 from yoloray.config import Profile
 from yoloray.detector import Detector
+t1 = time.perf_counter()
 Detector(Profile.parse(json.loads(sys.argv[1]))).warmup()
-print(json.dumps({"start_s": time.perf_counter() - t0}))
+print(json.dumps({"start_s": time.perf_counter() - t0, "ready_s": time.perf_counter() - t1}))
 """
 
 
@@ -90,16 +100,58 @@ def timed(fn, images_per_call: int, seconds: float, sync) -> float:
             return calls * images_per_call / elapsed
 
 
-def start_up(fields: dict, cache: str, work: Path) -> tuple[float, float]:
-    out = []
+def start_up(fields: dict, cache: str, work: Path) -> dict[str, float]:
+    """A new process building and warming a Detector, cold (empty artifact cache) then warm (the cache the first
+    filled); each with an empty inductor cache of its own. `start`: the whole process (imports included);
+    `ready`: after the imports, the engine's build and warmup (CUDA context, load, export or compile, capture)."""
+    out = {}
     for run in ("cold", "warm"):
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(work / f"inductor-{run}")}
         p = subprocess.run([sys.executable, "-c", START, json.dumps({**fields, "cache_dir": cache})],
                            capture_output=True, text=True, env=env, timeout=900)
         if p.returncode:
             raise RuntimeError(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "start-up failed")
-        out.append(json.loads(p.stdout.strip().splitlines()[-1])["start_s"])
-    return out[0], out[1]
+        got = json.loads(p.stdout.strip().splitlines()[-1])
+        out[f"start_{run}_s"], out[f"ready_{run}_s"] = got["start_s"], got["ready_s"]
+    return out
+
+
+KERNEL_KINDS = (  # by kernel name, first match wins (cuDNN, cutlass and ORT's own kernel names)
+    ("layout", ("transpose", "nchwtonhwc", "nhwctonchw", "nchw2nhwc", "nhwc2nchw", "permute")),
+    ("conv", ("conv", "fprop", "implicit", "xmma", "dgrad", "cudnn")),
+    ("gemm", ("gemm", "cutlass", "cublas", "matmul")),
+    ("copy/cast", ("copy", "cast", "convert", "memcpy", "memset")),
+)
+
+
+def kernel_breakdown(det, x: torch.Tensor, calls: int) -> dict:
+    """GPU kernel time per call of the engine alone, by kind and the top kernels (the torch profiler's CUPTI
+    trace sees every kernel of the process, ONNX Runtime's and cuDNN's included, also inside CUDA graphs)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    det.infer(x)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            det.infer(x)
+        torch.cuda.synchronize()
+    kinds: dict[str, float] = {}
+    names: dict[str, float] = {}
+    launches = 0
+    for e in prof.events():
+        if e.device_type != DeviceType.CUDA:
+            continue
+        us = e.time_range.elapsed_us()
+        low = e.name.lower()
+        kind = next((k for k, words in KERNEL_KINDS if any(w in low for w in words)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + us
+        names[e.name] = names.get(e.name, 0.0) + us
+        launches += 1
+    per_call = {k: round(v / calls / 1e3, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
+    top = sorted(names.items(), key=lambda kv: -kv[1])[:6]
+    return {"gpu_ms_per_call": round(sum(kinds.values()) / calls / 1e3, 2), "kernels_per_call": launches // calls,
+            "ms_by_kind": per_call, "top_kernels": [(n[:90], round(v / calls / 1e3, 2)) for n, v in top]}
 
 
 def fields(row: dict, spec: dict, args, calib: str) -> dict:
@@ -158,6 +210,8 @@ def measure(row: dict, spec: dict, args, model: str, images: list[bytes], held: 
     b = det.batch_size
     x = torch.rand((b, 3, *spec["imgsz"]), device=det.device).to(det.engine.dtype)
     result["model_images_per_s"] = timed(lambda: det.infer(x), b, args.seconds, sync)
+    if args.kernels and device == "cuda":
+        result["kernels"] = kernel_breakdown(det, x, args.kernels)
     batches = [images[i : i + b] for i in range(0, len(images) - b + 1, b)]
     state = {"i": 0}
 
@@ -167,14 +221,15 @@ def measure(row: dict, spec: dict, args, model: str, images: list[bytes], held: 
 
     result["detector_images_per_s"] = timed(detect, b, args.seconds, sync)
     det.close()
+    torch._dynamo.reset()  # torch-compile: the demo model's other shapes would count against dynamo's recompile limit
     demo = Detector(Profile.parse({**base, "cache_dir": cache})).warmup()  # default model: the demo detector
     fid = compare(exact, demo.detect(held), iou=FAST_IOU, score_tol=FAST_SCORE)
     result.update(fidelity=fid.rate, boxes=int(fid.reference))
     demo.close()
-    if args.startup:
+    torch._dynamo.reset()
+    if args.startup and (args.startup_rows is None or row in args.startup_rows):
         try:
-            result["start_cold_s"], result["start_warm_s"] = start_up({**base, "model": model},
-                                                                       str(work / "startup" / name(row)), work)
+            result.update(start_up({**base, "model": model}, str(work / "startup" / name(row)), work))
         except Exception as e:
             result["start_error"] = str(e)[:200]
     return result
@@ -182,16 +237,25 @@ def measure(row: dict, spec: dict, args, model: str, images: list[bytes], held: 
 
 def table(results: list[dict], ref: float | None) -> str:
     head = (f"{'engine':<40} {'model img/s':>12} {'x torch fp32':>12} {'detector img/s':>15} {'fidelity':>9} "
-            f"{'start cold s':>13} {'warm s':>7}")
+            f"{'start cold s':>13} {'warm s':>7} {'ready cold s':>13} {'warm s':>7}")
     lines = [head, "-" * len(head)]
     for r in results:
         if "error" in r:
             lines.append(f"{r['row']:<40} not run: {r['error']}")
             continue
         ratio = r["model_images_per_s"] / ref if ref else float("nan")
-        cold, warm = r.get("start_cold_s", float("nan")), r.get("start_warm_s", float("nan"))
+        cold, warm, rcold, rwarm = (r.get(k, float("nan")) for k in
+                                    ("start_cold_s", "start_warm_s", "ready_cold_s", "ready_warm_s"))
         lines.append(f"{r['row']:<40} {r['model_images_per_s']:>12,.1f} {ratio:>12.2f} "
-                     f"{r['detector_images_per_s']:>15,.1f} {r['fidelity']:>9.3f} {cold:>13.1f} {warm:>7.1f}")
+                     f"{r['detector_images_per_s']:>15,.1f} {r['fidelity']:>9.3f} {cold:>13.1f} {warm:>7.1f} "
+                     f"{rcold:>13.1f} {rwarm:>7.1f}")
+    for r in results:
+        if "kernels" in r:
+            k = r["kernels"]
+            lines.append(f"\n{r['row']}: GPU kernels {k['gpu_ms_per_call']} ms per call of {k['kernels_per_call']} "
+                         f"launches (wall {1e3 * 1 / r['model_images_per_s']:.3f} ms per image); by kind (ms): "
+                         + ", ".join(f"{n} {v}" for n, v in k["ms_by_kind"].items()))
+            lines += [f"    {ms:>8.2f} ms  {n}" for n, ms in k["top_kernels"]]
     return "\n".join(lines)
 
 
@@ -207,6 +271,9 @@ def main(argv=None) -> int:
     p.add_argument("--interleave", type=int, metavar="N", help="model alone: N calls per row timed in turn, after "
                    "the rows ran (the median call; for a shared or noisy machine)")
     p.add_argument("--no-startup", dest="startup", action="store_false", help="skip the cold/warm start-up runs")
+    p.add_argument("--startup-rows", help="comma-separated row numbers whose start-up is measured (default all)")
+    p.add_argument("--kernels", type=int, metavar="N", help="GPU rows: profile N model-alone calls and print the "
+                   "GPU kernel time per call by kind (convolution, layout transposes, ...) and the top kernels")
     args = p.parse_args(argv)
     spec = MODES[args.mode]
     from yoloray.config import Profile, default_model
@@ -223,6 +290,8 @@ def main(argv=None) -> int:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     exact = Detector(Profile(imgsz=spec["imgsz"], batch_size=b, device=spec["device"], **EXACT_PATH)).detect(held)
     rows = spec["rows"] if not args.rows else [spec["rows"][int(i)] for i in args.rows.split(",")]
+    args.startup_rows = (None if args.startup_rows is None
+                         else [spec["rows"][int(i)] for i in args.startup_rows.split(",") if i])
     results = []
     for row in rows:
         r = measure(row, spec, args, model or default_model(), images, held, calib, exact, work)

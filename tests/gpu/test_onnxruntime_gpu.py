@@ -60,6 +60,8 @@ def test_ort_cuda_fp32_matches_exact(frames, exact, tmp_path):
 FAST = [
     pytest.param({"provider": "cuda", "precision": "fp16"}, marks=needs_cuda_ep),
     pytest.param({"provider": "cuda", "precision": "fp16", "cuda_graph": True}, marks=needs_cuda_ep),
+    pytest.param({"provider": "cuda", "precision": "fp16", "channels_last": True, "cuda_graph": True},
+                 marks=needs_cuda_ep),  # prefer_nhwc
     pytest.param({"provider": "cuda", "precision": "fp16", "conv_algo_search": "heuristic",
                   "cudnn_max_workspace": True}, marks=needs_cuda_ep),
     pytest.param({"provider": "tensorrt", "precision": "fp16"}, marks=needs_trt),

@@ -282,15 +282,16 @@ def test_tensorrt_options_each_knob_produces():
 def test_cuda_options_each_knob_produces():
     assert _options("cuda") == [("CUDAExecutionProvider", {"device_id": "1", "use_tf32": "0"})]
     got = _options("cuda", precision="fp16", conv_algo_search="heuristic", cudnn_max_workspace=False,
-                   cuda_graph=True)[0][1]
+                   cuda_graph=True, channels_last=True)[0][1]
     assert got == {"device_id": "1", "use_tf32": "1", "cudnn_conv_algo_search": "HEURISTIC",
-                   "cudnn_conv_use_max_workspace": "0", "enable_cuda_graph": "1"}
+                   "cudnn_conv_use_max_workspace": "0", "enable_cuda_graph": "1", "prefer_nhwc": "1"}
     assert _options("cpu") == ["CPUExecutionProvider"]
 
 
 @pytest.mark.parametrize("fields, needle", [
     ({"provider": "cuda", "precision": "int8"}, "precision 'int8' is not supported by backend 'onnxruntime' with provider 'cuda'"),
     ({"provider": "cpu", "workspace_gib": 2}, "workspace_gib is not honoured by backend 'onnxruntime' with provider 'cpu'"),
+    ({"provider": "cpu", "channels_last": True}, "channels_last is not honoured by backend 'onnxruntime' with provider 'cpu'"),
     ({"provider": "cuda", "trt_opt_level": 3}, "trt_opt_level is not honoured by backend 'onnxruntime' with provider 'cuda'; leave it unset (honoured by: onnxruntime/tensorrt)"),
     ({"provider": "tensorrt", "conv_algo_search": "heuristic"}, "conv_algo_search is not honoured"),
     ({"backend": "torch", "provider": "cpu"}, "provider is only honoured by backend 'onnxruntime'"),

@@ -53,8 +53,9 @@ PROVIDERS: dict[str, Capability] = {
     ),
     "cuda": Capability(
         precisions=("fp32", "fp16"), devices=("cuda",),
-        knobs=frozenset({"provider", "cuda_graph", "conv_algo_search", "cudnn_max_workspace"}),
-        description="ONNX Runtime CUDA provider, IO binding on the GPU, ORT CUDA graphs (static shape)",
+        knobs=frozenset({"provider", "cuda_graph", "channels_last", "conv_algo_search", "cudnn_max_workspace"}),
+        description="ONNX Runtime CUDA provider, IO binding on the GPU, ORT CUDA graphs (static shape), "
+                    "channels_last = its NHWC convolutions (prefer_nhwc)",
         verified="tests/gpu/test_onnxruntime_gpu.py, on a GPU machine with onnxruntime-gpu (not in CI)",
     ),
     "tensorrt": Capability(

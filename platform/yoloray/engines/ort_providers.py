@@ -6,8 +6,9 @@ providers are checked after it is created).
 
 Options each knob produces (ONNX Runtime's documented provider options):
 - CUDA: `cudnn_conv_algo_search` (conv_algo_search: exhaustive | heuristic | default), `cudnn_conv_use_max_workspace`
-  (cudnn_max_workspace), `enable_cuda_graph` (cuda_graph), `use_tf32=0` at fp32 (exact fp32, like the torch
-  reference).
+  (cudnn_max_workspace), `enable_cuda_graph` (cuda_graph), `prefer_nhwc` (channels_last: the provider's NHWC
+  convolution kernels, the tensor cores' layout, as torch's channels_last; the graph keeps NCHW input and
+  output), `use_tf32=0` at fp32 (exact fp32, like the torch reference).
 - TensorRT: `trt_max_workspace_size` (workspace_gib, bytes), `trt_fp16_enable` (precision fp16, and int8 for the
   layers left unquantized), `trt_int8_enable` (precision int8, explicit QDQ quantization),
   `trt_builder_optimization_level` (trt_opt_level 0-5), `trt_profile_min/opt/max_shapes` (batch profile:
@@ -101,6 +102,8 @@ def provider_options(provider: str, config, device_index: int, forward_batch: in
     if provider == "cuda":
         if config.cuda_graph:
             cuda["enable_cuda_graph"] = "1"
+        if config.channels_last:
+            cuda["prefer_nhwc"] = "1"
         return [(NAMES["cuda"], cuda)]
     low = forward_batch if config.cuda_graph else (config.trt_min_batch or 1)
     trt = {
