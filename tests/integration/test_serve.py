@@ -461,6 +461,31 @@ def test_healthz_and_info(service):
     assert info["classes"]
 
 
+def test_replica_that_cannot_start_is_one_line(service, tmp_path, capsys):
+    """`yoloray serve` onto a running Ray (weights are checked before deploying only on a Ray it starts), with
+    weights its replica cannot find: the replica's traceback stays in Ray's logs; the user gets one line with
+    the exception the replica ended in."""
+    from yoloray.serve.app import main
+
+    gone = tmp_path / "gone.pt"
+    config = {**service["config"], "applications": [{
+        "name": "broken", "route_prefix": "/broken", "import_path": "yoloray.serve.app:build_app",
+        "args": {"engine": {**ENGINE, "model": str(gone)}},
+        "deployments": [{"name": "Detector", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}],
+    }]}
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    try:
+        assert main([str(path), "--no-block"]) == 1
+    finally:
+        serve.delete("broken")
+    out, err = capsys.readouterr()
+    assert err.startswith("yoloray serve: error: RuntimeError: Deploying application broken failed"), err
+    assert f"(Detector: yoloray.engines.base.EngineError: model weights {gone} do not exist" in err
+    assert err.count("\n") == 1 and "Traceback" not in out + err
+    assert serve.status().applications["yoloray"].status == "RUNNING"  # the module's service is untouched
+
+
 def test_build_app_rejects_bad_config():
     from yoloray.serve.app import build_app
 

@@ -99,11 +99,11 @@ def test_import_path_is_a_one_argument_builder():
 
 
 def test_applications_from_applies_deployment_options():
-    from yoloray.serve.app import applications_from, load_serve_config
+    from yoloray.serve.app import applications_from, bound_app, load_serve_config
 
     (a,) = applications_from(load_serve_config(DETECTOR_YAML))
     assert a["name"] == "yoloray" and a["route_prefix"] == "/"
-    dep = a["app"]._bound_deployment
+    dep = bound_app(a)._bound_deployment
     assert dep.name == "Detector"
     assert dep.max_ongoing_requests == 64
     assert dep._deployment_config.autoscaling_config.max_replicas == 2
@@ -114,14 +114,14 @@ def test_profile_file_replaces_every_applications_profile(tmp_path):
     """`yoloray serve CONFIG --profile FILE`: the profile's fields (not its path) go into the app's args, so a
     replica anywhere builds exactly that profile; the config's deployment options stay."""
     from yoloray.config import ConfigError, Profile
-    from yoloray.serve.app import applications_from, load_serve_config
+    from yoloray.serve.app import applications_from, bound_app, load_serve_config
 
     winner = Profile(imgsz=(384, 640), batch_size=8, precision="fp32", conf=0.4, calls_per_actor=3)  # file: 16
     path = tmp_path / "profile.yaml"
     winner.to_yaml(path)
     (a,) = applications_from(load_serve_config(DETECTOR_YAML, path))
     assert a["config"].profile == winner and a["config"].max_batch_size in (None, 8)  # follows batch_size
-    assert a["app"]._bound_deployment.max_ongoing_requests == 64  # the file's deployment options kept
+    assert bound_app(a)._bound_deployment.max_ongoing_requests == 64  # the file's deployment options kept
     path.unlink()  # nothing on a replica reads the file
     assert applications_from(load_serve_config(DETECTOR_YAML, None))[0]["config"].profile != winner
     (tmp_path / "bad.yaml").write_text("batch_size: -3\n")
@@ -157,6 +157,137 @@ def test_main_refuses_bad_config_without_starting_ray(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"model weights {tmp_path / 'gone.pt'} do not exist" in err and "Traceback" not in err
     assert not ray.is_initialized()
+
+
+def _serve_yaml(tmp_path, change=None) -> Path:
+    """serve_configs/detector.yaml, with change(data) applied, written to tmp_path/serve.yaml."""
+    data = yaml.safe_load(DETECTOR_YAML.read_text())
+    if change is not None:
+        change(data["applications"][0], data["applications"][0]["deployments"][0])
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _file(tmp_path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+PASS_PROFILE = "; pass the profile.yaml a tuning sweep wrote (runs/NAME/profile.yaml) or a job's OUT/_profile.yaml"
+PASS_CONFIG = "; pass a Ray Serve config (a mapping with an `applications:` list), e.g. serve_configs/detector.yaml"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [  # argv and the message with {tmp} for tmp_path; files written by the lambdas
+        (lambda t: [_serve_yaml(t), "--profile", t / "missing.yaml"], "profile file {tmp}/missing.yaml does not exist" + PASS_PROFILE),
+        (lambda t: [_serve_yaml(t), "--profile", t], "profile file {tmp} is a folder, not a file" + PASS_PROFILE),
+        (lambda t: [_serve_yaml(t), "--profile", _file(t, "p.yaml", "imgsz: [1,\n")],
+         "profile file {tmp}/p.yaml is not valid YAML (line 2, column 1: expected the node content, but found '<stream end>')"),
+        (lambda t: [_serve_yaml(t), "--profile", _file(t, "p.yaml", "imgsz: 640\nbogus_key: 3\n")],
+         "profile file {tmp}/p.yaml: bogus_key: Extra inputs are not permitted"),
+        (lambda t: [_serve_yaml(t), "--profile", _file(t, "p.yaml", "- imgsz\n")],
+         "profile file {tmp}/p.yaml holds a list, not a mapping" + PASS_PROFILE),
+        (lambda t: [_serve_yaml(t), "--profile", _file(t, "p.yaml", "")],
+         "profile file {tmp}/p.yaml holds nothing, not a mapping" + PASS_PROFILE),
+        (lambda t: [t / "missing.yaml"], "serve config {tmp}/missing.yaml does not exist" + PASS_CONFIG),
+        (lambda t: [_file(t, "s.yaml", "applications:\n  - name: [x\n")], "serve config {tmp}/s.yaml is not valid YAML (line 3, column 1: "),
+        (  # a profile file named in the config's args: read where the config is validated
+            lambda t: [_serve_yaml(t, lambda a, d: a["args"].update(profile=str(_file(t, "p.yaml", "a: b: c\n"))))],
+            "{tmp}/serve.yaml: application 'yoloray' args: profile file {tmp}/p.yaml is not valid YAML (line 1, column 5: "
+            "mapping values are not allowed here)",
+        ),
+        (
+            lambda t: [_serve_yaml(t, lambda a, d: a["args"].update(profile=str(t / "gone.yaml")))],
+            "{tmp}/serve.yaml: application 'yoloray' args: profile file {tmp}/gone.yaml does not exist" + PASS_PROFILE,
+        ),
+        (  # Ray checks these only in Deployment.options() and serve.run(): before Ray starts here
+            lambda t: [_serve_yaml(t, lambda a, d: d["autoscaling_config"].update(min_replicas=3))],
+            "{tmp}/serve.yaml: application 'yoloray': deployment Detector: autoscaling_config: max_replicas (2) must "
+            "be greater than or equal to min_replicas (3)!",
+        ),
+        (
+            lambda t: [_serve_yaml(t, lambda a, d: a.update(route_prefix="detect"))],
+            "{tmp}/serve.yaml: application 'yoloray': Invalid route_prefix 'detect', must start with a forward slash",
+        ),
+        (  # Ray's own schema fails on it with an AttributeError
+            lambda t: [_serve_yaml(t, lambda a, d: a.update(deployments=[3]))],
+            "{tmp}/serve.yaml: not a Ray Serve config Ray can read (AttributeError: 'int' object has no attribute "
+            "'get'); `applications` and each application's `deployments` are lists of mappings",
+        ),
+    ],
+    ids=["profile-missing", "profile-folder", "profile-not-yaml", "profile-unknown-key", "profile-list",
+         "profile-empty", "config-missing", "config-not-yaml", "args-profile-not-yaml", "args-profile-missing",
+         "autoscaling-min-over-max", "route-prefix", "deployment-not-a-mapping"],
+)
+def test_serve_cli_errors_are_one_line(tmp_path, capsys, argv, message):
+    """`yoloray serve` with a file that is missing, not YAML or not what it should hold: one line naming the file
+    and what to pass, exit code 2, no traceback, before Ray starts."""
+    import ray
+
+    from yoloray.cli import main
+
+    assert main(["serve", *map(str, argv(tmp_path)), "--no-block"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("yoloray serve: error: " + message.format(tmp=tmp_path)), err
+    assert err.count("\n") == 1 and "Traceback" not in out + err
+    assert not ray.is_initialized()
+
+
+def test_error_line_keeps_the_exception_of_a_remote_traceback():
+    from yoloray.serve.app import error_line
+
+    remote = RuntimeError('ray::ProxyActor.ready()\n  File "proxy.py", line 1, in ready\nModuleNotFoundError: no.such')
+    assert error_line(remote) == "ModuleNotFoundError: no.such"
+    assert error_line(ValueError("bad")) == "ValueError: bad"
+
+
+@pytest.mark.parametrize("via", ["--profile", "args.profile"])
+def test_serve_reads_each_file_once_and_builds_each_app_once(tmp_path, monkeypatch, capsys, via):
+    """`yoloray serve` with `num_gpus: auto`: the config and the profile file are read once (the applications
+    whose GPUs are auto come from that read), each application is validated before Ray starts and built (bound)
+    once, after its replicas are packed on the cluster."""
+    from collections import Counter
+
+    from ray import serve
+    from ray.serve.deployment import Deployment
+
+    import yoloray.cluster
+    from yoloray.profile import Hardware
+    from yoloray.serve import app as serve_app
+
+    profile = tmp_path / "profile.yaml"
+    Profile(imgsz=256, batch_size=4, precision="fp32").to_yaml(profile)
+
+    def change(app, deployment):
+        deployment["ray_actor_options"]["num_gpus"] = "auto"
+        if via == "args.profile":
+            app["args"] = {"profile": str(profile)}
+
+    config = _serve_yaml(tmp_path, change)
+    reads: Counter = Counter()
+    read_text, bind = Path.read_text, Deployment.bind
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.update([str(self)]) or read_text(self, *a, **k))
+    binds, runs = [], []
+    monkeypatch.setattr(Deployment, "bind", lambda self, *a, **k: binds.append(self) or bind(self, *a, **k))
+    monkeypatch.setattr(yoloray.cluster, "connect", lambda *a, **k: False)  # a cluster this process joined
+    monkeypatch.setattr(Hardware, "cluster", classmethod(lambda cls: Hardware.of_gpu(1, "L4", 24.0, 16)))
+    monkeypatch.setattr(serve, "start", lambda **k: None)
+    monkeypatch.setattr(serve, "run", lambda app, **k: runs.append(app))
+    monkeypatch.setattr(serve_app, "replica_memory", lambda port, route: "GPU memory per replica: (not measured)")
+    monkeypatch.setenv("YOLORAY_CACHE", str(tmp_path / "cache"))  # no GPU memory budget stored: one GPU each
+
+    flags = ["--profile", str(profile)] if via == "--profile" else []
+    assert serve_app.main([str(config), *flags, "--address", "auto", "--no-block"]) == 0
+    assert reads[str(config)] == 1 and reads[str(profile)] == 1
+    assert "yoloray: num_gpus auto: 1 (no GPU memory budget stored" in capsys.readouterr().out
+    (app,) = runs
+    assert len(binds) == 1  # bound once, with the packed num_gpus
+    deployment = app._bound_deployment
+    assert deployment.ray_actor_options == {"num_cpus": 1, "num_gpus": 1}  # packed; the file's other options kept
+    assert deployment.max_ongoing_requests == 64 and deployment._deployment_config.autoscaling_config.max_replicas == 2
 
 
 # ----------------------------------------------------------------------------------------- HTTP helpers

@@ -41,8 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from yoloray.config import ConfigError, load_yaml
-from yoloray.serve.settings import ServeConfig
+from yoloray.config import ConfigError
+from yoloray.serve.settings import PROFILE_HINT, SERVE_CONFIG_HINT, ServeConfig, read_mapping
 
 IMPORT_PATH = "yoloray.serve.app:build_app"
 DEPLOYMENT_NAME = "Detector"
@@ -59,20 +59,33 @@ def parse_args(args: Any, source: str = "serve config args") -> ServeConfig:
     return ServeConfig.parse(args, source=source)
 
 
-def build_application(args: Any, **deployment_options):
-    """The Serve Application for `args`, with Ray deployment options (max_ongoing_requests,
-    autoscaling_config, ray_actor_options, ...) over the defaults in yoloray.serve.deployment."""
+def detector_deployment(options: dict, where: str = "deployment options"):
+    """The Detector deployment with Ray deployment `options` (max_ongoing_requests, autoscaling_config,
+    ray_actor_options, ...) over the defaults in yoloray.serve.deployment. Ray checks some options only here
+    (e.g. autoscaling min_replicas <= max_replicas, past its config schema): a bad one is a one-line
+    ConfigError that starts with `where`."""
+    from pydantic import ValidationError
+
+    from yoloray.config import format_validation_error
     from yoloray.serve.deployment import DetectorDeployment
 
-    config = parse_args(args)
+    if not options:
+        return DetectorDeployment
+    try:
+        return DetectorDeployment.options(**options)
+    except ValidationError as e:
+        raise ConfigError(f"{where}: {format_validation_error(e)}") from None
+    except (ValueError, TypeError) as e:  # TypeError: an option Ray does not have
+        raise ConfigError(f"{where}: {' '.join(str(e).split())}") from None
+
+
+def build_application(args: Any, **deployment_options):
+    """The Serve Application for `args`, with Ray deployment options (detector_deployment)."""
+    parse_args(args)  # validated here so a bad config fails where it is deployed, with the field named
     # The replica re-validates the mapping itself, so `model` (the bundled demo weights when left out)
     # resolves on the node that runs it.
     raw = args.model_dump(mode="json") if isinstance(args, ServeConfig) else dict(args or {})
-    deployment = (
-        DetectorDeployment.options(**deployment_options) if deployment_options else DetectorDeployment
-    )
-    del config  # validated here so a bad config fails where it is deployed, with the field named
-    return deployment.bind(raw)
+    return detector_deployment(deployment_options).bind(raw)
 
 
 def build_app(args: dict):
@@ -89,31 +102,46 @@ def load_serve_config(path: str | Path, profile: str | Path | None = None):
     (a tune winner's `profile.yaml`, a job's `_profile.yaml`) whose fields replace every yoloray application's
     `args.profile` (and its max_batch_size, which then follows the profile's batch_size); they travel inside
     the config, so replicas on other nodes need no copy of the file."""
+    return read_serve_config(path, profile)[0]
+
+
+def read_serve_config(path: str | Path, profile: str | Path | None = None):
+    """load_serve_config, and the names of the yoloray applications whose `num_gpus` is `auto` (the schema
+    holds 1 for them until `yoloray serve` sees the cluster: pack_replicas). Each file is read once."""
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
     from yoloray.config import Profile, format_validation_error
 
     path = Path(path)
-    data = load_yaml(path, "serve config")
-    if not isinstance(data, dict):
-        raise ConfigError(f"serve config {path} must be a mapping with an `applications:` list")
-    auto_gpu_apps(data, replace_with=1)  # `yoloray serve` sets them once it sees the cluster (pack_replicas)
+    data = read_mapping(path, "serve config", SERVE_CONFIG_HINT)
+    auto_gpus = auto_gpu_apps(data, replace_with=1)
     if profile is not None:
-        fields = Profile.from_yaml(profile).model_dump(mode="json")
+        fields = Profile.parse(
+            read_mapping(profile, "profile file", PROFILE_HINT), source=f"profile file {profile}"
+        ).model_dump(mode="json")
         for app in data.get("applications") or []:
             if isinstance(app, dict) and app.get("import_path") == IMPORT_PATH:
                 args = {k: v for k, v in (app.get("args") or {}).items() if k != "max_batch_size"}
                 app["args"] = {**args, "profile": fields}  # serve batches follow the profile's batch_size
     try:
-        return ServeDeploySchema.model_validate(data)
+        return ServeDeploySchema.model_validate(data), auto_gpus
     except ValidationError as e:
         raise ConfigError(f"{path}: {format_validation_error(e)}") from None
+    except (AttributeError, TypeError) as e:  # a validator of Ray's schema meeting a malformed part
+        raise ConfigError(
+            f"{path}: not a Ray Serve config Ray can read ({type(e).__name__}: {e}); `applications` and each "
+            "application's `deployments` are lists of mappings"
+        ) from None
 
 
 def applications_from(schema, source: str = "serve config") -> list[dict]:
-    """[{name, route_prefix, app}] for each yoloray application in a ServeDeploySchema, with the file's
-    deployment options applied. Validates every application before any is started."""
+    """[{name, route_prefix, config, args, options, deployment}] for each yoloray application in a
+    ServeDeploySchema: `config` its validated ServeConfig, `deployment` the Detector deployment with the file's
+    deployment options applied (bound to the args by `bound_app` when it is deployed). Validates every
+    application, and Ray's checks of its route and deployment options, before any is started."""
+    from ray.serve._private.utils import validate_route_prefix
+
     out = []
     for a in schema.applications:
         where = f"{source}: application {a.name!r}"
@@ -129,18 +157,27 @@ def applications_from(schema, source: str = "serve config") -> list[dict]:
                     f"{where}: unknown deployment {d.name!r}; this application has one: {DEPLOYMENT_NAME}"
                 )
             options = d.model_dump(exclude_unset=True, exclude={"name"})
-        config = parse_args(a.args, source=f"{where} args")
+        try:  # Ray checks it only when the application is run
+            validate_route_prefix(a.route_prefix)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
         out.append(
             {
                 "name": a.name,
                 "route_prefix": a.route_prefix,
-                "config": config,
+                "config": parse_args(a.args, source=f"{where} args"),
                 "args": a.args,
                 "options": options,
-                "app": build_application(a.args, **options),
+                "deployment": detector_deployment(options, where=f"{where}: deployment {DEPLOYMENT_NAME}"),
             }
         )
     return out
+
+
+def bound_app(a: dict):
+    """The Serve Application of `a` (applications_from; pack_replicas first where its num_gpus is auto), built
+    when it is deployed. Its args go as the file gave them: each replica validates them again."""
+    return a["deployment"].bind(dict(a["args"] or {}))
 
 
 def auto_gpu_apps(data: dict, replace_with: float | None = None) -> set[str]:
@@ -173,10 +210,10 @@ def pack_replicas(a: dict, hardware) -> str:
         fraction, why = 0.0, f"num_gpus auto: 0 (the profile runs on the CPU: {hardware.describe()})"
     else:
         fraction, why = replica_gpus(profile, a["config"].max_batch_size or profile.batch_size, hardware)
-    options = a["options"]
-    actor = {**options.get("ray_actor_options", {}), "num_gpus": fraction}
-    a["options"] = {**options, "ray_actor_options": actor}
-    a["app"] = build_application(a["args"], **a["options"])
+    actor = {**a["options"].get("ray_actor_options", {}), "num_gpus": fraction}
+    a["options"] = {**a["options"], "ray_actor_options": actor}
+    # the deployment's other options were checked (and applied) by applications_from; only num_gpus changes
+    a["deployment"] = a["deployment"].options(ray_actor_options=actor)
     return why
 
 
@@ -194,6 +231,26 @@ def replica_memory(port: int, route: str) -> str:
             return json.loads(r.read())["gpu_memory"]["text"]
     except Exception as e:  # the service is up; this line is informational
         return f"GPU memory per replica: unknown ({type(e).__name__}: {e})"
+
+
+def error_line(e: BaseException) -> str:
+    """`Type: message` on one line. Ray's errors from a remote actor (Serve's proxy, a replica) carry its
+    traceback in the message: the last line is the exception it ended in."""
+    lines = str(e).strip().splitlines()
+    return lines[-1].strip() if len(lines) > 1 else f"{type(e).__name__}: {e}"
+
+
+def deploy_failure(name: str | None) -> str:
+    """Why application `name` did not start, as Serve's status has it: the last line (the exception) of each
+    deployment's message, which holds a failed replica's whole traceback. "" when Serve says nothing more."""
+    from ray import serve
+
+    try:
+        deployments = serve.status().applications[name].deployments
+    except Exception:  # no such application (Serve did not start), or Serve unreachable: nothing to add
+        return ""
+    why = [f"{d}: {s.message.strip().splitlines()[-1]}" for d, s in deployments.items() if s.message.strip()]
+    return f" ({'; '.join(why)}; the replica's traceback is in Ray's serve logs)" if why else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-block", dest="blocking", action="store_false", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
-        schema = load_serve_config(args.config, args.profile)
+        schema, auto_gpus = read_serve_config(args.config, args.profile)
         apps = applications_from(schema, source=str(args.config))
     except ConfigError as e:
         print(f"yoloray serve: error: {e}", file=sys.stderr)
@@ -263,7 +320,6 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterError as e:
         print(f"yoloray serve: error: {e}", file=sys.stderr)
         return 2
-    auto_gpus = auto_gpu_apps(load_yaml(args.config, "serve config"))
     if auto_gpus:
         from yoloray.profile import Hardware
 
@@ -279,12 +335,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     http = schema.http_options.model_dump(exclude_unset=True)
     grpc = schema.grpc_options.model_dump(exclude_unset=True)
-    serve.start(http_options=http, grpc_options=grpc or None, proxy_location=schema.proxy_location)
     names = []
     ok = False
     try:
+        serve.start(http_options=http, grpc_options=grpc or None, proxy_location=schema.proxy_location)
         for a in apps:
-            serve.run(a["app"], name=a["name"], route_prefix=a["route_prefix"], blocking=False)
+            serve.run(bound_app(a), name=a["name"], route_prefix=a["route_prefix"], blocking=False)
             names.append(a["name"])
             host, port = http.get("host", "127.0.0.1"), http.get("port", 8000)
             route = (a["route_prefix"] or "").rstrip("/")
@@ -311,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         print("yoloray serve: shutting down", flush=True)
         return 0
     except Exception as e:  # a deployment that failed to start (e.g. no GPU for device: cuda)
-        print(f"yoloray serve: error: {type(e).__name__}: {e}", file=sys.stderr)
+        failed = next((a["name"] for a in apps if a["name"] not in names), None)
+        print(f"yoloray serve: error: {error_line(e)}{deploy_failure(failed)}", file=sys.stderr)
         return 1
     finally:
         if args.blocking or not ok:
