@@ -13,6 +13,9 @@ use the same YOLOv8s random weights, saved once as an ultralytics checkpoint. Ro
       configuration `auto` is `yoloray infer SHARDS --out O --model M` with no other flag (the resolved default
       profile), and `profile:PATH` is `yoloray infer ... --profile PATH` (e.g. a `yoloray tune` winner)
 plus a per-stage breakdown of the best (4) configuration. Prints a table last; writes JSON to --out.
+`--scaling CONFIG` (a hand-set name, `auto` or `profile:PATH`): every row sees one GPU (Ray started with
+num_gpus=1), then Ray is restarted with every GPU of the machine and CONFIG runs again: the scaling efficiency,
+(images/s on N GPUs) / (N x images/s on one), end to end and steady (skipped with fewer than 2 GPUs).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ os.environ.setdefault("YOLO_OFFLINE", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import torch  # noqa: E402
+from _common import cli_infer, describe, init_ray, scaling  # noqa: E402
 
 from yoloray.detector import CUDA_CONNECTIONS  # noqa: E402
 
@@ -177,32 +181,15 @@ def pool(actors: int, calls: int, threads: int | None = None, per_call: int | No
     return options
 
 
-def yoloray_cli(name: str, weights: Path, shards: Path, out: Path, label: str = "") -> dict | None:
-    """A (4) row run through the command line, in this process (Ray is already up): `auto` is `yoloray infer`
-    with no flag but the model; `profile:PATH` adds `--profile PATH`. The resolved profile is in the row."""
-    import yaml
-
-    from yoloray.cli import main as cli
-
-    dest = out / name.replace("/", "_").replace(":", "_")
-    shutil.rmtree(dest, ignore_errors=True)
-    argv = ["infer", str(shards), "--out", str(dest), "--model", str(weights)]
-    if name.startswith("profile:"):
-        argv += ["--profile", name.removeprefix("profile:")]
-    t, began = time.perf_counter(), time.time()
-    if cli(argv) != 0:
-        raise RuntimeError(f"yoloray {' '.join(argv)} failed")
-    seconds = time.perf_counter() - t
-    summary = json.loads((dest / "_summary.json").read_text())
-    profile = yaml.safe_load((dest / "_profile.yaml").read_text())
-    run = summary["seconds"] - summary["first_result_s"]  # both on run_job's clock (the command lists and samples
-    steady = summary["images"] / run if run > 1.0 else None  # the inputs before run_job starts it)
-    shutil.rmtree(dest, ignore_errors=True)
-    what = "no flags (auto profile)" if name == "auto" else f"--profile {name.removeprefix('profile:')}"
-    return row(f"(4) yoloray infer {what}" + (f" ({label})" if label else ""), summary["images"], seconds, config=name,
-               label=label or None, startup_s=round(summary["first_result_s"], 1),
-               steady_images_per_s=round(steady, 1) if steady else None, errors=sum(summary["errors"].values()),
-               engine=profile, actor=profile.get("layout"), gpus=1, wall_clock=(round(began, 1), round(began + seconds, 1)))
+def yoloray_cli(name: str, weights: Path, shards: Path, out: Path, label: str = "", gpus: int = 1) -> dict:
+    """A (4) row run through the command line, in this process (on the Ray that is up, `gpus` GPUs): `auto` is
+    `yoloray infer` with no flag but the model; `profile:PATH` adds `--profile PATH`. The resolved profile is in
+    the row."""
+    profile = name.removeprefix("profile:") if name.startswith("profile:") else None
+    res = cli_infer(shards, out / name.replace("/", "_").replace(":", "_"), weights, "images", profile)
+    what = "no flags (auto profile)" if name == "auto" else f"--profile {profile}"
+    return row(f"(4) yoloray infer {what}" + (f" on {gpus} GPUs" if gpus > 1 else "") + (f" ({label})" if label else ""),
+               res.pop("units"), res.pop("seconds"), config=name, label=label or None, gpus=gpus, **res)
 
 
 def yoloray_infer(name: str, weights: Path, shards: Path, out: Path, engine: dict, actor: dict, gpus: int = 1,
@@ -228,28 +215,6 @@ def yoloray_infer(name: str, weights: Path, shards: Path, out: Path, engine: dic
                startup_s=round(summary.first_result_s, 1), steady_images_per_s=round(steady, 1) if steady else None,
                write_s=round(summary.write_s, 2), errors=sum(summary.errors.values()), engine=engine, actor=actor,
                gpus=gpus, wall_clock=(round(began, 1), round(began + seconds, 1)))
-
-
-def scaling(name: str, weights: Path, shards: Path, out: Path, config: tuple) -> None:
-    """The configuration on one GPU (its row from this run), then on every GPU of the machine: efficiency is
-    (images/s on N GPUs) / (N x images/s on one)."""
-    import ray
-
-    one = next((r for r in RESULTS if r["row"] == f"(4) yoloray infer {name}"), None)
-    if one is None:
-        one = yoloray_infer(name, weights, shards, out, *config)
-    ray.shutdown()
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if gpus < 2:
-        print("  -> scaling: this machine has fewer than 2 GPUs; skipped", flush=True)
-        return
-    many = yoloray_infer(name, weights, shards, out, *config, gpus=gpus)
-    eff = many["images_per_s"] / (gpus * one["images_per_s"])
-    steady = (many["steady_images_per_s"] or 0) / (gpus * (one["steady_images_per_s"] or 1))
-    RESULTS.append({"row": f"scaling {name}: 1 -> {gpus} GPUs", "efficiency": round(eff, 3),
-                    "steady_efficiency": round(steady, 3)})
-    print(f"  -> scaling 1 -> {gpus} GPUs: {eff:.1%} of linear end to end, {steady:.1%} steady", flush=True)
 
 
 def actor_startup(weights: Path, engine: dict) -> None:
@@ -307,8 +272,10 @@ def stage_breakdown(weights: Path, shards: Path, engine: dict, n: int = 2048) ->
             datas += [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg")]
         if len(datas) >= n:
             break
-    det = Detector(Profile(model=str(weights), **engine), profile=True).warmup()
-    det.detect(datas[: engine["batch_size"]])
+    n = min(n, len(datas))  # a dry run's job can be smaller
+    det = Detector(Profile(model=str(weights), **engine), profile=True).warmup()  # hand-set fields, or auto's profile
+    b = det.config.batch_size
+    det.detect(datas[:b])
     t = time.perf_counter()
     dets = det.detect(datas[:n])
     wall = time.perf_counter() - t
@@ -320,7 +287,6 @@ def stage_breakdown(weights: Path, shards: Path, engine: dict, n: int = 2048) ->
     from concurrent.futures import ThreadPoolExecutor
 
     det.profile = False
-    b = engine["batch_size"]
     chunks = [datas[i : i + b] for i in range(0, n, b)]
     for callers in (1, 2, 3):
         with ThreadPoolExecutor(callers) as pool:
@@ -341,7 +307,9 @@ def main() -> int:
     p.add_argument("--peer-images", type=int, default=1500, help="images for the slow peer rows (2) and (3)")
     p.add_argument("--skip", default="", help="comma list of rows to skip: startup,bare,predict,docs,infer,stages")
     p.add_argument("--configs", default="all", help="comma list of (4) configuration names, or all")
-    p.add_argument("--scaling", help="a (4) configuration to run again on all GPUs of the machine (scaling row)")
+    p.add_argument("--scaling", help="a (4) configuration (a hand-set name, auto or profile:PATH) to run on one GPU "
+                                     "(every other row sees one GPU) and then on all GPUs of the machine: the scaling "
+                                     "efficiency, end to end and steady")
     p.add_argument("--long-images", type=int, default=0,
                    help="run a (4) configuration again over this many archive members (a long job, where start-up "
                         "counts less)")
@@ -357,11 +325,9 @@ def main() -> int:
 
     weights = save_random_checkpoint(a.model, work / "yolov8s-random.pt")
 
-    import ray
-
     t = time.perf_counter()
     one_gpu = 1 if a.scaling and GPU else None  # scaling run: every row but the last sees one GPU
-    ray.init(num_gpus=one_gpu, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    init_ray(one_gpu)
     print(f"ray.init {time.perf_counter() - t:.1f} s (not counted in any row)", flush=True)
     # hand-set rows: every field they do not set is pinned to its value before profiles (not `auto`)
     fast = {"micro_batch": None, "precision": "fp16", "channels_last": True, "cuda_graph": True, "imgsz": (384, 640), "batch_size": 64,
@@ -419,20 +385,27 @@ def main() -> int:
     if not GPU:
         configs = {"cpu-reduced": configs["cpu-reduced"], "cpu-2calls": ({**fast, "reduced_decode": True}, {"calls_per_actor": 2})}
     wanted = list(configs) if a.configs == "all" else a.configs.split(",")
+
+    def run_config(name: str, folder: Path = shards, gpus: int = 1, label: str = "") -> dict:
+        """A (4) row: a hand-set configuration through run_job, else the command line (auto, profile:PATH)."""
+        if name in configs:
+            return yoloray_infer(name, weights, folder, work / "out", *configs[name], gpus=gpus, label=label)
+        return yoloray_cli(name, weights, folder, work / "out", label=label, gpus=gpus)
+
     steps = [
         ("bare", lambda: bare_model(weights)),
         ("predict", lambda: ultralytics_predict(weights, files, a.peer_images)),
         ("docs", lambda: ray_docs_pattern(weights, files, a.peer_images)),
-    ] + [("infer", (lambda n=n: yoloray_infer(n, weights, shards, work / "out", *configs[n]) if n in configs
-                    else yoloray_cli(n, weights, shards, work / "out"))) for n in wanted]
-    unknown = [n for n in wanted if n not in configs and n != "auto" and not n.startswith("profile:")]
+    ] + [("infer", lambda n=n: run_config(n)) for n in wanted]
+    unknown = [n for n in wanted + ([a.scaling] if a.scaling else [])
+               if n not in configs and n != "auto" and not n.startswith("profile:")]
     if unknown:
-        p.error(f"unknown --configs {', '.join(unknown)}; known: auto, profile:PATH, {', '.join(configs)}")
+        p.error(f"unknown --configs/--scaling {', '.join(unknown)}; known: auto, profile:PATH, {', '.join(configs)}")
     hand_set = [n for n in wanted if n in configs]
     if hand_set:
         steps.insert(0, ("startup", lambda: actor_startup(weights, configs[hand_set[0]][0])))
     if a.scaling:
-        steps.append(("scaling", lambda: scaling(a.scaling, weights, shards, work / "out", configs[a.scaling])))
+        steps.append(("scaling", lambda: scaling(a.scaling, lambda gpus: run_config(a.scaling, gpus=gpus), RESULTS, "images")))
     for name, step in steps:
         if name in skip:
             continue
@@ -447,11 +420,9 @@ def main() -> int:
         name = a.long_config or max(infer_rows, key=lambda r: r["images_per_s"])["config"]
         long_shards, n = repeat_shards(base_shards, work / "shards-long", a.long_images)
         try:  # a row of its own: the best configuration, the stages and the ratios stay those of --images jobs
-            label = f"long job, {n:,} images"
-            if name in configs:
-                yoloray_infer(name, weights, long_shards, work / "out", *configs[name], label=label)
-            else:
-                yoloray_cli(name, weights, long_shards, work / "out", label=label)
+            if a.scaling and GPU and "scaling" not in skip:
+                init_ray(1)  # the scaling step left Ray with every GPU
+            run_config(name, long_shards, label=f"long job, {n:,} images")
         except Exception:
             traceback.print_exc()
         (out / "e2e.json").write_text(json.dumps(RESULTS, indent=1, default=str))
@@ -486,7 +457,7 @@ def print_table(infer_rows: list[dict]) -> None:
                 print(f"  ratio to {ref['row']}: {best['images_per_s'] / ref['images_per_s']:.2f}x")
     for r in RESULTS:
         if "efficiency" in r:
-            print(f"{r['row']}: {r['efficiency']:.1%} of linear end to end ({r['steady_efficiency']:.1%} steady)")
+            print(describe(r))
         if "process_start_s" in r:
             print(f"actor start-up: {r}")
         if "ms_per_image" in r:

@@ -13,10 +13,15 @@ Rows (frames/s):
   (2) PyAV (FFmpeg) CPU decode alone to BGR, one process per core, one thread each
   (3) ultralytics predict on the files (batch 32, half)
   (4) Ray Data's `read_videos` docs pattern (needs decord; a row says so when it is missing)
-  (5) `yoloray infer` end to end, files -> Parquet, actor start included, with its steady rate
+  (5) `yoloray infer` end to end, files -> Parquet, actor start included, with its steady rate: hand-set
+      configurations through `run_job`, and `auto`: `yoloray infer FOLDER --out O --model M` with no other flag
+      through the command line (the resolved default profile, recorded in the row)
 plus the ratios of the best (5) to the others and a per-stage breakdown of the Detector on NVDEC frames
 (synchronized stages, ms per frame). A row that cannot run prints why instead of stopping the run. Prints a
-table last; writes video.json under --out.
+table last; writes video.json under --out. `--scaling CONFIG` (a (5) name or `auto`): every row sees one GPU (Ray
+started with num_gpus=1), then Ray is restarted with every GPU of the machine and CONFIG runs again on the first
+of --codecs: the scaling efficiency, (frames/s on N GPUs) / (N x frames/s on one), end to end and steady (skipped
+with fewer than 2 GPUs).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ os.environ.setdefault("YOLO_OFFLINE", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import torch  # noqa: E402
+from _common import cli_infer, describe, init_ray, scaling  # noqa: E402
 
 RESULTS: list[dict] = []
 GPU = torch.cuda.is_available()
@@ -201,14 +207,16 @@ def ray_docs_pattern(weights: Path, clips: list[Path], frames: int) -> None:
     row(name, ds.count(), time.perf_counter() - t)
 
 
-def yoloray_infer(name: str, weights: Path, folder: Path, out: Path, engine: dict, actor: dict) -> dict:
+def yoloray_infer(name: str, weights: Path, folder: Path, out: Path, engine: dict, actor: dict, gpus: int = 1) -> dict:
+    """A hand-set (5) row through `run_job`. `actor` is per GPU: a set number of actors is multiplied by `gpus`
+    (without one, the pool fills the GPUs Ray has)."""
     from yoloray.batch import ActorOptions, run_job
-    from yoloray.config import Profile
     from yoloray.data.units import list_units
     from yoloray.observe.job_observer import JobObserver
-    from yoloray.profile import EXACT_PATH
 
-    cfg = Profile(model=str(weights), **{**EXACT_PATH, **engine})  # unset knobs off, as before profiles
+    cfg = profile_of(weights, engine)
+    if "actors" in actor:
+        actor = {**actor, "actors": actor["actors"] * gpus}
     dest = out / name
     shutil.rmtree(dest, ignore_errors=True)
     t = time.perf_counter()
@@ -222,10 +230,28 @@ def yoloray_infer(name: str, weights: Path, folder: Path, out: Path, engine: dic
     run = seconds - summary.first_result_s
     steady = summary.images / run if run > 1.0 else None
     shutil.rmtree(dest, ignore_errors=True)
-    fallbacks = nvdec_fallbacks()
-    return row(f"(5) yoloray infer {name}", summary.images, seconds, config=name, engine=engine, actor=actor,
-               startup_s=round(summary.first_result_s, 1), steady_frames_per_s=round(steady, 1) if steady else None,
-               errors=sum(summary.errors.values()), nvdec_fallback_lines=fallbacks, actor_report=report)
+    return row(f"(5) yoloray infer {name}" + (f" on {gpus} GPUs" if gpus > 1 else ""), summary.images, seconds,
+               config=name, engine=engine, actor=actor, startup_s=round(summary.first_result_s, 1),
+               steady_frames_per_s=round(steady, 1) if steady else None, errors=sum(summary.errors.values()),
+               nvdec_fallback_lines=nvdec_fallbacks(), actor_report=report, gpus=gpus)
+
+
+def yoloray_cli(name: str, weights: Path, folder: Path, out: Path, gpus: int = 1) -> dict:
+    """The `auto` (5) row: `yoloray infer FOLDER --out O --model M`, no other flag, through the command line in
+    this process (on the Ray that is up, `gpus` GPUs); the resolved profile is in the row."""
+    res = cli_infer(folder, out / "auto", weights, "frames")
+    return row(f"(5) yoloray infer {name} (no flags: auto profile)" + (f" on {gpus} GPUs" if gpus > 1 else ""),
+               res.pop("units"), res.pop("seconds"), config=name, nvdec_fallback_lines=nvdec_fallbacks(), gpus=gpus,
+               **res)
+
+
+def profile_of(weights: Path, engine: dict):
+    """A (5) row's engine as a Profile: a hand-set row's fields over the exact path (unset knobs off, as before
+    profiles); the `auto` row's resolved profile (in sections) as it ran."""
+    from yoloray.config import Profile
+    from yoloray.profile import EXACT_PATH
+
+    return Profile(model=str(weights), **(engine if "engine" in engine else {**EXACT_PATH, **engine}))
 
 
 def nvdec_fallbacks() -> int:
@@ -240,11 +266,9 @@ def stage_breakdown(weights: Path, units: list[dict], engine: dict, frames: int)
     import pyarrow as pa
 
     from yoloray.batch.video import SegmentRunner
-    from yoloray.config import Profile
     from yoloray.detector import Detector
-    from yoloray.profile import EXACT_PATH
 
-    det = Detector(Profile(model=str(weights), **{**EXACT_PATH, **engine}), profile=True).warmup()
+    det = Detector(profile_of(weights, engine), profile=True).warmup()
     runner = SegmentRunner(det, det.key)
     picked, n = [], 0
     for u in units:
@@ -274,7 +298,12 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/yoloray-video")
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     p.add_argument("--skip", default="", help="comma list of rows to skip: nvdec,pyav,predict,docs,infer,stages")
-    p.add_argument("--configs", default="", help="comma list of the (5) configurations to run (default: all)")
+    p.add_argument("--configs", default="",
+                   help="comma list of the (5) configurations to run (default: all): the hand-set names, and auto "
+                        "(`yoloray infer` with no flag but the model, through the command line)")
+    p.add_argument("--scaling", help="a (5) configuration (a hand-set name or auto) to run on one GPU (every other "
+                                     "row sees one GPU) and then on all GPUs of the machine, on the first of "
+                                     "--codecs: the scaling efficiency, end to end and steady")
     p.add_argument("--codecs", default="h264,hevc", help="codecs of rows (1), (2) and (5) (H.264 is always encoded: row (3) runs on it)")
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny clips and jobs (any machine)")
     a = p.parse_args()
@@ -303,10 +332,16 @@ def main() -> int:
         "nvdec-2actors-4calls": ({**fast, "decode": "gpu"}, {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 4}),
         "hybrid.2-1actor-8calls": ({**fast, "decode": "hybrid", "hybrid_cpu_share": 0.2}, {"calls_per_actor": 8}),
     }
+    asked = [n for n in a.configs.split(",") if n] + ([a.scaling] if a.scaling else [])
+    if unknown := [n for n in asked if n not in configs and n != "auto"]:
+        p.error(f"unknown --configs/--scaling {', '.join(unknown)}; known: auto, {', '.join(configs)}")
     if not GPU:
         configs = {"pyav-cpu": configs["pyav-cpu"]}
+        if a.scaling not in (None, "auto", *configs):
+            p.error(f"--scaling {a.scaling}: not a configuration without a GPU (auto, {', '.join(configs)})")
+    names = [*configs, "auto"]  # the (5) rows: the hand-set ones, then the command with no flags
     if a.configs:
-        configs = {k: v for k, v in configs.items() if k in a.configs.split(",")}
+        names = [n for n in names if n in a.configs.split(",")]
     steps = []
     for codec in clips:  # H.264 always (row (3) runs on it), and the codecs of the (5) jobs
         for threads in (7, 14):
@@ -315,25 +350,37 @@ def main() -> int:
             steps.append(("nvdec", lambda c=codec: nvdec_alone(c, units[c], 7, fused=False)))
         steps.append(("pyav", lambda c=codec: pyav_alone(c, units[c])))
     steps.append(("predict", lambda: ultralytics_predict(weights, clips["h264"], a.peer_frames, imgsz)))
-    ray_started = []
 
     def start_ray():
         import ray
 
         if not ray.is_initialized():
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-            ray_started.append(True)
+            init_ray(1 if a.scaling and GPU else None)  # scaling run: every row but the last sees one GPU
 
     steps.append(("docs", lambda: (start_ray(), ray_docs_pattern(weights, clips["h264"], a.peer_frames))))
-    for codec in a.codecs.split(","):
-        folder, n = repeat_clips(clips[codec], work / f"job-{codec}", a.frames, per_clip)
-        for name, (engine, actor) in configs.items():
-            if codec == "hevc" and name != next(iter(configs)) and not name.startswith("nvdec-1"):
-                continue  # HEVC: the CPU row and the first NVDEC row
-            if not GPU:
-                actor = {**actor, "gpus_per_actor": 0}
-            steps.append(("infer", lambda nm=f"{name} {codec} {n:,} frames", f=folder, e=engine, ac=actor:
-                          (start_ray(), yoloray_infer(nm, weights, f, work / "out", e, ac))))
+    jobs = {codec: repeat_clips(clips[codec], work / f"job-{codec}", a.frames, per_clip) for codec in a.codecs.split(",")}
+
+    def run_config(name: str, codec: str, gpus: int = 1) -> dict:
+        """The (5) row of configuration `name` on the `codec` job, on the Ray that is up (`gpus` GPUs)."""
+        start_ray()
+        folder, n = jobs[codec]
+        label = f"{name} {codec} {n:,} frames"
+        if name == "auto":
+            return yoloray_cli(label, weights, folder, work / "out", gpus)
+        engine, actor = configs[name]
+        if not GPU:
+            actor = {**actor, "gpus_per_actor": 0}
+        return yoloray_infer(label, weights, folder, work / "out", engine, actor, gpus)
+
+    for codec in jobs:
+        for name in names:
+            if codec == "hevc" and name != names[0] and not name.startswith("nvdec-1"):
+                continue  # HEVC: the CPU row and the NVDEC one-actor rows
+            steps.append(("infer", lambda nm=name, c=codec: run_config(nm, c)))
+    if a.scaling:
+        codec, n = next(iter(jobs)), next(iter(jobs.values()))[1]
+        steps.append(("scaling", lambda: scaling(f"{a.scaling} {codec} {n:,} frames",
+                                                 lambda gpus: run_config(a.scaling, codec, gpus), RESULTS, "frames")))
     for name, step in steps:
         if name in skip:
             continue
@@ -343,7 +390,7 @@ def main() -> int:
             traceback.print_exc()
             RESULTS.append({"row": name, "error": traceback.format_exc(limit=3)})
         (out / "video.json").write_text(json.dumps(RESULTS, indent=1, default=str))
-    infer_rows = [r for r in RESULTS if r["row"].startswith("(5)") and "frames_per_s" in r]
+    infer_rows = [r for r in RESULTS if r["row"].startswith("(5)") and "frames_per_s" in r and r["gpus"] == 1]
     if infer_rows and "stages" not in skip:
         best = max(infer_rows, key=lambda r: r["frames_per_s"])
         try:
@@ -368,6 +415,8 @@ def print_table(infer_rows: list[dict]) -> None:
     for r in RESULTS:
         if "ms_per_frame" in r:
             print(f"\n{r['row']}: {r['ms_per_frame']}")
+        if "efficiency" in r:
+            print(f"\n{describe(r)}")
     if not infer_rows:
         return
     best = max(infer_rows, key=lambda r: r["frames_per_s"])
