@@ -72,7 +72,8 @@ print(json.dumps({"start_s": time.perf_counter() - t0, "ready_s": time.perf_coun
 
 def name(row: dict) -> str:
     parts = [row["backend"] + (f"/{row['provider']}" if row.get("provider") else ""), row.get("precision", "fp32")]
-    parts += [k for k in ("channels_last", "cuda_graph") if row.get(k)]
+    parts += [k for k in ("channels_last", "cuda_graph") if row.get(k)] + [row.get("compile_mode") or ""]
+    parts = [p for p in parts if p]
     return " ".join(parts)
 
 

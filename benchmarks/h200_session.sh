@@ -2,7 +2,8 @@
 # One lent-H200 session's measuring runs, each a separate `run` call (10 minutes at most each), made right after
 # the wheel staging runs that ../shared/gpu/bundle-wheels.sh prints (this script assumes /tmp/site holds them).
 #   bash benchmarks/h200_session.sh tests [ARGS]  # tests/gpu but video (every CUDA path) + engines.py --mode gpu ARGS
-#   TESTS_K=EXPR bash benchmarks/h200_session.sh engines-tests ARGS  # engines.py --mode gpu ARGS, then ORT GPU tests -k EXPR
+#   TESTS=FILES TESTS_K=EXPR bash benchmarks/h200_session.sh engines-tests ARGS  # engines.py --mode gpu ARGS, then
+#                                                   # pytest FILES (default: the ORT GPU tests) -k EXPR
 #   bash benchmarks/h200_session.sh video    # benchmarks/video.py (NVDEC, PyAV, ultralytics, yoloray infer on clips)
 #   bash benchmarks/h200_session.sh video-tests ARGS  # tests/gpu/test_video_gpu.py + video.py ARGS + the best (5) at 300k
 #   bash benchmarks/h200_session.sh e2e      # benchmarks/e2e.py: no-flag (auto profile) row beside the hand-set rows
@@ -26,8 +27,8 @@ case "${1:-}" in
   engines-tests)  # engines.py --mode gpu ARGS first, then the ORT GPU tests in the time left (pytest -k $TESTS_K)
     timeout 420 python3 benchmarks/engines.py --mode gpu --out "$OUT" "${@:2}" >"$OUT/engines.txt" 2>&1
     grep -v "^{" "$OUT/engines.txt" | grep -v "W:onnxruntime" | tail -40
-    timeout $((580 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -rfE tests/gpu/test_onnxruntime_gpu.py \
-      -k "${TESTS_K:-}" >"$OUT/tests_gpu.txt" 2>&1; tail -6 "$OUT/tests_gpu.txt"
+    timeout $((580 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -rfE ${TESTS:-tests/gpu/test_onnxruntime_gpu.py} \
+      -k "${TESTS_K:-}" >"$OUT/tests_gpu.txt" 2>&1; tail -8 "$OUT/tests_gpu.txt"
     ;;
   video)
     timeout 580 python3 benchmarks/video.py --work /tmp/vbench --out "$OUT" "${@:2}" >"$OUT/video.txt" 2>&1; tail -60 "$OUT/video.txt"

@@ -44,8 +44,8 @@ def exact(frames):
 
 
 def _config(tmp_path, **fields) -> Profile:
-    return Profile.parse({"imgsz": SHAPE, "device": "cuda", "batch_size": 8, "backend": "onnxruntime",
-                          "cache_dir": str(tmp_path / "cache"), **EXACT_PATH, **fields})
+    return Profile.parse({**EXACT_PATH, "imgsz": SHAPE, "device": "cuda", "batch_size": 8, "backend": "onnxruntime",
+                          "cache_dir": str(tmp_path / "cache"), **fields})  # EXACT_PATH pins backend torch
 
 
 @needs_cuda_ep
