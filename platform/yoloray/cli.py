@@ -135,19 +135,18 @@ def _print_rows(rows: list[dict], args) -> None:
 
 
 def _detect_profile(args, paths: list[Path]):
-    """The detect command's profile, resolved for this machine and a sample of the files (a clip's frames when
-    only videos are given); printed with -v."""
+    """The detect command's profile, resolved for this machine and a sample of the files (a few stills, and the
+    first clip's frames by its index: nothing decoded), as `infer` samples its units; printed with -v."""
     from yoloray.data.inputs import kind_of
+    from yoloray.data.units import list_units
     from yoloray.profile import Hardware, Sample, resolve, summary
 
     profile = engine_config(args)
-    images = [p for p in paths if kind_of(p.name) != "video"]
-    if images or not paths:
-        sample = Sample.of_images([p.read_bytes() for p in images[:8]])
-    else:
-        from yoloray.data.units import list_units
-
-        sample = Sample.of_units(list_units([str(paths[0])]))
+    videos = [p for p in paths if kind_of(p.name) == "video"]
+    stills = [p for p in paths if kind_of(p.name) != "video"]
+    sample = Sample.of_images([p.read_bytes() for p in stills[:8]])
+    if videos:
+        sample += Sample.of_units(list_units([str(videos[0])]))
     hardware = Hardware.local()
     config = resolve(profile, hardware, sample)
     if args.verbose:

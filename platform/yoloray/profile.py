@@ -16,6 +16,9 @@ The defaults are the fastest settings measured that pass the fidelity checks (be
   1.67x torch fp32 on the 2-core machine; int8 (2.25x) is a fast mode, used only when asked for.
 - Input size: ultralytics' rect letterbox for the sampled frames (the long side at 640, the short side
   rounded up to the stride: 1920x1080 -> 384x640); frames of different sizes, or no sample, get square 640.
+- The sample (`Sample.of_units`): a few stills read on the driver, and video frames by the size and codec their
+  index recorded at listing (nothing decoded). JPEG only: the JPEG defaults; video only: NVDEC where it runs;
+  anything else, videos and stills together included: decode on the CPU with the stills' layout (3 x 2).
 
 The speed knobs (CUDA graphs, channels_last, micro_batch) were measured with the torch backend; with another
 backend `auto` leaves them off (give them to use them), and picks fp16 only where the backend offers it.
@@ -41,6 +44,7 @@ EXACT_PATH = {"backend": "torch", "precision": "fp32", "cuda_graph": False, "mic
 ENGINES = {"H200": (7, 7), "H100": (7, 7), "A100": (1, 5), "L4": (4, 4)}  # (JPEG, NVDEC)
 HYBRID_MIN_CPUS_PER_GPU = 8  # the hybrid rows were measured with 16 cores per GPU
 JPEG_CODECS = ("jpeg",)
+VIDEO = "video"  # a video frame's codec in a Sample: "video:" and the stream's FFmpeg codec name
 
 
 @dataclass(frozen=True)
@@ -108,10 +112,14 @@ def _model(name: str) -> str:
 
 @dataclass(frozen=True)
 class Sample:
-    """What a few inputs look like: frame sizes (width, height) and codecs ('jpeg', 'png', 'h264', ...)."""
+    """What a few inputs look like: frame sizes (width, height) and codecs ('jpeg', 'other' for other stills,
+    'video:h264', 'video:hevc', ... for video frames). Samples add up (`a + b`: both inputs' frames)."""
 
     frame_sizes: tuple[tuple[int, int], ...] = ()
     codecs: tuple[str, ...] = ()
+
+    def __add__(self, other: Sample) -> Sample:
+        return Sample(self.frame_sizes + other.frame_sizes, self.codecs + other.codecs)
 
     @classmethod
     def of_images(cls, images: Sequence[bytes]) -> Sample:
@@ -129,27 +137,34 @@ class Sample:
 
     @classmethod
     def of_units(cls, units: Sequence[dict], options=None, images: int = 8) -> Sample:
-        """The first `images` readable inputs of a job's units, read here on the driver (a few members of the
-        first archives or files, not whole archives). Frames of video units count as codec 'video'."""
+        """Up to `images` frames of each kind of input among a job's units, in the units' order. Stills are
+        read here on the driver (a few members of the first archives or files, not whole archives); a video
+        unit is a segment reference, never decoded here: its kept frames count with the size and codec its
+        index recorded at listing (data/video_index.py). A job of videos and stills samples both."""
         from itertools import islice
 
         from yoloray.data.inputs import SourceOptions
         from yoloray.data.readers import read_unit
 
-        sizes: list[tuple[int, int]] = []
-        codecs: list[str] = []
+        videos, stills = cls(), cls()
         for unit in units:
-            rows = islice(read_unit(unit, options or SourceOptions()), images - len(sizes))
-            one = cls.of_images([r["image"] for r in rows if r.get("image") is not None and r.get("error") is None])
-            sizes += one.frame_sizes
-            codecs += ["video"] * len(one.codecs) if unit.get("kind") == "video" else one.codecs
-            if len(sizes) >= images:
-                break
-        return cls(tuple(sizes), tuple(codecs))
+            if unit.get("kind") == VIDEO:
+                n = min(len(unit.get("keep") or ()), images - len(videos.frame_sizes))
+                if n > 0 and unit.get("error") is None and unit.get("width") and unit.get("height"):
+                    videos += cls(((unit["width"], unit["height"]),) * n, (f"{VIDEO}:{unit.get('codec')}",) * n)
+            elif len(stills.frame_sizes) < images:
+                rows = islice(read_unit(unit, options or SourceOptions()), images - len(stills.frame_sizes))
+                stills += cls.of_images([r["image"] for r in rows if r.get("image") is not None and not r.get("error")])
+        return videos + stills
 
     @property
     def jpeg(self) -> bool:
         return bool(self.codecs) and all(c in JPEG_CODECS for c in self.codecs)
+
+    @property
+    def video(self) -> bool:
+        """Every sampled frame is a video frame (codec 'video' or 'video:NAME')."""
+        return bool(self.codecs) and all(c.split(":", 1)[0] == VIDEO for c in self.codecs)
 
     def describe(self) -> str:
         if not self.frame_sizes:
@@ -176,7 +191,7 @@ def auto_imgsz(sample: Sample | None) -> tuple[int, int]:
 def defaults(hardware: Hardware, sample: Sample | None) -> dict:
     """The concrete value of every `auto` field, by flat name, for this hardware and sample."""
     jpeg = sample is None or not sample.codecs or sample.jpeg
-    video = bool(sample and sample.codecs) and all(c == "video" for c in sample.codecs)
+    video = bool(sample and sample.video)
     if not hardware.cuda:
         return {"precision": "fp32", "batch_size": 16, "imgsz": auto_imgsz(sample), "cuda_graph": False,
                 "micro_batch": None, "channels_last": False, "decode": "cpu", "actors_per_gpu": 1,
