@@ -108,7 +108,7 @@ def start_up(fields: dict, cache: str, work: Path) -> dict[str, float]:
     out = {}
     for run in ("cold", "warm"):
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(work / f"inductor-{run}")}
-        p = subprocess.run([sys.executable, "-c", START, json.dumps({**fields, "cache_dir": cache})],
+        p = subprocess.run([sys.executable, "-X", "faulthandler", "-c", START, json.dumps({**fields, "cache_dir": cache})],
                            capture_output=True, text=True, env=env, timeout=900)
         if p.returncode:
             raise RuntimeError(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "start-up failed")

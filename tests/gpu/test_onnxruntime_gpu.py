@@ -106,8 +106,9 @@ print(json.dumps({"events": [e[2] for e in events], "start_s": time.perf_counter
 
 def _start(fields: dict, inductor_dir: Path) -> dict:
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}  # no warm inductor cache on this disk
-    out = subprocess.run([sys.executable, "-c", BUILD, json.dumps(fields)], capture_output=True, text=True,
-                         timeout=600, check=True, env=env)
+    out = subprocess.run([sys.executable, "-X", "faulthandler", "-c", BUILD, json.dumps(fields)], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert out.returncode == 0, (out.returncode, out.stdout[-2000:], out.stderr[-4000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

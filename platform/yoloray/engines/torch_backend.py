@@ -157,7 +157,9 @@ class TorchEngine(Engine):
 
         package = cache.file("torch-compile", key, "model.pt2", build)
         index = self.device.index if self.device.type == "cuda" and self.device.index is not None else -1
-        return torch._inductor.aoti_load_package(str(package), device_index=index)
+        # single-threaded runs for a CUDA graph: the container's cross-thread synchronization is not allowed while
+        # a stream captures (the replays are serialized by the engine instead)
+        return torch._inductor.aoti_load_package(str(package), run_single_threaded=self.cuda_graph, device_index=index)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         out = self._forward(x)
