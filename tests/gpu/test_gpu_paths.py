@@ -109,8 +109,6 @@ FAST = [
     {"precision": "fp16", "channels_last": True, "cuda_graph": True, "decode": "hybrid", "reduced_decode": True},
     {"precision": "fp16", "channels_last": True, "backend": "torch-compile"},
     {"precision": "fp16", "channels_last": True, "backend": "torch-compile", "decode": "gpu", "micro_batch": 4},
-    {"precision": "fp16", "channels_last": True, "backend": "torch-compile", "compile_mode": "reduce-overhead",
-     "micro_batch": 4},  # the AOTInductor package replayed as a CUDA graph
 ]
 
 

@@ -1,5 +1,5 @@
 """A cache of built engine artifacts that a whole cluster shares: ONNX exports, int8 models, TensorRT engine
-and timing caches, torch-compile's AOTInductor packages. The first actor, replica or job to need one builds it; every
+and timing caches, torch.compile artifacts. The first actor, replica or job to need one builds it; every
 later one loads it.
 
 Where: `cache_dir` of the engine config, else `$YOLORAY_CACHE`, else `~/.cache/yoloray`. A plain path is used in

@@ -75,7 +75,7 @@ CAPABILITIES: dict[str, Capability] = {
     "torch-compile": Capability(
         precisions=("fp32", "fp16", "bf16"),
         knobs=frozenset({"channels_last", "compile_mode"}),  # mode='reduce-overhead' captures CUDA graphs itself
-        devices=("cpu", "cuda"), description="Inductor ahead of time: torch.export + AOTInductor package, built once into the cache",
+        devices=("cpu", "cuda"), description="torch.compile of the fused model (compile artifacts in the cache)",
         verified="tests/gpu",
     ),
     "onnxruntime": Capability(

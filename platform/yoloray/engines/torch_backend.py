@@ -1,13 +1,5 @@
 """PyTorch backend: the fused ultralytics model, fp32 / fp16 / bf16, channels_last, CUDA graphs or
-torch.compile. Serves both the `torch` and the `torch-compile` backend names.
-
-`torch-compile` is Inductor ahead of time (AOTInductor): the prepared model (precision, layout, fp32 box decode)
-is exported with `torch.export` at the engine's one input shape and compiled into a `.pt2` package, which is
-stored in the artifact cache (engines/cache.py). The first actor of a cluster pays for the compile; every later
-actor, replica or job loads the package (`torch._inductor.aoti_load_package`): no Dynamo tracing and no
-recompilation in the process, unlike `torch.compile` with a warm cache. `compile_mode` keeps torch.compile's
-meaning: `max-autotune` autotunes the kernels while compiling, and `reduce-overhead` and `max-autotune` replay
-the compiled model as a CUDA graph (captured here, as the torch backend's `cuda_graph` does)."""
+torch.compile. Serves both the `torch` and the `torch-compile` backend names."""
 
 from __future__ import annotations
 
@@ -21,8 +13,6 @@ from yoloray.engines.base import Engine, EngineError, check_weights_file
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-INDUCTOR_CONFIGS = {"default": {}, "reduce-overhead": {}, "max-autotune": {"max_autotune": True}}
-GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compile modes that run as CUDA graphs
 
 
 def load_model(model: str, max_det: int = 300, agnostic: bool = False) -> torch.nn.Module:
@@ -114,52 +104,44 @@ class TorchEngine(Engine):
             net = net.to(memory_format=torch.channels_last)
         self.net = net
         self._forward = net
+        self.cuda_graph = config.cuda_graph and device.type == "cuda"
         self.compile = config.backend == "torch-compile"
-        self.cuda_graph = device.type == "cuda" and (
-            config.cuda_graph or (self.compile and config.compile_mode in GRAPH_MODES))
+        self._compile_cache: tuple | None = None  # (cache, key) when this process compiles without stored artifacts
+        if self.compile:
+            self._load_compile_artifacts(config)
+            self._forward = torch.compile(net, mode=config.compile_mode or "default", dynamic=False)
         self.forward_batch = config.micro_batch or config.batch_size  # images per forward (graph replay)
         self.static_batch = self.forward_batch if (self.cuda_graph or self.compile) else None
-        if self.compile:
-            self._forward = self._compiled(config, net)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static_in: torch.Tensor | None = None
         self._static_out: torch.Tensor | None = None
         self._replayed: torch.cuda.Event | None = None
 
-    def _compiled(self, config, net: torch.nn.Module):
-        """The AOTInductor package of `net` at the engine's input shape, from the shared artifact cache (built
-        and stored there by the first process that needs it), loaded and ready to call."""
+    def _load_compile_artifacts(self, config) -> None:
+        """torch.compile's artifacts (inductor's compiled graphs and autotuning results) from the shared artifact
+        cache, so only the first actor of a cluster pays for compilation; otherwise remember to store them."""
         from yoloray.config import model_identity
         from yoloray.engines.cache import ArtifactCache, cache_key, environment
 
-        mode = config.compile_mode or "default"
         fields = {"model": model_identity(config.model), "precision": config.precision, "imgsz": list(config.imgsz),
-                  "batch": self.forward_batch, "channels_last": config.channels_last, "mode": mode,
-                  "max_det": config.max_det, "agnostic_nms": config.agnostic_nms, "device": self.device.type}
+                  "batch": config.micro_batch or config.batch_size, "channels_last": config.channels_last,
+                  "mode": config.compile_mode or "default", "max_det": config.max_det,
+                  "agnostic_nms": config.agnostic_nms, "device": self.device.type}
         cache = ArtifactCache(config.cache_dir)
         key = cache_key("torch-compile", fields, environment(self.device, ("torch", "ultralytics", "triton")))
         self.artifact_events = cache.events
+        blob = cache.blob("torch-compile", key)
+        if blob is not None:
+            torch.compiler.load_cache_artifacts(blob)
+        else:
+            self._compile_cache = (cache, key)
 
-        def build(path: Path) -> None:
-            x = torch.zeros((self.forward_batch, 3, *config.imgsz), device=self.device, dtype=self.dtype)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            model = _FirstOutput(net)
-            try:
-                with torch.no_grad():
-                    model(x)  # the head caches its anchors for this shape: the export sees them as constants
-                    program = torch.export.export(model, (x,), strict=False)
-                torch._inductor.aoti_compile_and_package(program, package_path=str(path),
-                                                         inductor_configs=INDUCTOR_CONFIGS[mode])
-            except Exception as e:  # torch.export or Inductor refusing the model: say so, not a traceback
-                raise EngineError(f"backend torch-compile could not compile {config.model} ({type(e).__name__}: "
-                                  f"{str(e)[:300]}); use backend torch") from None
-
-        package = cache.file("torch-compile", key, "model.pt2", build)
-        index = self.device.index if self.device.type == "cuda" and self.device.index is not None else -1
-        # single-threaded runs for a CUDA graph: the container's cross-thread synchronization is not allowed while
-        # a stream captures (the replays are serialized by the engine instead)
-        return torch._inductor.aoti_load_package(str(package), run_single_threaded=self.cuda_graph, device_index=index)
+    def _store_compile_artifacts(self) -> None:
+        saved = torch.compiler.save_cache_artifacts()
+        if saved is not None and self._compile_cache is not None:
+            cache, key = self._compile_cache
+            cache.put_blob("torch-compile", key, saved[0])
+        self._compile_cache = None
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         out = self._forward(x)
@@ -205,6 +187,8 @@ class TorchEngine(Engine):
         x = torch.zeros((self.static_batch or batch_size, 3, *imgsz), device=self.device, dtype=self.dtype)
         for _ in range(3 if self.device.type == "cuda" else 1):
             self(x)
+        if self._compile_cache is not None:
+            self._store_compile_artifacts()
         if self.cuda_graph and self._graph is None:
             self._static_in = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.clone()
             stream = torch.cuda.Stream(self.device)
@@ -219,15 +203,3 @@ class TorchEngine(Engine):
             self._graph.replay()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-
-class _FirstOutput(torch.nn.Module):
-    """The model's first output alone (the raw head tensor), as the engine returns it: what is exported."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
