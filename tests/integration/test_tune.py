@@ -1,6 +1,7 @@
 """`yoloray tune` on a local Ray (CPU): a tiny grid sweep with a failing point and its layout level (real Ray Data
 batch jobs over a tiny sample), the report, the winner profile and its Serve config, an Optuna sweep resumed after
-its driver was killed, and user errors (exit 2, one line)."""
+its driver was killed, a sweep over an archive of two H.264 clips (trials on their frames, layout runs over the
+files), and user errors (exit 2, one line)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import cv2
 import pandas as pd
 import pytest
 import yaml
@@ -185,3 +187,61 @@ def test_an_existing_sweep_needs_resume(sweep, capsys):
     _, out, _ = sweep
     assert main(["--out", str(out)]) == 2
     assert "add --resume" in capsys.readouterr().err
+
+
+VW, VH = 96, 160  # portrait clips: their input shape (640x384) is not the --frame-size default's (384x640)
+
+
+@pytest.fixture(scope="module")
+def video_sweep(tmp_path_factory, local_ray):
+    from yoloray.data.scene import render_video_frame
+    from yoloray.data.synthetic import write_clip
+
+    root = tmp_path_factory.mktemp("tune_video")
+    clips = root / "clips"
+    clips.mkdir()
+    for k in range(2):
+        write_clip(clips / f"cam{k}.mp4", [render_video_frame(k, i, VW, VH, 12)[0] for i in range(12)], VW, VH, 12,
+                   "h264", gop=6)
+    (root / "space.yaml").write_text(yaml.safe_dump({"backend": "torch", "precision": "fp32", "batch_size": [1, 2],
+                                                     "channels_last": False}))
+    out = root / "runs" / "video"
+    rc = main(["--archive", str(clips), "--space", str(root / "space.yaml"), "--out", str(out),
+               "--serve-config", str(root / "serve.yaml"), *FAST[:-2], "--layout-images", "40"])
+    return rc, out
+
+
+def test_sweep_over_video_clips(video_sweep):
+    from yoloray.profile import Hardware, Sample, resolve
+    from yoloray.tune.layout import layout_points
+    from yoloray.tune.settings import TuneConfig
+    from yoloray.tune.space import Space
+
+    rc, out = video_sweep
+    assert rc == 0
+    settings = TuneConfig.from_yaml(out / "sweep.yaml")
+    assert settings.video and settings.frame_size == (VW, VH)  # not --frame-size 320x180
+    assert Space.build(None, cuda=False, frame_size=settings.frame_size).values["imgsz"] == ("640x384",)
+    frames = sorted((out / "inputs").iterdir())
+    assert len(frames) == 24 and all(p.suffix == ".png" for p in frames)  # both clips' 12 frames, decoded
+    assert {cv2.imread(str(p)).shape for p in frames} == {(VH, VW, 3)}
+
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 2 and (trials["status"] == "ok").all(), trials[["status", "reason"]]
+    assert (trials["measured_images_per_s"] > 0).all() and (trials["fidelity"] >= 0.9).all()
+    assert set(trials["imgsz"].astype(str)) == {"640x384"}  # the clips' shape, from the listing's sample
+
+    layout = pd.read_parquet(out / "layout.parquet")  # real jobs over the clips, repeated to >= 40 frames
+    assert len(layout) == 2 and (layout["status"] == "ok").all(), layout[["engine", "layout", "reason"]]
+    assert (layout["images"] == 48).all() and (layout["errors"] == 0).all()
+    assert sorted((out / "sample").iterdir())[0].suffix == ".mp4"
+
+    profile = Profile.from_yaml(out / "profile.yaml")
+    assert profile.is_resolved() and profile.imgsz == (640, 384) and profile.decode == "cpu"
+    assert profile == resolve(profile, Hardware(cpus=2), Sample(((VW, VH),), ("video:h264",)))
+
+    # the video grid on CUDA (not run here): NVDEC 1 or 2 actors x 1 or 2 calls per engine; PyAV 1 or 2 actors
+    assert layout_points(None, True, "gpu", 7) == [{"actors_per_gpu": a, "calls_per_actor": c}
+                                                   for a in (1, 2) for c in (7, 14)]
+    assert layout_points(None, True, "cpu") == [{"actors_per_gpu": 1, "calls_per_actor": 2},
+                                                {"actors_per_gpu": 2, "calls_per_actor": 2}]

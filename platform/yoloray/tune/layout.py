@@ -8,7 +8,8 @@ layout, and so is the default profile (every `auto` resolved), which gives the w
 
 The sample: the engine level's inputs (a folder of the user's images, the first images of `--archive`, or
 generated frames) written as tar shards of 100 and repeated (hard links: distinct keys, the same pixels) up to
-`layout_images` members, so a run is long enough for a steady rate. A run's figures: images/s end to end
+`layout_images` members, so a run is long enough for a steady rate. An archive of videos: its video files,
+repeated the same way up to `layout_images` kept frames (tune/archive.py). A run's figures: images/s end to end
 (start-up included) and steady (images / time after the first result, as benchmarks/e2e.py).
 
 Layout points: a space file's layout knobs (space.LAYOUT_KNOBS) as written, every other layout field at the
@@ -35,19 +36,30 @@ COLUMNS = (*LAYOUT_KNOBS, "decode")  # what a layout row records of its profile
 PER_SHARD = 100
 
 
-def default_layouts(cuda: bool) -> dict[str, tuple]:
-    """The default layout grid. CUDA: 2-4 actors per GPU x 2 calls, nvJPEG alone or with 15% of the JPEGs decoded
-    by CPU tasks (benchmarks/README: 3 actors x 2 calls led, with 1 actor far behind and 3 calls no better than
-    2). CPU: one actor with 1 or 2 concurrent calls."""
+def default_layouts(cuda: bool, video: str | None = None, nvdec_engines: int | None = None) -> dict[str, tuple]:
+    """The default layout grid. Stills on CUDA: 2-4 actors per GPU x 2 calls, nvJPEG alone or with 15% of the
+    JPEGs decoded by CPU tasks (benchmarks/README: 3 actors x 2 calls led, with 1 actor far behind and 3 calls
+    no better than 2). CPU: one actor with 1 or 2 concurrent calls, stills or video.
+    Video (`video`: the decode the engines resolved) on CUDA, decode as resolved: on NVDEC (`gpu`) each call is
+    a decoder session, so 1 or 2 actors x 1 or 2 calls per NVDEC engine (the default, 1 actor x 2 calls per
+    engine, led 1 x 8 and 2 x 4 on 7 engines: profile.py); with PyAV in upstream CPU tasks (`cpu`), 1 or 2
+    actors x 2 calls. Not measured on a GPU by the tuner yet."""
+    if cuda and video == "gpu":
+        engines = nvdec_engines or 4
+        return {"actors_per_gpu": (1, 2), "calls_per_actor": (engines, 2 * engines)}
+    if cuda and video:
+        return {"actors_per_gpu": (1, 2), "calls_per_actor": (2,)}
     if cuda:
         return {"actors_per_gpu": (2, 3, 4), "calls_per_actor": (2,), "decode": ("gpu", "hybrid")}
     return {"calls_per_actor": (1, 2)}
 
 
-def layout_points(space: dict[str, Any] | None, cuda: bool) -> list[dict[str, Any]]:
+def layout_points(space: dict[str, Any] | None, cuda: bool, video: str | None = None,
+                  nvdec_engines: int | None = None) -> list[dict[str, Any]]:
     """Every layout point: the grid over the listed layout knobs (a space file), else the default grid."""
     listed = {k: v for k, v in (space or {}).items() if k in LAYOUT_KNOBS}
-    grid = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in listed.items()} if space else default_layouts(cuda)
+    grid = ({k: tuple(v) if isinstance(v, list) else (v,) for k, v in listed.items()} if space
+            else default_layouts(cuda, video, nvdec_engines))
     return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid else [{}]
 
 
@@ -68,17 +80,23 @@ def write_sample(images: list[bytes], folder: Path, total: int) -> list[str]:
                     tar.addfile(info, io.BytesIO(data))
             os.replace(tmp, path)
         unique.append((path, min(PER_SHARD, len(images) - s)))
-    shards, members = [], 0
+    return repeat_links(unique, folder, total)
+
+
+def repeat_links(unique: list[tuple[Path, int]], folder: Path, total: int) -> list[str]:
+    """The (file, members) in `unique`, then hard links to them under new names in `folder` (distinct keys,
+    the same content), round after round until `total` members; the paths in run order."""
+    paths, members = [], 0
     for r in itertools.count():
         for path, n in unique:
             if members >= total:
-                return shards
+                return paths
             link = path if r == 0 else folder / f"repeat-{r:04d}-{path.name}"
             if not link.exists():
                 os.link(path, link)
-            shards.append(str(link))
+            paths.append(str(link))
             members += n
-    return shards  # not reached
+    return paths  # not reached
 
 
 def run_layout(profile: Profile, shards: list[str], work: Path) -> dict[str, Any]:

@@ -75,8 +75,9 @@ def literal_values(knob: str) -> tuple:
     return tuple(v for v in flat(SECTIONS[SECTION_OF[knob]].model_fields[knob].annotation) if v != "auto")
 
 
-def default_values(cuda: bool, frame_size: tuple[int, int] = (1920, 1080)) -> dict[str, tuple]:
-    """The default space: the capability table's values that are worth measuring on this kind of device."""
+def default_values(cuda: bool, frame_size: tuple[int, int] = (1920, 1080), decode: str | None = None) -> dict[str, tuple]:
+    """The default space: the capability table's values that are worth measuring on this kind of device.
+    `decode`: fixed (video frames: the decode a batch job uses for the videos, tune/archive.py)."""
     precisions = tuple(p for p in literal_values("precision") if any(p in c.precisions for c in CAPABILITIES.values()))
     return {
         # torch.compile costs 45-60 s per trial and cannot raise a trial's figure: a trial times the whole
@@ -104,7 +105,7 @@ def default_values(cuda: bool, frame_size: tuple[int, int] = (1920, 1080)) -> di
         # CUDA: CPU-only decode ran at about half of nvJPEG's images/s (YOLOv8n sweep on the H200: 1,582 vs
         # 3,001). Whether a CPU share helps is measured by the layout level (tune/layout.py), where it runs
         # in Ray tasks as in a batch job, not in the trial process's threads
-        "decode": ("gpu",) if cuda else ("cpu",),
+        "decode": (decode,) if decode else ("gpu",) if cuda else ("cpu",),
         # where the CPU decodes: the DCT-domain 1/2-1/8 decode (taken only when the input is at most half the
         # frame) skips pixels the letterbox scales away; fidelity is checked per trial. nvJPEG: full size
         "reduced_decode": (True,),
@@ -191,7 +192,8 @@ class Space:
     given: tuple[str, ...] = ()  # knobs the user's space file set
 
     @classmethod
-    def build(cls, mapping: dict[str, Any] | None, cuda: bool, frame_size=(1920, 1080), base: dict | None = None) -> Space:
+    def build(cls, mapping: dict[str, Any] | None, cuda: bool, frame_size=(1920, 1080), base: dict | None = None,
+              decode: str | None = None) -> Space:
         """The default space when `mapping` lists no engine knob; else the space as written: the listed knobs
         vary, every other knob is fixed at `base` (the flat fields of the resolved default profile; by
         default `profile.defaults` for this kind of device and frames)."""
@@ -206,7 +208,7 @@ class Space:
                         "workspace_gib": None, **defaults(hw, Sample((tuple(frame_size),), ("jpeg",)))}
             values = {k: (format_imgsz(base[k]) if k == "imgsz" else base[k],) for k in KNOBS}
         else:
-            values = default_values(cuda, frame_size)
+            values = default_values(cuda, frame_size, decode)
         values.update(listed)
         fixed = {k: v for k, v in mapping.items() if k not in KNOBS and k not in LAYOUT_KNOBS}
         micro = fixed.get("micro_batch")

@@ -11,7 +11,8 @@ whose images/s is clearly behind after a few windows. A space file is searched a
 at the default profile's values. With neither budget flag at most 16 trials and 10 minutes. Layout level: the
 best --layout-top engine configurations as real batch jobs over a sample of the inputs, once per layout
 (actors per GPU, calls, decode placement), and the default profile beside them; the fastest run is the winner,
-written as RUN/profile.yaml.
+written as RUN/profile.yaml. An --archive of video files is measured on frames decoded from its videos, and its
+layout runs go over its video files (tune/archive.py).
 
 Tune keeps its state in RUN/tune and the layout runs in RUN/layout.parquet; `--resume` (or `--resume RUN`)
 restores them: finished trials and runs are kept, interrupted ones run again, the settings come from
@@ -65,12 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory runs/NAME (report, engine.yaml, Tune state)")
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN", help="continue the sweep in RUN (or --out)")
     p.add_argument("--images", help="folder of images to measure on (default: generated 1080p frames)")
-    p.add_argument("--archive", nargs="+", metavar="SOURCE",
-                   help="your archive (any `yoloray infer` source): its first images are measured instead")
+    p.add_argument("--archive", nargs="+", metavar="SOURCE", help="your archive (any `yoloray infer` source): its "
+                   "first images, or frames of its videos, are measured instead")
     p.add_argument("--layout-top", type=int, default=2, help="best engine configurations measured as real batch "
                    "jobs, one per layout (default 2; 0: the engine level only)")
-    p.add_argument("--layout-images", type=int, help="archive members per layout run: the sample repeated "
-                   "(default 20,000 with GPUs, 256 on CPU)")
+    p.add_argument("--layout-images", type=int, help="archive members (video: frames) per layout run: the sample "
+                   "repeated (default 20,000 with GPUs, 256 on CPU)")
     p.add_argument("--frame-size", default="1920x1080", help="WxH of the generated frames (default 1920x1080)")
     p.add_argument("--window-seconds", type=float, default=2.0, help="measurement window (default 2)")
     p.add_argument("--max-windows", type=int, default=10, help="windows per trial at most (default 10)")
@@ -154,15 +155,18 @@ def _resources(settings: TuneConfig, gpus: int | None, cpus: int | None) -> Tune
     return settings.model_copy(update={"gpus": gpus, "cpus_per_trial": cpus})
 
 
-def load_inputs(settings: TuneConfig) -> list[bytes]:
-    """The measured images: RUN/inputs when present (resume), else a folder's images or generated frames."""
+def load_inputs(settings: TuneConfig, units: list[dict] | None = None) -> list[bytes]:
+    """The measured images: RUN/inputs when present (resume), else the archive's (`units`: its listing) first
+    images or video frames, a folder's images or generated frames."""
     import cv2
+
+    from yoloray.tune.archive import archive_images, video_frames
 
     folder = Path(settings.out) / "inputs"
     if folder.is_dir() and any(folder.iterdir()):
         return [p.read_bytes() for p in sorted(folder.iterdir())]
     if settings.archive:
-        named = _archive_images(settings)
+        named = (video_frames if settings.video else archive_images)(settings, units or [])
     elif settings.images:
         files = sorted(p for p in Path(settings.images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -180,25 +184,6 @@ def load_inputs(settings: TuneConfig) -> list[bytes]:
     for name, data in named:
         (folder / name).write_bytes(data)
     return [data for _, data in named]
-
-
-def _archive_images(settings: TuneConfig) -> list[tuple[str, bytes]]:
-    """The first n_images readable images of the archive (read here, a unit at a time)."""
-    from itertools import islice
-
-    from yoloray.data.inputs import SourceOptions
-    from yoloray.data.readers import read_unit
-    from yoloray.data.units import list_units
-
-    found: list[bytes] = []
-    for unit in list_units(settings.archive, SourceOptions()):
-        rows = islice(read_unit(unit, SourceOptions()), settings.n_images - len(found))
-        found += [r["image"] for r in rows if r.get("image") is not None and r.get("error") is None]
-        if len(found) >= settings.n_images:
-            break
-    if not found:
-        raise UserError(f"--archive {' '.join(settings.archive)}: no readable images")
-    return [(f"{i:04d}.jpg", data) for i, data in enumerate(found)]
 
 
 def default_budget(trials: int | None, minutes: float | None) -> dict:
@@ -235,7 +220,8 @@ def build_tuner(settings: TuneConfig, images: list[bytes], resume: bool, base: d
         print(f"yoloray tune: resuming {exp_dir} (finished trials are kept)", file=sys.stderr)
         return tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False), None
-    space = Space.build(settings.space, cuda=settings.gpus > 0, frame_size=settings.frame_size, base=base)
+    decode = base["decode"] if settings.video and base else None  # video: what a batch job decodes it with
+    space = Space.build(settings.space, cuda=settings.gpus > 0, frame_size=settings.frame_size, base=base, decode=decode)
     for line in space.warnings():
         print(f"yoloray tune: warning: {line}", file=sys.stderr)
     points = space.points()
@@ -279,25 +265,27 @@ def _progress_callback():
     return Progress()
 
 
-def default_profile(settings: TuneConfig, images: list[bytes]):
+def default_profile(settings: TuneConfig, images: list[bytes], units: list[dict] | None = None):
     """(the profile `yoloray infer` runs with no flags on this cluster and these inputs, the sample, the hardware).
-    Engine trials fix every knob a space file does not list at its value."""
+    Engine trials fix every knob a space file does not list at its value. Video: sampled from the listing."""
     from yoloray.config import Profile
     from yoloray.profile import Hardware, Sample, resolve
 
-    hardware, sample = Hardware.cluster(), Sample.of_images(images)
+    hardware = Hardware.cluster()
+    sample = Sample.of_units(units or []) if settings.video else Sample.of_images(images)
     if not settings.gpus:
         hardware = Hardware(cpus=hardware.cpus)
     return resolve(Profile(model=settings.model), hardware, sample), sample, hardware
 
 
-def layout_level(settings: TuneConfig, default, sample, images: list[bytes]):
+def layout_level(settings: TuneConfig, default, sample, images: list[bytes], units: list[dict] | None = None):
     """A function the report calls with the engine trials: runs the layout level (tune/layout.py) for the best
     `layout_top` of them and returns its rows (kept in RUN/layout.parquet, so a resumed sweep skips them)."""
     import pandas as pd
 
     from yoloray.config import Profile
     from yoloray.profile import Hardware, resolve
+    from yoloray.tune.archive import video_sample
     from yoloray.tune.layout import layout_points, run_level, write_sample
     from yoloray.tune.trial import engine_fields
 
@@ -310,12 +298,15 @@ def layout_level(settings: TuneConfig, default, sample, images: list[bytes]):
         engines = [(tid, resolve(Profile.parse(engine_fields(point, settings), source="engine"), hardware, sample))
                    for tid, point in top]
         total = settings.layout_images or (20_000 if settings.gpus else 256)
-        shards = write_sample(images, out / "sample", total)
+        shards = (video_sample(units or [], out / "sample", total) if settings.video
+                  else write_sample(images, out / "sample", total))
+        video = default.decode if settings.video else None
         saved = out / "layout.parquet"
         done = {(r["engine"], r["layout"]): r for r in pd.read_parquet(saved).to_dict("records")} if saved.is_file() else {}
         print(f"yoloray tune: layout level: {len(engines)} engine configuration(s) + the default profile, "
-              f"{total:,} archive members per run", file=sys.stderr)
-        return run_level(engines, default, layout_points(settings.space, settings.gpus > 0), shards, out / "layout-run",
+              f"{total:,} {'video frames' if video else 'archive members'} per run", file=sys.stderr)
+        points = layout_points(settings.space, settings.gpus > 0, video, hardware.nvdec_engines)
+        return run_level(engines, default, points, shards, out / "layout-run",
                          done, log=lambda line: print(line, file=sys.stderr, flush=True),
                          save=lambda rows: pd.DataFrame(rows).to_parquet(saved, index=False))
 
@@ -345,21 +336,23 @@ def run(settings: TuneConfig, resume: bool, gpus: int | None = None, cpus: int |
         address: str | None = None) -> int:
     import ray
 
+    from yoloray.tune.archive import list_archive, with_archive
     from yoloray.tune.report import write_report
 
     started = connect(address, runtime_env=_runtime_env(), log_to_driver=False, configure_logging=False)
     try:
+        units = list_archive(settings) if not resume or settings.video else None  # a resumed sweep has RUN/inputs
         if not resume:
-            settings = _resources(settings, gpus, cpus)
+            settings = with_archive(_resources(settings, gpus, cpus), units)
             Path(settings.out).mkdir(parents=True, exist_ok=True)
-        images = load_inputs(settings)
+        images = load_inputs(settings, units)
         settings.to_yaml(Path(settings.out) / "sweep.yaml")
-        default, sample, hardware = default_profile(settings, images)
+        default, sample, hardware = default_profile(settings, images, units)
         print(f"yoloray tune: the default profile ({hardware.describe()}; {sample.describe()}):\n"
               f"{default.to_yaml()}", file=sys.stderr)
         tuner, _ = build_tuner(settings, images, resume, base=default.flat())
         results = tuner.fit()
-        winner = write_report(results, settings, default, layout_level(settings, default, sample, images))
+        winner = write_report(results, settings, default, layout_level(settings, default, sample, images, units))
         if winner is not None and hardware.cuda:  # measured by the trials and layout runs (observe/budgets.py)
             from yoloray.observe.budgets import winner_lines
             from yoloray.profile import resolve

@@ -5,6 +5,13 @@ ships: decode, letterbox, engine, NMS) back to back for a window; a window gives
 batch latency. Windows repeat until the last three agree within `stability` (10%) on images/s and p99, or a cap
 (`max_windows`, `max_trial_s`) is reached. Every window is reported to Tune (`ray.tune.report`).
 
+Video (an `--archive` of video files, tune/archive.py): the inputs are frames decoded from the user's videos
+(PyAV, stored as PNG); the trial decodes them into BGR arrays once, before it builds anything, and times
+`detect` on the arrays (letterbox, engine, NMS). The video decode is not in the figure: NVDEC decodes a
+segment inside a batch actor (PyNvVideoCodec sessions per calling thread), which one trial process cannot time
+the way a job runs it, so the layout level's real jobs over the user's video files measure it. The trial's
+`decode` is the one the batch job uses (NVDEC where it runs, else PyAV), so the winner's profile decodes so.
+
 Fidelity: the match rate of the trial's detections against an fp32 reference Detector (torch backend, TF32
 off, full-size decode) on the first `fidelity_images` inputs (`yoloray.fidelity.compare`, IoU 0.9, score
 tolerance 0.05). The reference is computed once per model/imgsz/device and cached under RUN/reference/.
@@ -215,12 +222,18 @@ def measure(point: dict, settings: TuneConfig, images: list[bytes], report: Call
         return metrics
 
     detector = None
+    if settings.video:  # PNG frames of the user's videos -> the decoded frames the trial times
+        from yoloray.tune.archive import decoded
+
+        images, encoded = decoded(images), images
+    else:
+        encoded = images
     fid_images = images[: settings.fidelity_images]
     try:
         try:
             cfg = Profile.parse(engine_fields(point, settings), source="trial")
             if cfg.precision == "int8" and cfg.calibration is None:  # calibrate on the sweep's own frames
-                cfg = cfg.replace(calibration=str(calibration_folder(images)))
+                cfg = cfg.replace(calibration=str(calibration_folder(encoded)))
             base["engine_key"] = cfg.output_key()
             reference = reference_detections(cfg, fid_images, Path(settings.out) / "reference")
             if cfg.device.startswith("cuda"):
