@@ -77,13 +77,13 @@ COUNTS = ("batch_size", "actors_per_gpu", "actors", "calls_per_actor", "decode_t
 
 def engine_config(args):
     """The Profile from --profile (else $YOLORAY_PROFILE) plus flag overrides; fields may still be `auto`."""
-    from yoloray.config import ConfigError, Profile
+    from yoloray.config import PROFILE_HINT, ConfigError, Profile
 
     fields = {}
     path = getattr(args, "config", None) or os.environ.get(PROFILE_ENV)
     if path:
         try:
-            fields = Profile.from_yaml(path).model_dump()
+            fields = Profile.from_yaml(path, "profile file", PROFILE_HINT).model_dump()
         except ConfigError as e:
             raise ConfigError(f"{e}{'' if getattr(args, 'config', None) else f' (from ${PROFILE_ENV})'}") from None
     share = getattr(args, "gpus_per_actor", None)

@@ -63,26 +63,42 @@ def parse_imgsz(value: Any) -> tuple[int, int]:
     raise ValueError(f"imgsz {value!r} is not an int, 'HxW' or [h, w]")
 
 
-def load_yaml(path: str | Path, what: str = "file"):
-    """YAML from a file, with errors a user can act on (missing file, bad syntax) as ConfigError."""
+# what to pass instead, said when a profile file given is not there or holds no mapping
+PROFILE_HINT = "; pass the profile.yaml a tuning sweep wrote (runs/NAME/profile.yaml) or a job's OUT/_profile.yaml"
+
+
+def read_mapping(path: str | Path, what: str, hint: str = "") -> dict[str, Any]:
+    """The mapping a YAML file holds. Anything else (no such file, a folder, unreadable, not YAML, not a mapping)
+    is a one-line ConfigError naming `what` and the path; `hint` (what to pass instead) follows it unless the
+    file is there but not valid YAML, where the line and column say what to fix."""
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"{what} {path} does not exist{hint}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a folder, not a file{hint}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {path} cannot be read ({getattr(e, 'strerror', None) or e}){hint}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:  # PyYAML's message spans lines (and quotes the source): one line of it
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"{what} {path} is not valid YAML ({at}{' '.join(problem.split())})") from None
+    if not isinstance(data, dict):
+        held = "nothing" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{what} {path} holds {held}, not a mapping{hint}")
+    return data
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     @classmethod
-    def from_yaml(cls, path: str | Path):
-        data = load_yaml(path, "config file") or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of field: value")
-        return cls.parse(data, source=str(path))
+    def from_yaml(cls, path: str | Path, what: str = "config file", hint: str = ""):
+        """The model a YAML file holds; every problem is one ConfigError line naming `what` and the path."""
+        return cls.parse(read_mapping(path, what, hint), source=f"{what} {path}")
 
     @classmethod
     def parse(cls, data: dict, source: str = "config"):

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from yoloray.config import ConfigError, Profile
+from yoloray.config import PROFILE_HINT, ConfigError, Profile
 from yoloray.serve.settings import ServeConfig
 
 
@@ -119,3 +119,33 @@ def test_key_stable_across_processes():
     keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)}
     assert len(keys) == 1
     assert keys.pop().strip() == Profile(model="yolov8n.yaml", imgsz=320).output_key()
+
+
+@pytest.mark.parametrize("command", ["detect", "infer"])
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("missing.yaml", None, "profile file {p} does not exist" + PROFILE_HINT),
+        ("folder", "folder", "profile file {p} is a folder, not a file" + PROFILE_HINT),
+        ("bad.yaml", "a: b: c\n", "profile file {p} is not valid YAML (line 1, column 5: mapping values are not allowed here)"),
+        ("unknown.yaml", "engine:\n  bogus: 1\n", "profile file {p}: engine.bogus: Extra inputs are not permitted"),
+        ("empty.yaml", "", "profile file {p} holds nothing, not a mapping" + PROFILE_HINT),
+    ],
+    ids=["missing", "folder", "not-yaml", "unknown-key", "empty"],
+)
+def test_profile_file_errors_are_one_line(tmp_path, capsys, command, name, text, message):
+    """`--profile` that is missing, a folder, not YAML, not a profile: one line naming the file, exit code 2."""
+    from yoloray.cli import main
+
+    path = tmp_path / name
+    if text == "folder":
+        path.mkdir()
+    elif text is not None:
+        path.write_text(text)
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"not read")
+    argv = [command, str(image), "--profile", str(path)] + (["--out", str(tmp_path / "out")] if command == "infer" else [])
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err == f"yoloray {command}: error: {message.format(p=path)}\n", err
+    assert "Traceback" not in out

@@ -41,8 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from yoloray.config import ConfigError
-from yoloray.serve.settings import PROFILE_HINT, SERVE_CONFIG_HINT, ServeConfig, read_mapping
+from yoloray.config import PROFILE_HINT, ConfigError, read_mapping
+from yoloray.serve.settings import SERVE_CONFIG_HINT, ServeConfig
 
 IMPORT_PATH = "yoloray.serve.app:build_app"
 DEPLOYMENT_NAME = "Detector"
@@ -117,9 +117,7 @@ def read_serve_config(path: str | Path, profile: str | Path | None = None):
     data = read_mapping(path, "serve config", SERVE_CONFIG_HINT)
     auto_gpus = auto_gpu_apps(data, replace_with=1)
     if profile is not None:
-        fields = Profile.parse(
-            read_mapping(profile, "profile file", PROFILE_HINT), source=f"profile file {profile}"
-        ).model_dump(mode="json")
+        fields = Profile.from_yaml(profile, "profile file", PROFILE_HINT).model_dump(mode="json")
         for app in data.get("applications") or []:
             if isinstance(app, dict) and app.get("import_path") == IMPORT_PATH:
                 args = {k: v for k, v in (app.get("args") or {}).items() if k != "max_batch_size"}

@@ -5,45 +5,17 @@ Split out of yoloray/config.py (which keeps the profile models every path shares
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import Field, model_validator
 
-from yoloray.config import AUTO, ConfigError, Profile, _Model
+from yoloray.config import AUTO, PROFILE_HINT, Profile, _Model, read_mapping
 
 # what to pass instead, said when a file given to `yoloray serve` is not there or holds no mapping
 SERVE_CONFIG_HINT = (
     "; pass a Ray Serve config (a mapping with an `applications:` list), e.g. serve_configs/detector.yaml or the "
     "serve.yaml a tuning sweep wrote (runs/NAME/serve.yaml)"
 )
-PROFILE_HINT = "; pass the profile.yaml a tuning sweep wrote (runs/NAME/profile.yaml) or a job's OUT/_profile.yaml"
-
-
-def read_mapping(path: str | Path, what: str, hint: str = "") -> dict[str, Any]:
-    """The mapping a YAML file holds. Anything else (no such file, a folder, unreadable, not YAML, not a mapping)
-    is a one-line ConfigError naming `what` and the path; `hint` (what to pass instead) follows it unless the
-    file is there but not valid YAML, where the line and column say what to fix."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist{hint}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{what} {path} is a folder, not a file{hint}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{what} {path} cannot be read ({getattr(e, 'strerror', None) or e}){hint}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:  # PyYAML's message spans lines (and quotes the source): one line of it
-        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e)
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ConfigError(f"{what} {path} is not valid YAML ({at}{' '.join(problem.split())})") from None
-    if not isinstance(data, dict):
-        held = "nothing" if data is None else f"a {type(data).__name__}"
-        raise ConfigError(f"{what} {path} holds {held}, not a mapping{hint}")
-    return data
 
 
 class ServeConfig(_Model):

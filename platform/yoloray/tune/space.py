@@ -29,7 +29,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
-from yoloray.config import SECTION_OF, SECTIONS, ConfigError, Profile, load_yaml, parse_imgsz
+from yoloray.config import SECTION_OF, SECTIONS, ConfigError, Profile, parse_imgsz, read_mapping
 from yoloray.engines.capabilities import CAPABILITIES, KNOB_DEFAULTS, capability, rows
 
 KNOBS = ("backend", "provider", "precision", "batch_size", "imgsz", "cuda_graph", "channels_last", "compile_mode",
@@ -181,7 +181,7 @@ def validate_mapping(data: Any, source: str = "space") -> dict[str, Any]:
 
 
 def load_space_file(path: str | Path) -> dict[str, Any]:
-    return validate_mapping(load_yaml(path, "space file"), source=str(path))
+    return validate_mapping(read_mapping(path, "space file"), source=str(path))
 
 
 @dataclass(frozen=True)
