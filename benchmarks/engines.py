@@ -117,11 +117,12 @@ def start_up(fields: dict, cache: str, work: Path) -> dict[str, float]:
     return out
 
 
-KERNEL_KINDS = (  # by kernel name, first match wins (cuDNN, cutlass and ORT's own kernel names)
+KERNEL_KINDS = (  # by the kernel's full name, first match wins (torch's, cuDNN's, cutlass's and ORT's names);
+    # torch's generic element-wise kernels are named `gpu_kernel_impl_nocast<...op...>`: classed by their op
     ("layout", ("transpose", "nchwtonhwc", "nhwctonchw", "nchw2nhwc", "nhwc2nchw", "permute")),
-    ("conv", ("conv", "fprop", "implicit", "xmma", "dgrad", "cudnn")),
+    ("copy", ("direct_copy", "copy_kernel", "memcpy", "memset", "catarray", "concat")),
+    ("conv", ("fprop", "implicit_gemm", "xmma", "conv2d", "convolution", "winograd", "dgrad")),
     ("gemm", ("gemm", "cutlass", "cublas", "matmul")),
-    ("copy/cast", ("copy", "cast", "convert", "memcpy", "memset")),
 )
 
 
@@ -145,7 +146,7 @@ def kernel_breakdown(det, x: torch.Tensor, calls: int) -> dict:
             continue
         us = e.time_range.elapsed_us()
         low = e.name.lower()
-        kind = next((k for k, words in KERNEL_KINDS if any(w in low for w in words)), "other")
+        kind = next((k for k, words in KERNEL_KINDS if any(w in low for w in words)), "element-wise/other")
         kinds[kind] = kinds.get(kind, 0.0) + us
         names[e.name] = names.get(e.name, 0.0) + us
         launches += 1
