@@ -415,7 +415,19 @@ DELEGATED = {"finetune": cmd_finetune, "eval": cmd_eval, "tune": cmd_tune, "serv
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Ctrl-C anywhere (Ray starting, a job running, the cleanup after it) is one line and
+    exit code 130: each command's own `finally` has shut its Ray down by then, and a batch job resumes when run
+    again."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        command = next((a for a in argv if not a.startswith("-")), None)
+        print(f"yoloray{f' {command}' if command else ''}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: list[str]) -> int:
     if argv and argv[0] in DELEGATED:
         return int(DELEGATED[argv[0]](argparse.Namespace(rest=argv[1:])) or 0)
     parser = build_parser()
@@ -439,9 +451,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"yoloray {args.command}: error: {type(e).__name__}: {e}{_log_note(e)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"yoloray {args.command}: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

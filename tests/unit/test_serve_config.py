@@ -159,11 +159,14 @@ def test_main_refuses_bad_config_without_starting_ray(tmp_path, capsys):
     assert not ray.is_initialized()
 
 
-def _serve_yaml(tmp_path, change=None) -> Path:
-    """serve_configs/detector.yaml, with change(data) applied, written to tmp_path/serve.yaml."""
+def _serve_yaml(tmp_path, change=None, change_top=None) -> Path:
+    """serve_configs/detector.yaml, with change(application, deployment) and change_top(data) applied, written to
+    tmp_path/serve.yaml."""
     data = yaml.safe_load(DETECTOR_YAML.read_text())
     if change is not None:
         change(data["applications"][0], data["applications"][0]["deployments"][0])
+    if change_top is not None:
+        change_top(data)
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -217,10 +220,42 @@ PASS_CONFIG = "; pass a Ray Serve config (a mapping with an `applications:` list
             "{tmp}/serve.yaml: not a Ray Serve config Ray can read (AttributeError: 'int' object has no attribute "
             "'get'); `applications` and each application's `deployments` are lists of mappings",
         ),
+        (  # keys Ray's schema would drop without a word: the allowed ones come from Ray's classes
+            lambda t: [_serve_yaml(t, lambda a, d: d.update(num_replica=4))],
+            "{tmp}/serve.yaml: application 'yoloray': deployment Detector: unknown key 'num_replica' (did you mean "
+            "'num_replicas'?), which Ray would ignore; the keys Ray reads there: autoscaling_config, ",
+        ),
+        (
+            lambda t: [_serve_yaml(t, lambda a, d: d.update(max_ongoing_request=64, zzz=1))],
+            "{tmp}/serve.yaml: application 'yoloray': deployment Detector: unknown keys 'max_ongoing_request' (did "
+            "you mean 'max_ongoing_requests'?), 'zzz', which Ray would ignore; the keys Ray reads there: ",
+        ),
+        (
+            lambda t: [_serve_yaml(t, lambda a, d: d["ray_actor_options"].update(num_gpu=1))],
+            "{tmp}/serve.yaml: application 'yoloray': deployment Detector: ray_actor_options: unknown key 'num_gpu' "
+            "(did you mean 'num_gpus'?), which Ray would ignore; the keys Ray reads there: accelerator_type, ",
+        ),
+        (
+            lambda t: [_serve_yaml(t, lambda a, d: d["autoscaling_config"].update(min_replica=1))],
+            "{tmp}/serve.yaml: application 'yoloray': deployment Detector: autoscaling_config: unknown key "
+            "'min_replica' (did you mean 'min_replicas'?), which Ray would ignore; the keys Ray reads there: ",
+        ),
+        (
+            lambda t: [_serve_yaml(t, change_top=lambda data: data["http_options"].update(prot=8001))],
+            "{tmp}/serve.yaml: http_options: unknown key 'prot' (did you mean 'port'?), which Ray would ignore; the "
+            "keys Ray reads there: host, keep_alive_timeout_s, port, ",
+        ),
+        (
+            lambda t: [_serve_yaml(t, change_top=lambda data: data.update(grpc_options={"portt": 9001}))],
+            "{tmp}/serve.yaml: grpc_options: unknown key 'portt' (did you mean 'port'?), which Ray would ignore; "
+            "the keys Ray reads there: enable_reflection, grpc_servicer_functions, port, request_timeout_s",
+        ),
     ],
     ids=["profile-missing", "profile-folder", "profile-not-yaml", "profile-unknown-key", "profile-list",
          "profile-empty", "config-missing", "config-not-yaml", "args-profile-not-yaml", "args-profile-missing",
-         "autoscaling-min-over-max", "route-prefix", "deployment-not-a-mapping"],
+         "autoscaling-min-over-max", "route-prefix", "deployment-not-a-mapping", "deployment-typo",
+         "deployment-two-unknown", "actor-options-typo", "autoscaling-typo", "http-options-typo",
+         "grpc-options-typo"],
 )
 def test_serve_cli_errors_are_one_line(tmp_path, capsys, argv, message):
     """`yoloray serve` with a file that is missing, not YAML or not what it should hold: one line naming the file

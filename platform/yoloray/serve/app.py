@@ -115,6 +115,7 @@ def read_serve_config(path: str | Path, profile: str | Path | None = None):
 
     path = Path(path)
     data = read_mapping(path, "serve config", SERVE_CONFIG_HINT)
+    check_known_keys(data, str(path))
     auto_gpus = auto_gpu_apps(data, replace_with=1)
     if profile is not None:
         fields = Profile.from_yaml(profile, "profile file", PROFILE_HINT).model_dump(mode="json")
@@ -131,6 +132,52 @@ def read_serve_config(path: str | Path, profile: str | Path | None = None):
             f"{path}: not a Ray Serve config Ray can read ({type(e).__name__}: {e}); `applications` and each "
             "application's `deployments` are lists of mappings"
         ) from None
+
+
+def check_known_keys(data: dict, source: str = "serve config") -> None:
+    """Ray's schema drops the keys it does not know in http_options, grpc_options and a deployment's options
+    (its ray_actor_options and autoscaling_config too): a typo such as `num_replica: 4` would be ignored without
+    a word. A ConfigError names the part, the unknown key, a close match and the keys Ray's own classes have.
+    Parts that are not mappings are left to Ray's schema."""
+    from ray.serve.config import AutoscalingConfig
+    from ray.serve.schema import (
+        DeploymentSchema,
+        HTTPOptionsSchema,
+        RayActorOptionsSchema,
+        ServeApplicationSchema,
+        gRPCOptionsSchema,
+    )
+
+    parts = [("http_options", data.get("http_options"), HTTPOptionsSchema),
+             ("grpc_options", data.get("grpc_options"), gRPCOptionsSchema)]
+    apps = data.get("applications")
+    for app in apps if isinstance(apps, list) else []:
+        deployments = app.get("deployments") if isinstance(app, dict) else None
+        for d in deployments if isinstance(deployments, list) else []:
+            if isinstance(d, dict):
+                name = app.get("name", ServeApplicationSchema.model_fields["name"].default)
+                where = f"application {name!r}: deployment {d.get('name', '(no name)')}"
+                parts += [(where, d, DeploymentSchema),
+                          (f"{where}: ray_actor_options", d.get("ray_actor_options"), RayActorOptionsSchema),
+                          (f"{where}: autoscaling_config", d.get("autoscaling_config"), AutoscalingConfig)]
+    for where, part, model in parts:
+        if not isinstance(part, dict):
+            continue
+        known = {n for name, f in model.model_fields.items() for n in (name, f.alias) if n}
+        unknown = [k for k in part if k not in known]
+        if unknown:
+            named = ", ".join(f"{k!r}{_close_match(str(k), known)}" for k in unknown)
+            raise ConfigError(
+                f"{source}: {where}: unknown key{'s' if len(unknown) > 1 else ''} {named}, which Ray would "
+                f"ignore; the keys Ray reads there: {', '.join(sorted(known))}"
+            )
+
+
+def _close_match(key: str, known: set[str]) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def applications_from(schema, source: str = "serve config") -> list[dict]:
