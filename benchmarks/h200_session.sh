@@ -9,6 +9,7 @@
 #   bash benchmarks/h200_session.sh e2e      # benchmarks/e2e.py: no-flag (auto profile) row beside the hand-set rows
 #   bash benchmarks/h200_session.sh e2e-observe ARGS  # e2e.py ARGS, then observe_gpu.py --with-ray
 #   bash benchmarks/h200_session.sh serve    # benchmarks/serve_load.py
+#   bash benchmarks/h200_session.sh serve-tuned [ARGS]  # issue 18's tuned serve_load.py command, shortened levels
 # Results go under $OUT (the run tool brings them back).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD/platform PATH=/tmp/site/bin:$PATH YOLO_OFFLINE=true YOLO_CONFIG_DIR=/tmp/ultralytics \
@@ -55,6 +56,15 @@ case "${1:-}" in
     ;;
   serve)
     timeout 580 python3 benchmarks/serve_load.py --out "$OUT/serve_load.json" "${@:2}" >"$OUT/serve.txt" 2>&1; tail -60 "$OUT/serve.txt"
+    ;;
+  serve-tuned)  # issue 18's tuned command (benchmarks/README.md) with levels short enough for one 10-minute call
+    timeout 580 python3 benchmarks/serve_load.py --random-weights yolov8s.yaml --duration 6 \
+      --set engine.precision=fp16 --set engine.imgsz=384x640 --set engine.batch_size=32 --set max_batch_size=32 \
+      --set engine.decode=gpu --set engine.cuda_graph=true --set max_queued_images=4096 \
+      --option ray_actor_options.num_cpus=4 --option max_ongoing_requests=512 --option max_queued_requests=2048 \
+      --concurrency 1,32,128,256 --docs-concurrency 16 --layouts 1x1,2x0.5 --layout-concurrency 256 \
+      --step-gpus 0.5 --step-low 8 --step-high 128 --step-s 40 --client-procs 6 --out "$OUT/serve_load.json" "${@:2}" \
+      >"$OUT/serve.txt" 2>&1; tail -60 "$OUT/serve.txt"
     ;;
   *) echo "usage: $0 tests|video|e2e|serve [args]"; exit 2 ;;
 esac
