@@ -121,6 +121,7 @@ KERNEL_KINDS = (  # by the kernel's full name, first match wins (torch's, cuDNN'
     # torch's generic element-wise kernels are named `gpu_kernel_impl_nocast<...op...>`: classed by their op
     ("layout", ("transpose", "nchwtonhwc", "nhwctonchw", "nchw2nhwc", "nhwc2nchw", "permute")),
     ("copy", ("direct_copy", "copy_kernel", "memcpy", "memset", "catarray", "concat")),
+    ("fused (Triton)", ("triton_",)),  # Inductor's kernels, named after the ops they fuse ("..._convolution_silu")
     ("conv", ("fprop", "implicit_gemm", "xmma", "conv2d", "convolution", "winograd", "dgrad")),
     ("gemm", ("gemm", "cutlass", "cublas", "matmul")),
 )
