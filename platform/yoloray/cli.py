@@ -82,10 +82,11 @@ def engine_config(args):
     fields = {}
     path = getattr(args, "config", None) or os.environ.get(PROFILE_ENV)
     if path:
+        source = "" if getattr(args, "config", None) else f" (from ${PROFILE_ENV})"  # the file's name came from there
         try:
-            fields = Profile.from_yaml(path, "profile file", PROFILE_HINT).model_dump()
-        except ConfigError as e:
-            raise ConfigError(f"{e}{'' if getattr(args, 'config', None) else f' (from ${PROFILE_ENV})'}") from None
+            fields = Profile.from_yaml(path, "profile file", source + PROFILE_HINT).model_dump()
+        except ConfigError as e:  # said once, right after what is wrong, whatever the error
+            raise ConfigError(str(e) if source in str(e) else f"{e}{source}") from None
     share = getattr(args, "gpus_per_actor", None)
     if share is not None:
         if not 0 < share <= 1 or abs(1 / share - round(1 / share)) > 0.05 * round(1 / share):
