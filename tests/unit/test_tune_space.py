@@ -282,3 +282,27 @@ def test_a_torch_point_laid_over_a_cpu_default_drops_the_auto_provider():
     assert (winner.backend, winner.provider, winner.batch_size) == ("torch", None, 2)
     ort = default.replace(**engine_fields({"backend": "onnxruntime", "batch_size": 2}, settings))
     assert ort.provider == "cpu"  # an ONNX Runtime point keeps it
+
+
+def test_default_space_follows_the_size_of_the_users_stills(tmp_path):
+    """A stills archive or folder sets the default input shape as `infer` resolves it; generated frames and
+    videos keep theirs."""
+    import cv2
+    import numpy as np
+
+    from yoloray.tune.archive import with_input_size
+
+    def jpeg(w, h):
+        return cv2.imencode(".jpg", np.zeros((h, w, 3), np.uint8))[1].tobytes()
+
+    base = TuneConfig(name="t", out=str(tmp_path), model="yolov8n.yaml")
+    four_three = [jpeg(1280, 960)] * 3
+    assert with_input_size(base.model_copy(update={"images": str(tmp_path)}), four_three).frame_size == (1280, 960)
+    assert with_input_size(base.model_copy(update={"archive": [str(tmp_path)]}), four_three).frame_size == (1280, 960)
+    mixed = [jpeg(1280, 960), jpeg(1920, 1080)]
+    assert with_input_size(base.model_copy(update={"images": str(tmp_path)}), mixed).frame_size == (640, 640)
+    assert with_input_size(base, four_three).frame_size == (1920, 1080)  # generated frames: --frame-size
+    video = base.model_copy(update={"archive": [str(tmp_path)], "video": True, "frame_size": (640, 480)})
+    assert with_input_size(video, four_three).frame_size == (640, 480)
+    shape = Space.build({}, cuda=True, frame_size=(1280, 960)).values["imgsz"]
+    assert shape == ("480x640",)

@@ -40,15 +40,30 @@ def is_video(units: list[dict] | None) -> bool:
     return bool(units) and all(u.get("kind") == "video" for u in units)
 
 
+def frame_size_of(sizes: set[tuple[int, int]]) -> tuple[int, int]:
+    """The frames' one (width, height), or square 640 when they differ (as `auto` resolves the input shape)."""
+    from yoloray.profile import LONG_SIDE
+
+    return next(iter(sizes)) if len(sizes) == 1 else (LONG_SIDE, LONG_SIDE)
+
+
 def with_archive(settings: TuneConfig, units: list[dict] | None) -> TuneConfig:
     """`settings` with `video` set for an all-video archive, and the frame size of its readable videos."""
     if not is_video(units):
         return settings
-    from yoloray.profile import LONG_SIDE
-
     sizes = {(u["width"], u["height"]) for u in units if u.get("error") is None and u.get("width")}
-    size = sizes.pop() if len(sizes) == 1 else (LONG_SIDE, LONG_SIDE)  # square 640 when sizes differ (auto_imgsz)
-    return settings.model_copy(update={"video": True, "frame_size": size})
+    return settings.model_copy(update={"video": True, "frame_size": frame_size_of(sizes)})
+
+
+def with_input_size(settings: TuneConfig, images: list[bytes]) -> TuneConfig:
+    """`settings` with the frame size of the user's own stills (`--archive`, `--images`), which the default
+    space's input shape follows; generated frames keep `--frame-size`, videos their own (`with_archive`)."""
+    if settings.video or not (settings.archive or settings.images):
+        return settings
+    from yoloray.profile import Sample
+
+    sizes = set(Sample.of_images(images).frame_sizes)
+    return settings.model_copy(update={"frame_size": frame_size_of(sizes)}) if sizes else settings
 
 
 def archive_images(settings: TuneConfig, units: list[dict]) -> list[tuple[str, bytes]]:

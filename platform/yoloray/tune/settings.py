@@ -34,7 +34,7 @@ class TuneConfig(_Model):
     archive: list[str] = Field(default_factory=list)  # infer sources whose first images are measured instead
     layout_top: int = Field(2, ge=0)  # engine configurations measured at the layout level (0: engine level only)
     layout_images: int | None = Field(None, ge=1)  # archive members per layout run (default 20,000 CUDA, 256 CPU)
-    frame_size: tuple[int, int] = (1920, 1080)  # width, height of the generated frames, or of the archive's videos
+    frame_size: tuple[int, int] = (1920, 1080)  # width, height of the generated frames, or of the user's own frames
     video: bool = False  # the archive is video: trials time frames decoded from it, layout runs its files
     n_images: int = Field(32, ge=1)
     fidelity_images: int = Field(8, ge=1)

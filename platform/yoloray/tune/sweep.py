@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "jobs, one per layout (default 2; 0: the engine level only)")
     p.add_argument("--layout-images", type=int, help="archive members (video: frames) per layout run: the sample "
                    "repeated (default 20,000 with GPUs, 256 on CPU)")
-    p.add_argument("--frame-size", default="1920x1080", help="WxH of the generated frames (default 1920x1080)")
+    p.add_argument("--frame-size", default="1920x1080", help="WxH of the generated frames (default 1920x1080); with "
+                   "--images or --archive the input shape follows the size of your own frames instead")
     p.add_argument("--window-seconds", type=float, default=2.0, help="measurement window (default 2)")
     p.add_argument("--max-windows", type=int, default=10, help="windows per trial at most (default 10)")
     p.add_argument("--max-trial-seconds", type=float, default=120.0, help="measurement cap per trial")
@@ -336,7 +337,7 @@ def run(settings: TuneConfig, resume: bool, gpus: int | None = None, cpus: int |
         address: str | None = None) -> int:
     import ray
 
-    from yoloray.tune.archive import list_archive, with_archive
+    from yoloray.tune.archive import list_archive, with_archive, with_input_size
     from yoloray.tune.report import write_report
 
     started = connect(address, runtime_env=_runtime_env(), log_to_driver=False, configure_logging=False)
@@ -346,6 +347,8 @@ def run(settings: TuneConfig, resume: bool, gpus: int | None = None, cpus: int |
             settings = with_archive(_resources(settings, gpus, cpus), units)
             Path(settings.out).mkdir(parents=True, exist_ok=True)
         images = load_inputs(settings, units)
+        if not resume:
+            settings = with_input_size(settings, images)
         settings.to_yaml(Path(settings.out) / "sweep.yaml")
         default, sample, hardware = default_profile(settings, images, units)
         print(f"yoloray tune: the default profile ({hardware.describe()}; {sample.describe()}):\n"
