@@ -26,9 +26,15 @@ The step (--step-ingress, default haproxy): autoscaling from 1 replica (max --st
 requests in flight for --step-low-s (the steady p50 of one warm replica), then --step-high for --step-s. For
 each replica the autoscaler adds: when Serve's controller created it (the control-loop step that took the
 scale-up decision; Ray 2.60 does not expose the decision's own time), when it reported it running (created ->
-ready), and the latency of its first request and the p50 of its first ten against the steady p50; and the
-5xx count of the whole step. Replicas report ready only once warm at every batch shape (/info:
-warmup). Prints tables, writes JSON to --out.
+ready), the latency of its first request, the p50 of its first ten, and its own steady p50 (the median of its
+answered requests after its first ten, under the same --step-high load; None with fewer than 20 requests).
+Two ratios, each the new replica's first request over:
+  first/steady  the pre-step p50 (one warm replica at --step-low): light load against the step's load, so it
+                counts the queueing the step itself adds, not only the new replica's cold start
+  first/own     that replica's own steady p50 at --step-high: what its first request costs over its later ones
+The step's own p50/p99 at --step-high (all replicas) is in the table's header line, with the 5xx count of the
+whole step. Replicas report ready only once warm at every batch shape (/info: warmup). Prints tables, writes
+JSON to --out. `--systems none` (or empty) runs only the step, on --step-ingress.
 
 On a CPU-only machine, a small run that proves the wiring (ports from --port-base, loopback only):
     python benchmarks/serve_load.py --duration 4 --concurrency 1,8 --docs-concurrency 1 --layouts 1x0 \\
@@ -394,6 +400,8 @@ class Run:
             mine = [r for r in high["records"] if r[3] == rec["replica"]]
             first = mine[0] if mine else None
             first10 = [r[1] * 1000 for r in mine[:10] if r[2] == 200]
+            later = [r[1] * 1000 for r in mine[10:] if r[2] == 200]
+            own = float(np.median(later)) if len(mine) >= 20 and later else None
             new.append(
                 {
                     "replica": rec["replica"],
@@ -405,6 +413,8 @@ class Run:
                     "first_request_status": first and first[2],
                     "first10_p50_ms": _round(first10 and float(np.median(first10))),
                     "first_over_steady_p50": _round(first and steady and first[1] * 1000 / steady),
+                    "own_steady_p50_ms": _round(own),
+                    "first_over_own_steady_p50": _round(first and own and first[1] * 1000 / own),
                     "requests": len(mine),
                 }
             )
@@ -452,18 +462,23 @@ def table(results: list[dict]) -> str:
 def step_table(step: dict) -> str:
     lines = [
         f"autoscaling step on {step['ingress']}: c={step['low']['concurrency']} -> c={step['high']['concurrency']}; "
-        f"steady p50 (one warm replica) {step['steady_p50_ms']} ms; after the step {step['high']['images_per_s']} "
+        f"steady p50 (one warm replica, before the step) {step['steady_p50_ms']} ms; after the step {step['high']['images_per_s']} "
         f"images/s p50 {step['high']['p50_ms']} ms p99 {step['high']['p99_ms']} ms; peak {step['peak_replicas']} "
         f"replicas; statuses {step['statuses']}; 5xx other than 503: {step['errors_5xx']}",
         f"  {'replica':<10} {'created s':>9} {'created->ready s':>16} {'first ms':>9} {'first10 p50':>11} "
-        f"{'first/steady':>12} {'requests':>8}",
+        f"{'own p50':>8} {'first/steady':>12} {'first/own':>9} {'requests':>8}",
     ]
     for n in step["new_replicas"]:
         lines.append(
             f"  {n['replica']:<10} {_dash(n['created_after_step_s']):>9} {_dash(n['created_to_ready_s']):>16} "
             f"{_dash(n['first_request_ms']):>9} {_dash(n['first10_p50_ms']):>11} "
-            f"{_dash(n['first_over_steady_p50']):>12} {n['requests']:>8}"
+            f"{_dash(n.get('own_steady_p50_ms')):>8} {_dash(n['first_over_steady_p50']):>12} "
+            f"{_dash(n.get('first_over_own_steady_p50')):>9} {n['requests']:>8}"
         )
+    lines.append(
+        "  first/steady: first request / the pre-step p50 (one replica, low load); first/own: first request / "
+        "that replica's own p50 after its first ten (same high load)"
+    )
     if not step["new_replicas"]:
         lines.append("  (the autoscaler added no replica during the step)")
     return "\n".join(lines)
@@ -496,7 +511,11 @@ def main(argv=None) -> int:
     p.add_argument(
         "--config", default=str(ROOT / "serve_configs" / "detector.yaml"), help="Serve config (yoloray app)"
     )
-    p.add_argument("--systems", default="docs,proxy,haproxy,grpc", help=f"which of {','.join(SYSTEMS)}")
+    p.add_argument(
+        "--systems",
+        default="docs,proxy,haproxy,grpc",
+        help=f"which of {','.join(SYSTEMS)}; none (or empty): only the autoscaling step, on --step-ingress",
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load per level")
     p.add_argument("--concurrency", default="1,4,16,32,64,128,256", help="requests in flight per level")
     p.add_argument("--docs-concurrency", default="1,4,16", help="levels for the docs pattern")
@@ -538,9 +557,13 @@ def main(argv=None) -> int:
     args.layouts = parse_layouts(args.layouts)
     args.step_gpus = args.layouts[0][1] if args.step_gpus is None else args.step_gpus
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if systems == ["none"]:
+        systems = []
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
-        raise SystemExit(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+        raise SystemExit(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)} (or none)")
+    if not systems and args.step_ingress == "none":
+        raise SystemExit("nothing to run: --systems none and --step-ingress none")
 
     from yoloray.serve.app import load_serve_config
     from yoloray.serve.settings import ServeConfig
@@ -589,7 +612,8 @@ def main(argv=None) -> int:
         if pool is not None:
             pool.terminate()
 
-    print("\n" + table(run.results))
+    if run.results:
+        print("\n" + table(run.results))
     for step in run.steps:
         print("\n" + step_table(step))
     print(
@@ -602,7 +626,8 @@ def main(argv=None) -> int:
                 f"  {key:<16} {rep:<10} sizes {w.get('batch_sizes')} warm {w.get('seconds')} s init {w.get('init_seconds')} s"
             )
     best = summary(run.results, args.p99_bound_ms)
-    print(f"\nbest images/s with p99 <= {args.p99_bound_ms:g} ms and only 200s (and at any latency):")
+    if run.results:
+        print(f"\nbest images/s with p99 <= {args.p99_bound_ms:g} ms and only 200s (and at any latency):")
     for key, v in best.items():
         if isinstance(v, dict):
             w, b = v["best_within_bound"], v["best"]

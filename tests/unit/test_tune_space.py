@@ -306,3 +306,27 @@ def test_default_space_follows_the_size_of_the_users_stills(tmp_path):
     assert with_input_size(video, four_three).frame_size == (640, 480)
     shape = Space.build({}, cuda=True, frame_size=(1280, 960)).values["imgsz"]
     assert shape == ("480x640",)
+
+
+@pytest.mark.parametrize("device, gpus", [("cuda", 2), ("cuda:0", 1), ("cpu", 0), ("cpu", 2)])
+def test_serve_config_packs_four_replicas_per_gpu_on_cuda(tmp_path, device, gpus):
+    """The sweep's Serve config: on CUDA 4 x 0.25 GPU per GPU of the sweep (benchmarks/README.md, "Serving"),
+    autoscaled from one per GPU; on a CPU no GPU, 1 to max(1, gpus) replicas, as before."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from yoloray.tune.report import serve_config
+
+    settings = TuneConfig(name="s", out=str(tmp_path), model="yolov8n.yaml", gpus=gpus, cpus_per_trial=3)
+    data = serve_config(Profile(device=device, batch_size=8), settings)
+    ServeDeploySchema.model_validate(data)
+    (app,) = data["applications"]
+    assert "ingress" not in app["args"]  # the default ingress: haproxy needs the serve-fast extra
+    (d,) = app["deployments"]
+    auto = d["autoscaling_config"]
+    if device.startswith("cuda"):
+        assert d["ray_actor_options"] == {"num_gpus": 0.25, "num_cpus": 3}
+        assert (auto["min_replicas"], auto["max_replicas"]) == (gpus, 4 * gpus)
+    else:
+        assert d["ray_actor_options"] == {"num_gpus": 0, "num_cpus": 3}
+        assert (auto["min_replicas"], auto["max_replicas"]) == (1, max(1, gpus))
+    assert yaml.safe_load(yaml.safe_dump(data, sort_keys=False)) == data

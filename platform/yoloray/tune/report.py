@@ -98,9 +98,17 @@ def top_engines(df: pd.DataFrame, settings: TuneConfig) -> list[tuple[str, dict]
 
 
 def serve_config(engine: Profile, settings: TuneConfig) -> dict:
-    """A Ray Serve config (ServeDeploySchema) running the winner behind yoloray.serve.app:build_app."""
+    """A Ray Serve config (ServeDeploySchema) running the winner behind yoloray.serve.app:build_app.
+
+    On CUDA, four replicas of 0.25 GPU per GPU of the sweep (autoscaled from one per GPU): benchmarks/README.md,
+    "Serving" (2026-12-01, one H200, HAProxy ingress) measured 1,803 images/s at p99 93 ms with 4 x 0.25
+    against ~850 with 1 x 1. The ingress is left at the default (Serve's Python proxy, measured flat near 220
+    images/s with 1 x 1; `ingress: haproxy` needs the serve-fast extra, so it is left to the user). On a CPU:
+    num_gpus 0, 1 to max(1, gpus) replicas."""
     bs = engine.batch_size
     gpu = engine.device.startswith("cuda")
+    gpus = max(1, settings.gpus)
+    per_gpu = 4 if gpu else 1  # replicas of 1 / per_gpu GPU each
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": 8000},
@@ -113,9 +121,9 @@ def serve_config(engine: Profile, settings: TuneConfig) -> dict:
             "deployments": [{
                 "name": "Detector",
                 "max_ongoing_requests": 2 * bs,
-                "autoscaling_config": {"min_replicas": 1, "max_replicas": max(1, settings.gpus),
+                "autoscaling_config": {"min_replicas": gpus if gpu else 1, "max_replicas": per_gpu * gpus,
                                        "target_ongoing_requests": bs},
-                "ray_actor_options": {"num_gpus": 1 if gpu else 0, "num_cpus": settings.cpus_per_trial},
+                "ray_actor_options": {"num_gpus": 1 / per_gpu if gpu else 0, "num_cpus": settings.cpus_per_trial},
             }],
         }],
     }
