@@ -329,6 +329,7 @@ def main() -> int:
         "nvdec-1actor-8calls": ({**fast, "decode": "gpu"}, {"calls_per_actor": 8}),
         "nvdec-1actor-14calls": ({**fast, "decode": "gpu"}, {"calls_per_actor": 14}),
         "nvdec-1actor-28calls": ({**fast, "decode": "gpu"}, {"calls_per_actor": 28}),
+        "nvdec-1actor-42calls": ({**fast, "decode": "gpu"}, {"calls_per_actor": 42}),
         "nvdec-2actors-4calls": ({**fast, "decode": "gpu"}, {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 4}),
         "hybrid.2-1actor-8calls": ({**fast, "decode": "hybrid", "hybrid_cpu_share": 0.2}, {"calls_per_actor": 8}),
     }

@@ -75,7 +75,7 @@ CAPABILITIES: dict[str, Capability] = {
     "torch-compile": Capability(
         precisions=("fp32", "fp16", "bf16"),
         knobs=frozenset({"channels_last", "compile_mode"}),  # mode='reduce-overhead' captures CUDA graphs itself
-        devices=("cpu", "cuda"), description="torch.compile of the fused model (compile artifacts in the cache)",
+        devices=("cpu", "cuda"), description="torch.compile of the fused model, compiled ahead of time once into the artifact cache",
         verified="tests/gpu",
     ),
     "onnxruntime": Capability(

@@ -106,41 +106,51 @@ class TorchEngine(Engine):
         self._forward = net
         self.cuda_graph = config.cuda_graph and device.type == "cuda"
         self.compile = config.backend == "torch-compile"
+        self.forward_batch = config.micro_batch or config.batch_size  # images per forward (graph replay)
         self._compile_cache: tuple | None = None  # (cache, key) when this process compiles without stored artifacts
         if self.compile:
-            self._load_compile_artifacts(config)
-            self._forward = torch.compile(net, mode=config.compile_mode or "default", dynamic=False)
-        self.forward_batch = config.micro_batch or config.batch_size  # images per forward (graph replay)
+            self._forward = self._compiled(net, config)
         self.static_batch = self.forward_batch if (self.cuda_graph or self.compile) else None
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static_in: torch.Tensor | None = None
         self._static_out: torch.Tensor | None = None
         self._replayed: torch.cuda.Event | None = None
 
-    def _load_compile_artifacts(self, config) -> None:
-        """torch.compile's artifacts (inductor's compiled graphs and autotuning results) from the shared artifact
-        cache, so only the first actor of a cluster pays for compilation; otherwise remember to store them."""
+    def _compiled(self, net: torch.nn.Module, config):
+        """The model compiled ahead of time for its one input shape, from the shared artifact cache when an
+        earlier engine stored it (engines/torch_compile.py); where that cannot run, torch.compile with
+        Inductor's cache artifacts (traced again in every process)."""
         from yoloray.config import model_identity
         from yoloray.engines.cache import ArtifactCache, cache_key, environment
+        from yoloray.engines.torch_compile import ARTIFACTS_KIND, CompiledForward
 
+        mode = config.compile_mode or "default"
         fields = {"model": model_identity(config.model), "precision": config.precision, "imgsz": list(config.imgsz),
-                  "batch": config.micro_batch or config.batch_size, "channels_last": config.channels_last,
-                  "mode": config.compile_mode or "default", "max_det": config.max_det,
-                  "agnostic_nms": config.agnostic_nms, "device": self.device.type}
+                  "batch": self.forward_batch, "channels_last": config.channels_last, "mode": mode,
+                  "max_det": config.max_det, "agnostic_nms": config.agnostic_nms, "device": self.device.type}
         cache = ArtifactCache(config.cache_dir)
         key = cache_key("torch-compile", fields, environment(self.device, ("torch", "ultralytics", "triton")))
         self.artifact_events = cache.events
-        blob = cache.blob("torch-compile", key)
+        example = torch.zeros((self.forward_batch, 3, *config.imgsz), device=self.device, dtype=self.dtype)
+        if self.channels_last:
+            example = example.contiguous(memory_format=torch.channels_last)
+        try:
+            return CompiledForward(net, example, mode, cache, key)
+        except EngineError as e:
+            log.warning("torch-compile (mode %s): %s; using torch.compile, which traces the model again in every "
+                        "process", mode, e)
+        blob = cache.blob(ARTIFACTS_KIND, key)
         if blob is not None:
             torch.compiler.load_cache_artifacts(blob)
         else:
             self._compile_cache = (cache, key)
+        return torch.compile(net, mode=mode, dynamic=False)
 
     def _store_compile_artifacts(self) -> None:
         saved = torch.compiler.save_cache_artifacts()
         if saved is not None and self._compile_cache is not None:
             cache, key = self._compile_cache
-            cache.put_blob("torch-compile", key, saved[0])
+            cache.put_blob("torch-compile", key, saved[0])  # torch_compile.ARTIFACTS_KIND
         self._compile_cache = None
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
