@@ -309,18 +309,23 @@ def test_default_space_follows_the_size_of_the_users_stills(tmp_path):
 
 
 @pytest.mark.parametrize("device, gpus", [("cuda", 2), ("cuda:0", 1), ("cpu", 0), ("cpu", 2)])
-def test_serve_config_packs_four_replicas_per_gpu_on_cuda(tmp_path, device, gpus):
+@pytest.mark.parametrize("haproxy", [False, True])
+def test_serve_config_packs_four_replicas_per_gpu_on_cuda(tmp_path, monkeypatch, device, gpus, haproxy):
     """The sweep's Serve config: on CUDA 4 x 0.25 GPU per GPU of the sweep (benchmarks/README.md, "Serving"),
-    autoscaled from one per GPU; on a CPU no GPU, 1 to max(1, gpus) replicas, as before."""
+    autoscaled from one per GPU, behind HAProxy where its binary is installed; on a CPU no GPU, 1 to
+    max(1, gpus) replicas, as before, behind the default (Python) proxy."""
     from ray.serve.schema import ServeDeploySchema
 
+    from yoloray.serve import ingress
     from yoloray.tune.report import serve_config
 
+    monkeypatch.setattr(ingress, "haproxy_available", lambda: haproxy)
     settings = TuneConfig(name="s", out=str(tmp_path), model="yolov8n.yaml", gpus=gpus, cpus_per_trial=3)
     data = serve_config(Profile(device=device, batch_size=8), settings)
     ServeDeploySchema.model_validate(data)
     (app,) = data["applications"]
-    assert "ingress" not in app["args"]  # the default ingress: haproxy needs the serve-fast extra
+    want = "haproxy" if haproxy and device.startswith("cuda") else None
+    assert app["args"].get("ingress") == want
     (d,) = app["deployments"]
     auto = d["autoscaling_config"]
     if device.startswith("cuda"):

@@ -102,11 +102,16 @@ def serve_config(engine: Profile, settings: TuneConfig) -> dict:
 
     On CUDA, four replicas of 0.25 GPU per GPU of the sweep (autoscaled from one per GPU): benchmarks/README.md,
     "Serving" (2026-12-01, one H200, HAProxy ingress) measured 1,803 images/s at p99 93 ms with 4 x 0.25
-    against ~850 with 1 x 1. The ingress is left at the default (Serve's Python proxy, measured flat near 220
-    images/s with 1 x 1; `ingress: haproxy` needs the serve-fast extra, so it is left to the user). On a CPU:
-    num_gpus 0, 1 to max(1, gpus) replicas."""
+    against ~850 with 1 x 1, while Serve's Python proxy stayed flat near 220 whatever the replicas: so on CUDA
+    the config asks for `ingress: haproxy` when Ray's HAProxy binary (the serve-fast extra) is installed where the
+    sweep ran, else it keeps the Python proxy. On a CPU: num_gpus 0, 1 to max(1, gpus) replicas, Python proxy."""
+    from yoloray.serve.ingress import haproxy_available
+
     bs = engine.batch_size
     gpu = engine.device.startswith("cuda")
+    args = {"profile": engine.model_dump(mode="json"), "max_batch_size": bs, "batch_wait_timeout_s": 0.01}
+    if gpu and haproxy_available():
+        args["ingress"] = "haproxy"
     gpus = max(1, settings.gpus)
     per_gpu = 4 if gpu else 1  # replicas of 1 / per_gpu GPU each
     return {
@@ -117,7 +122,7 @@ def serve_config(engine: Profile, settings: TuneConfig) -> dict:
             "route_prefix": "/",
             "import_path": "yoloray.serve.app:build_app",
             "runtime_env": {"env_vars": {"YOLO_OFFLINE": "true"}},
-            "args": {"profile": engine.model_dump(mode="json"), "max_batch_size": bs, "batch_wait_timeout_s": 0.01},
+            "args": args,
             "deployments": [{
                 "name": "Detector",
                 "max_ongoing_requests": 2 * bs,
