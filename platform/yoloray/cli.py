@@ -14,16 +14,14 @@ import os
 import sys
 from pathlib import Path
 
+from yoloray.errors import UserError
+
 os.environ.setdefault("YOLO_OFFLINE", "true")
 os.environ.setdefault("YOLO_VERBOSE", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 PROFILE_ENV = "YOLORAY_PROFILE"  # a profile file used when --profile is not given
-
-
-class UserError(Exception):
-    """Something the user can fix; printed as one line."""
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ import shutil
 from itertools import islice
 from pathlib import Path
 
+from yoloray.errors import UserError
 from yoloray.tune.settings import TuneConfig
 
 
@@ -70,7 +71,6 @@ def archive_images(settings: TuneConfig, units: list[dict]) -> list[tuple[str, b
     """The first n_images readable images of the archive (read here, a unit at a time)."""
     from yoloray.data.inputs import SourceOptions
     from yoloray.data.readers import read_unit
-    from yoloray.tune.sweep import UserError
 
     found: list[bytes] = []
     for unit in units:
@@ -87,7 +87,6 @@ def video_frames(settings: TuneConfig, units: list[dict]) -> list[tuple[str, byt
     """n_images decoded frames (lossless PNG), an even share from each of the first segments, in their order."""
     import cv2
 
-    from yoloray.tune.sweep import UserError
     from yoloray.vision.decoders.pyav import decode_segment
 
     n = settings.n_images

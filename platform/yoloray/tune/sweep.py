@@ -30,6 +30,7 @@ from ray import tune
 
 from yoloray.cluster import ClusterError, connect
 from yoloray.config import ConfigError, default_model
+from yoloray.errors import UserError
 from yoloray.tune.settings import TuneConfig
 
 DEFAULT_TRIALS = 16  # the default CUDA space (16 points), as a grid; a YOLOv8s trial takes ~10 s on an H200
@@ -38,10 +39,6 @@ DEFAULT_TRIALS = 16  # the default CUDA space (16 points), as a grid; a YOLOv8s 
 DEFAULT_MINUTES = 10.0
 METRIC = "images_per_s"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-class UserError(Exception):
-    """A mistake in the command line; printed as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
