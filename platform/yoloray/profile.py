@@ -148,6 +148,8 @@ class Sample:
 
         videos, stills = cls(), cls()
         for unit in units:
+            if len(videos.frame_sizes) >= images and len(stills.frame_sizes) >= images:
+                break  # both kinds sampled: a job of a million units is not walked to its end
             if unit.get("kind") == VIDEO:
                 n = min(len(unit.get("keep") or ()), images - len(videos.frame_sizes))
                 if n > 0 and unit.get("error") is None and unit.get("width") and unit.get("height"):
