@@ -1,7 +1,7 @@
 """Where a torch-compile actor's start-up goes with a warm cache, and whether an AOTInductor package loads in a
 new process (issue 17: <= 5 s warm per actor; the engine's warm start measured 11.1 s after imports on the H200).
 
-Each step is its own Python process (as actors are), YOLOv8s fused, fp16, channels_last, batch 32 at 384x640:
+Each step is its own Python process (as actors are), YOLOv8s fused, fp16, channels_last, batch --batch (32) at 384x640:
   cold     torch.compile (default mode): first call compiles; saves torch.compiler.save_cache_artifacts()
   warm     a new process with an empty inductor cache folder: load_cache_artifacts, then the phases timed
            (CUDA context, model build, first call = Dynamo trace + cached kernels, second call)
@@ -10,6 +10,7 @@ Each step is its own Python process (as actors are), YOLOv8s fused, fp16, channe
   aotc     Dynamo's ahead-of-time compile (torch._dynamo.config.enable_aot_compile, OptimizedModule._aot_compile):
            the whole graph traced and compiled once, serialized with its guards; also save_cache_artifacts
   aotc-new   a new process, empty inductor cache: the serialized function loaded onto the live module, then called
+             (the load under cProfile: its top functions by cumulative time go to --work/aotc-new.profile.txt)
   aotc-mega  the same after load_cache_artifacts of aotc's bundle (inductor's compiled kernels)
   aotc-again aotc-new's inductor cache folder again (what a second actor on the same disk sees)
 Prints one line per step (or how it died).
@@ -40,7 +41,7 @@ torch.manual_seed(0)
 net = DetectionModel("yolov8s.yaml", verbose=False).fuse(verbose=False).eval().cuda().half().to(memory_format=torch.channels_last)
 for p in net.parameters():
     p.requires_grad_(False)
-x = torch.rand(32, 3, 384, 640, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+x = torch.rand(int(sys.argv[3]), 3, 384, 640, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
 out["model_s"] = round(time.perf_counter() - t, 2)
 class First(torch.nn.Module):
     def __init__(s, m):
@@ -69,7 +70,16 @@ if step.startswith("aotc"):
     else:
         if step == "aotc-mega":
             timed("load_artifacts_s", lambda: torch.compiler.load_cache_artifacts(open(os.path.join(work, "aotc-mega.bin"), "rb").read()))
-        timed("load_s", lambda: cm._load_aot_compiled_module(open(os.path.join(work, "aotc.bin"), "rb").read()))
+        data = open(os.path.join(work, "aotc.bin"), "rb").read()
+        if step == "aotc-new":  # where the load's seconds go: the top functions by cumulative time, to stderr
+            import cProfile, io, pstats
+            prof = cProfile.Profile()
+            timed("load_s", lambda: prof.runcall(cm._load_aot_compiled_module, data))
+            text = io.StringIO()
+            pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(25)
+            print(text.getvalue(), file=sys.stderr)
+        else:
+            timed("load_s", lambda: cm._load_aot_compiled_module(data))
         for r in cm.forward.compiled_results:
             r.disable_guard_check()  # the engine checks shape, dtype and layout itself
     with torch.inference_mode():
@@ -109,6 +119,7 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/compile-start-probe")
     p.add_argument("--steps", default="cold,warm,aotc,aotc-new,aotc-mega,aotc-again,aoti,aoti-new")
     p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--batch", type=int, default=32, help="the compiled input's batch (the engine's forward batch)")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     for step in a.steps.split(","):
@@ -116,12 +127,15 @@ def main() -> int:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": os.path.join(a.work, f"inductor-{folder}")}
         t = time.perf_counter()
         try:
-            r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", STEP, step, a.work], capture_output=True,
+            r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", STEP, step, a.work, str(a.batch)], capture_output=True,
                                text=True, env=env, timeout=a.timeout)
         except subprocess.TimeoutExpired:
             print(f"{step}: timed out after {a.timeout:.0f} s", flush=True)
             continue
         line = next((ln for ln in reversed(r.stdout.splitlines()) if ln.startswith("{")), None)
+        if step == "aotc-new":
+            with open(os.path.join(a.work, "aotc-new.profile.txt"), "w") as f:
+                f.write(r.stderr)
         if r.returncode == 0 and line:
             print(json.dumps({**json.loads(line), "wall_s": round(time.perf_counter() - t, 1)}), flush=True)
         else:

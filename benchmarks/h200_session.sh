@@ -10,6 +10,9 @@
 #   bash benchmarks/h200_session.sh e2e-observe ARGS  # e2e.py ARGS, then observe_gpu.py --with-ray
 #   bash benchmarks/h200_session.sh serve    # benchmarks/serve_load.py
 #   bash benchmarks/h200_session.sh serve-tuned [ARGS]  # issue 18's tuned serve_load.py command, shortened levels
+#   bash benchmarks/h200_session.sh serve-step [ARGS]   # the tuned engine's autoscaling step alone (first request
+#                                                      # of a new replica against its own steady p50), ~2-3 minutes
+#   bash benchmarks/h200_session.sh compile-probe [ARGS] # compile_start_probe.py (warm torch-compile start phases)
 # Results go under $OUT (the run tool brings them back).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD/platform PATH=/tmp/site/bin:$PATH YOLO_OFFLINE=true YOLO_CONFIG_DIR=/tmp/ultralytics \
@@ -66,5 +69,17 @@ case "${1:-}" in
       --step-gpus 0.5 --step-low 8 --step-high 128 --step-s 40 --client-procs 6 --out "$OUT/serve_load.json" "${@:2}" \
       >"$OUT/serve.txt" 2>&1; tail -60 "$OUT/serve.txt"
     ;;
-  *) echo "usage: $0 tests|video|e2e|serve [args]"; exit 2 ;;
+  serve-step)  # the autoscaling step of serve-tuned alone
+    timeout 400 python3 benchmarks/serve_load.py --random-weights yolov8s.yaml --systems none --step-ingress haproxy \
+      --set engine.precision=fp16 --set engine.imgsz=384x640 --set engine.batch_size=32 --set max_batch_size=32 \
+      --set engine.decode=gpu --set engine.cuda_graph=true --set max_queued_images=4096 \
+      --option ray_actor_options.num_cpus=4 --option max_ongoing_requests=512 --option max_queued_requests=2048 \
+      --step-gpus 0.5 --step-low 8 --step-high 128 --step-s 40 --client-procs 6 --out "$OUT/serve_load.json" "${@:2}" \
+      >"$OUT/serve.txt" 2>&1; tail -15 "$OUT/serve.txt"
+    ;;
+  compile-probe)
+    timeout 500 python3 benchmarks/compile_start_probe.py --work /tmp/csp "${@:2}" >"$OUT/probe.txt" 2>&1
+    cat "$OUT/probe.txt"; cp /tmp/csp/aotc-new.profile.txt "$OUT/" 2>/dev/null; head -45 /tmp/csp/aotc-new.profile.txt 2>/dev/null
+    ;;
+  *) echo "usage: $0 tests|engines-tests|video|video-tests|e2e|e2e-observe|serve|serve-tuned|serve-step|compile-probe [args]"; exit 2 ;;
 esac
