@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -106,3 +107,18 @@ def demo_model() -> str:
     w = demo_weights()
     assert w is not None, "the demo detector must ship in platform/yoloray/assets"
     return str(w)
+
+
+@pytest.fixture(scope="session")
+def engine_in_new_process():
+    """`run(profile, expr)`: builds the profile's engine on the CPU in a new Python process (a second actor) and
+    returns what it prints for `expr`, a Python expression of the engine `e`."""
+
+    def run(profile, expr: str) -> str:
+        code = ("import sys, torch; from yoloray.config import Profile; from yoloray.engines import build_engine; "
+                "e = build_engine(Profile.parse(eval(sys.argv[1])), torch.device('cpu')); print(eval(sys.argv[2]))")
+        out = subprocess.run([sys.executable, "-c", code, repr(profile.model_dump()), expr], capture_output=True,
+                             text=True, check=True, timeout=300)
+        return out.stdout.strip().splitlines()[-1]
+
+    return run

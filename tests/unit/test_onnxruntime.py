@@ -8,8 +8,6 @@ detector's held-out frames, calibrated on its training frames (the user's own in
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -192,15 +190,10 @@ def test_second_build_loads_from_the_cache(checkpoints, tmp_path, monkeypatch):
     assert torch.equal(second(x), expect)
 
 
-def test_cache_hit_in_another_process(checkpoints, tmp_path):
+def test_cache_hit_in_another_process(checkpoints, tmp_path, engine_in_new_process):
     cfg = ort_config(checkpoints["v8"], tmp_path, imgsz=256)
     build_engine(cfg, torch.device("cpu"))
-    code = ("import sys, torch; from yoloray.config import Profile; from yoloray.engines import build_engine; "
-            "e = build_engine(Profile.parse(eval(sys.argv[1])), torch.device('cpu')); "
-            "print([k[2] for k in e.cache.events])")
-    out = subprocess.run([sys.executable, "-c", code, repr(cfg.model_dump())], capture_output=True, text=True,
-                         check=True, timeout=300)
-    assert out.stdout.strip().splitlines()[-1] == "['hit']"
+    assert engine_in_new_process(cfg, "[k[2] for k in e.cache.events]") == "['hit']"
 
 
 def test_uri_cache_is_shared_through_pyarrow(tmp_path):

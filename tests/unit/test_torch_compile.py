@@ -9,8 +9,6 @@ takes one to two minutes on the 2-core development machine; every other engine h
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -54,14 +52,10 @@ def test_second_engine_loads_without_compiling(compiled, monkeypatch):
     assert torch.allclose(second(x), first(x), atol=1e-5)
 
 
-def test_another_process_loads_it(compiled):
+def test_another_process_loads_it(compiled, engine_in_new_process):
     cfg, _ = compiled
-    code = ("import sys, torch; from yoloray.config import Profile; from yoloray.engines import build_engine; "
-            "e = build_engine(Profile.parse(eval(sys.argv[1])), torch.device('cpu')); "
-            "print(type(e._forward).__name__, [k[2] for k in e.artifact_events])")
-    out = subprocess.run([sys.executable, "-c", code, repr(cfg.model_dump())], capture_output=True, text=True,
-                         check=True, timeout=300)
-    assert out.stdout.strip().splitlines()[-1] == "CompiledForward ['hit', 'hit']"
+    got = engine_in_new_process(cfg, "(type(e._forward).__name__, [k[2] for k in e.artifact_events])")
+    assert got == "('CompiledForward', ['hit', 'hit'])"
 
 
 def test_detections_match_the_exact_path(compiled, held_out):
