@@ -13,6 +13,10 @@
 #   bash benchmarks/h200_session.sh serve-step [ARGS]   # the tuned engine's autoscaling step alone (first request
 #                                                      # of a new replica against its own steady p50), ~2-3 minutes
 #   bash benchmarks/h200_session.sh compile-probe [ARGS] # compile_start_probe.py (warm torch-compile start phases)
+#   bash benchmarks/h200_session.sh tune-sweep [ARGS]   # issue 16: the default `yoloray tune` sweep (both levels),
+#                                                      # timed, into /tmp/tvg/sweep (kept while the machine is warm)
+#   bash benchmarks/h200_session.sh tune-grid K [ARGS]  # then, same machine: the grid (every engine point, the layout
+#                                                      # level for the best K), compared with that sweep
 # Results go under $OUT (the run tool brings them back).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD/platform PATH=/tmp/site/bin:$PATH YOLO_OFFLINE=true YOLO_CONFIG_DIR=/tmp/ultralytics \
@@ -81,5 +85,14 @@ case "${1:-}" in
     timeout 500 python3 benchmarks/compile_start_probe.py --work /tmp/csp "${@:2}" >"$OUT/probe.txt" 2>&1
     cat "$OUT/probe.txt"; cp /tmp/csp/aotc-new.profile.txt "$OUT/" 2>/dev/null; head -45 /tmp/csp/aotc-new.profile.txt 2>/dev/null
     ;;
-  *) echo "usage: $0 tests|engines-tests|video|video-tests|e2e|e2e-observe|serve|serve-tuned|serve-step|compile-probe [args]"; exit 2 ;;
+  tune-sweep)
+    timeout 585 python3 benchmarks/tune_vs_grid.py --gpus 1 --skip-grid --out /tmp/tvg/s "${@:2}" >"$OUT/tune_sweep.txt" 2>&1
+    tail -25 "$OUT/tune_sweep.txt"; cp /tmp/tvg/s/tune_vs_grid.json "$OUT/" 2>/dev/null
+    ;;
+  tune-grid)
+    timeout 585 python3 benchmarks/tune_vs_grid.py --gpus 1 --skip-sweep --sweep-json /tmp/tvg/s/tune_vs_grid.json \
+      --grid-layout-top "$2" --out "/tmp/tvg/g$2" "${@:3}" >"$OUT/tune_grid.txt" 2>&1
+    tail -25 "$OUT/tune_grid.txt"; cp "/tmp/tvg/g$2/tune_vs_grid.json" "$OUT/" 2>/dev/null
+    ;;
+  *) echo "usage: $0 tests|engines-tests|video|video-tests|e2e|e2e-observe|serve|serve-tuned|serve-step|compile-probe|tune-sweep|tune-grid [args]"; exit 2 ;;
 esac
