@@ -168,7 +168,10 @@ def detect(ds, config: Profile, options: ActorOptions | None = None, frames_per_
     options = replace(options, observe=(options.observe or ActorObserve()).for_profile(running))
     ds = ds.map_batches(_normalize, batch_format="pyarrow", batch_size=None)
     predecoded = config.decode == "hybrid"
-    if predecoded:  # the CPU share is decoded in Ray tasks (fused with the reads), not by threads in the actor
+    # The CPU share is decoded in Ray tasks fused with the reads, not by threads in the actor: Ray Data fuses a
+    # task map into the actor's operator only when their resources match (num_gpus 0 and num_cpus 1: a CPU-only
+    # actor of one CPU, where it then runs in the actor's calls), never into a GPU actor.
+    if predecoded:
         ds = ds.map_batches(predecode, batch_format="pyarrow", batch_size=None, fn_kwargs={
             "imgsz": config.imgsz, "max_pixels": config.max_pixels, "reduced_decode": config.reduced_decode,
             "share": config.hybrid_cpu_share})

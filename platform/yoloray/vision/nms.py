@@ -8,11 +8,29 @@ so one `torchvision.ops.nms` call decides every image as ultralytics' per-image 
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+from pathlib import Path
+
 import torch
-import torchvision
 
 MAX_WH = 7680  # ultralytics' per-class offset
 MAX_NMS = 30000  # ultralytics' cap on boxes going into NMS, per image
+
+
+@functools.cache
+def nms_kernel():
+    """torchvision's compiled NMS operator (what `torchvision.ops.nms` calls), its library loaded without
+    importing the torchvision package: that import pulls in torch._dynamo through torchvision.ops (2.1-2.6 s of
+    `import yoloray.detector` on the 2-core development machine, paid by every actor at start)."""
+    if not hasattr(torch.ops.torchvision, "nms"):
+        spec = importlib.util.find_spec("torchvision")
+        libs = sorted(Path(spec.submodule_search_locations[0]).glob("_C.*")) if spec else []
+        if libs:
+            torch.ops.load_library(str(libs[0]))
+        else:  # an unusual install: the package import finds its library itself
+            import torchvision  # noqa: F401
+    return torch.ops.torchvision.nms
 
 
 def xywh2xyxy(x: torch.Tensor) -> torch.Tensor:
@@ -45,7 +63,7 @@ def batched_nms(
     offset = boxes + (cls[:, None].float() * (0 if agnostic else MAX_WH))  # float32, as ultralytics
     span = float(MAX_WH * (nc + 1) + 4 * MAX_WH)
     separated = offset.double() + img_idx[:, None].double() * span
-    kept = torchvision.ops.nms(separated, scores32.double(), iou)  # by descending score
+    kept = nms_kernel()(separated, scores32.double(), iou)  # by descending score
     # group by image (stable: keeps descending score inside an image), then max_det per image
     order = torch.sort(img_idx[kept], stable=True).indices
     kept = kept[order]
