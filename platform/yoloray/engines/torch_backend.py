@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from yoloray.engines.base import Engine, EngineError, check_weights_file
+from yoloray.engines.torch_compile import ARTIFACTS_KIND, CompiledForward
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,6 @@ class TorchEngine(Engine):
         Inductor's cache artifacts (traced again in every process)."""
         from yoloray.config import model_identity
         from yoloray.engines.cache import ArtifactCache, cache_key, environment
-        from yoloray.engines.torch_compile import ARTIFACTS_KIND, CompiledForward
 
         mode = config.compile_mode or "default"
         fields = {"model": model_identity(config.model), "precision": config.precision, "imgsz": list(config.imgsz),
@@ -150,7 +150,7 @@ class TorchEngine(Engine):
         saved = torch.compiler.save_cache_artifacts()
         if saved is not None and self._compile_cache is not None:
             cache, key = self._compile_cache
-            cache.put_blob("torch-compile", key, saved[0])  # torch_compile.ARTIFACTS_KIND
+            cache.put_blob(ARTIFACTS_KIND, key, saved[0])
         self._compile_cache = None
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,12 @@ AOT_KIND = "torch-compile-aot"
 ARTIFACTS_KIND = "torch-compile"
 
 
+def _first_line(e: Exception) -> str:
+    """`Type: first line of the message` (Dynamo's and Inductor's messages run to pages)."""
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+
+
 class CompiledForward:
     """`net` compiled for inputs shaped like `example` (same dtype, device and memory format)."""
 
@@ -38,7 +44,6 @@ class CompiledForward:
         self.shape, self.dtype, self.device = tuple(example.shape), example.dtype, example.device
         self.memory_format = (torch.channels_last if example.dim() == 4 and not example.is_contiguous()
                               and example.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
-        self._fn = None
         import torch._dynamo.aot_compile as aot
 
         torch._dynamo.config.enable_aot_compile = True
@@ -55,16 +60,15 @@ class CompiledForward:
                     torch.compiler.load_cache_artifacts(artifacts)
                 compiled._load_aot_compiled_module(stored)
             except Exception as e:  # noqa: BLE001 - a damaged or foreign entry: compile again, replacing it
-                log.warning("the stored torch-compile artifact %s could not be loaded (%s: %s); compiling again",
-                            key, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+                log.warning("the stored torch-compile artifact %s could not be loaded (%s); compiling again",
+                            key, _first_line(e))
                 stored = None
         if stored is None:
             try:
                 with torch.inference_mode():
                     compiled._aot_compile([aot.ModelInput(args=(example,), kwargs={}, contexts=[])])
             except Exception as e:  # noqa: BLE001 - Dynamo/Inductor refusing this model or mode
-                first = str(e).splitlines()[0][:300] if str(e) else ""
-                raise EngineError(f"ahead-of-time compile failed: {type(e).__name__}: {first}") from e
+                raise EngineError(f"ahead-of-time compile failed: {_first_line(e)}") from e
             cache.put_blob(AOT_KIND, key, compiled._save_aot_compiled_module())
             saved = torch.compiler.save_cache_artifacts()
             if saved is not None:
