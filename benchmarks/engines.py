@@ -65,8 +65,18 @@ import torch
 from yoloray.config import Profile
 from yoloray.detector import Detector
 t1 = time.perf_counter()
+if len(sys.argv) > 2:  # where the build's cProfile goes (top functions by cumulative time)
+    import cProfile, io, pstats
+    prof = cProfile.Profile()
+    prof.enable()
 Detector(Profile.parse(json.loads(sys.argv[1]))).warmup()
-print(json.dumps({"start_s": time.perf_counter() - t0, "ready_s": time.perf_counter() - t1}))
+ready = time.perf_counter() - t1
+if len(sys.argv) > 2:
+    prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(60)
+    open(sys.argv[2], "w").write(text.getvalue())
+print(json.dumps({"start_s": time.perf_counter() - t0, "ready_s": ready}))
 """
 
 
@@ -101,19 +111,22 @@ def timed(fn, images_per_call: int, seconds: float, sync) -> float:
             return calls * images_per_call / elapsed
 
 
-def start_up(fields: dict, cache: str, work: Path) -> dict[str, float]:
+def start_up(fields: dict, cache: str, work: Path, profile_to: str | None = None) -> dict[str, float]:
     """A new process building and warming a Detector, cold (empty artifact cache) then warm (the cache the first
     filled); each with an empty inductor cache of its own. `start`: the whole process (imports included);
-    `ready`: after the imports, the engine's build and warmup (CUDA context, load, export or compile, capture)."""
+    `ready`: after the imports, the engine's build and warmup (CUDA context, load, export or compile, capture).
+    `profile_to`: a third, warm run under cProfile (slower: its times are not reported), its top functions there."""
     out = {}
-    for run in ("cold", "warm"):
+    for run in ("cold", "warm") + (("profiled",) if profile_to else ()):
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(work / f"inductor-{run}")}
-        p = subprocess.run([sys.executable, "-X", "faulthandler", "-c", START, json.dumps({**fields, "cache_dir": cache})],
+        argv = [sys.executable, "-X", "faulthandler", "-c", START, json.dumps({**fields, "cache_dir": cache})]
+        p = subprocess.run(argv + ([profile_to] if run == "profiled" else []),
                            capture_output=True, text=True, env=env, timeout=900)
         if p.returncode:
             raise RuntimeError(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "start-up failed")
         got = json.loads(p.stdout.strip().splitlines()[-1])
-        out[f"start_{run}_s"], out[f"ready_{run}_s"] = got["start_s"], got["ready_s"]
+        if run != "profiled":
+            out[f"start_{run}_s"], out[f"ready_{run}_s"] = got["start_s"], got["ready_s"]
     return out
 
 
@@ -232,7 +245,9 @@ def measure(row: dict, spec: dict, args, model: str, images: list[bytes], held: 
     torch._dynamo.reset()
     if args.startup and (args.startup_rows is None or row in args.startup_rows):
         try:
-            result.update(start_up({**base, "model": model}, str(work / "startup" / name(row)), work))
+            profile_to = (str(Path(args.startup_profile) / f"startup-{name(row).replace(' ', '-')}.txt")
+                          if args.startup_profile else None)
+            result.update(start_up({**base, "model": model}, str(work / "startup" / name(row)), work, profile_to))
         except Exception as e:
             result["start_error"] = str(e)[:200]
     return result
@@ -275,6 +290,8 @@ def main(argv=None) -> int:
                    "the rows ran (the median call; for a shared or noisy machine)")
     p.add_argument("--no-startup", dest="startup", action="store_false", help="skip the cold/warm start-up runs")
     p.add_argument("--startup-rows", help="comma-separated row numbers whose start-up is measured (default all)")
+    p.add_argument("--startup-profile", metavar="DIR", help="also a third, warm start-up under cProfile per start-up "
+                   "row, its top functions by cumulative time into DIR/startup-ROW.txt")
     p.add_argument("--kernels", type=int, metavar="N", help="GPU rows: profile N model-alone calls and print the "
                    "GPU kernel time per call by kind (convolution, layout transposes, ...) and the top kernels")
     args = p.parse_args(argv)
@@ -285,6 +302,8 @@ def main(argv=None) -> int:
     from yoloray.profile import EXACT_PATH
 
     work = Path(tempfile.mkdtemp(prefix="yoloray-engines-"))
+    if args.startup_profile:
+        Path(args.startup_profile).mkdir(parents=True, exist_ok=True)
     model = str(save_random_checkpoint(spec["model"], work / "model.pt")) if spec["model"] else None
     b = args.batch or spec["batch"]
     t0 = time.perf_counter()

@@ -13,12 +13,14 @@ with the cache artifacts alone spent 4.4 s loading them and 7.8 s tracing again 
 
 The compiled function runs without Dynamo's guards (they compare the input's dispatch keys, which differ between
 the tracing process and an inference_mode caller); `CompiledForward.__call__` checks what they would have: shape,
-dtype, device, memory layout. Where the ahead-of-time compile cannot run (a graph break, a mode it does not
+dtype, device, memory layout, and calls the function directly. A loading engine therefore does not build the
+guard manager at all, nor start Inductor's pool of compile workers (every kernel is compiled already). Where the ahead-of-time compile cannot run (a graph break, a mode it does not
 serialize), the engine says so once and uses plain torch.compile with the cache artifacts, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -37,6 +39,39 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
 
 
+def _eager_forward(net: torch.nn.Module, x: torch.Tensor) -> None:
+    with torch.inference_mode():
+        net(x)
+
+
+@contextlib.contextmanager
+def _loading():
+    """What loading a stored function skips: Inductor's pool of compile workers (every kernel is already
+    compiled; the pool's start, a new Python process importing torch, would run beside the load) and Dynamo's
+    guard manager, which the engine disables (see the module doc) and which costs a rebuild of every guard."""
+    import torch._dynamo.package as package
+
+    build_guards = package.load_guard_manager
+    package.load_guard_manager = lambda *args, **kwargs: _UNCHECKED
+    try:
+        with torch._inductor.config.patch(compile_threads=1):
+            yield
+    finally:
+        package.load_guard_manager = build_guards
+
+
+class _Unchecked:
+    """Stands for the guard manager a loaded function does not build; any use of it is a bug in this module."""
+
+    def check(self, *args, **kwargs):
+        raise EngineError("torch-compile: the stored function's guards were not built (the engine checks inputs)")
+
+    check_verbose = check
+
+
+_UNCHECKED = _Unchecked()
+
+
 class CompiledForward:
     """`net` compiled for inputs shaped like `example` (same dtype, device and memory format)."""
 
@@ -47,23 +82,26 @@ class CompiledForward:
         import torch._dynamo.aot_compile as aot
 
         torch._dynamo.config.enable_aot_compile = True
-        with torch.inference_mode():
-            # One eager forward first: the detect head caches its anchors for this shape on the module; traced
-            # before that, their strides become unbacked `.item()` values the ahead-of-time compile refuses.
-            net(example)
         compiled = torch.compile(net, mode=mode, fullgraph=True, dynamic=False)
         stored = cache.blob(AOT_KIND, key)
         if stored is not None:
+            # The detect head caches its anchors on the module at the first forward; they depend on the input's
+            # height and width only, so one image fills them (a batch-128 forward took 0.6 s of a warm start).
+            _eager_forward(net, example[:1])
             try:
-                artifacts = cache.blob(ARTIFACTS_KIND, key)
-                if artifacts is not None:
-                    torch.compiler.load_cache_artifacts(artifacts)
-                compiled._load_aot_compiled_module(stored)
+                with _loading():
+                    artifacts = cache.blob(ARTIFACTS_KIND, key)
+                    if artifacts is not None:
+                        torch.compiler.load_cache_artifacts(artifacts)
+                    compiled._load_aot_compiled_module(stored)
             except Exception as e:  # noqa: BLE001 - a damaged or foreign entry: compile again, replacing it
                 log.warning("the stored torch-compile artifact %s could not be loaded (%s); compiling again",
                             key, _first_line(e))
                 stored = None
         if stored is None:
+            # Traced before a forward of this very shape, the head's anchors would be computed in the graph, with
+            # strides that are unbacked `.item()` values the ahead-of-time compile refuses.
+            _eager_forward(net, example)
             try:
                 with torch.inference_mode():
                     compiled._aot_compile([aot.ModelInput(args=(example,), kwargs={}, contexts=[])])
@@ -73,12 +111,13 @@ class CompiledForward:
             saved = torch.compiler.save_cache_artifacts()
             if saved is not None:
                 cache.put_blob(ARTIFACTS_KIND, key, saved[0])
-        for result in compiled.forward.compiled_results:
-            result.disable_guard_check()  # checked in __call__ instead (see the module doc)
-        self._fn = compiled
+        (self._fn,) = compiled.forward.compiled_results  # one input shape, one compiled function
+        self._fn.disable_guard_check()  # checked in __call__ instead (see the module doc)
+        self._net = net
 
     def __call__(self, x: torch.Tensor):
         if tuple(x.shape) != self.shape or x.dtype != self.dtype or x.device != self.device:
             raise EngineError(f"this torch-compile engine was compiled for {self.shape} {self.dtype} on "
                               f"{self.device}, got {tuple(x.shape)} {x.dtype} on {x.device}")
-        return self._fn(x.contiguous(memory_format=self.memory_format))
+        # the compiled function itself, not the module around it (whose dispatch would check the guards first)
+        return self._fn(self._net, x.contiguous(memory_format=self.memory_format))
