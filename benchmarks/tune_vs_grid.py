@@ -11,7 +11,7 @@
     layout of the layout level for each, as real batch jobs over the same sample (the exhaustive layout grid).
 (4) A markdown table (wall time, trials, layout runs, winner / best profile and images/s end to end, ratio) and
     OUT/tune_vs_grid.json. Both levels are compared: the engine level by the trials' images/s, the layout level
-    (what a batch job gets) by the runs' images/s end to end. Each ratio is given twice: the sweep's own figure
+    (what a batch job gets) by the layouts' images/s end to end (the medians of their runs, as the sweep ranks them). Each ratio is given twice: the sweep's own figure
     for its winner over the grid's best, and the grid's figure for the sweep's winner (same profile) over the
     grid's best (one run, so no run-to-run noise). Run the winner's OUT/sweep/profile.yaml as a batch job with
     `benchmarks/e2e.py --configs profile:OUT/sweep/profile.yaml,...`.
@@ -69,20 +69,26 @@ def _point(row) -> dict:
 
 
 def _layout(out: Path) -> dict:
-    """The layout level of a run: its runs, the best (end to end), and the written winner profile's run."""
+    """The layout level of a run: its layouts (each the medians of its runs, as the sweep ranks them), the best
+    (end to end), and the written winner profile."""
     import pandas as pd
+
+    from yoloray.tune.layout import layout_summary
 
     path = out / "layout.parquet"
     if not path.is_file():
         return {"layout_runs": 0}
-    df = pd.read_parquet(path)
+    raw = pd.read_parquet(path)
+    df = layout_summary(raw)
     ok = df[df["status"] == "ok"]
-    runs = [{k: r[k] for k in ("engine", "layout", "status", "images_per_s", "steady_images_per_s", "profile")
-             if k in r} for _, r in df.iterrows()]
+    runs = [{k: int(r[k]) if k == "runs" else r[k]
+             for k in ("engine", "layout", "status", "runs", "images_per_s", "steady_images_per_s", "profile") if k in r}
+            for _, r in df.iterrows()]
     best = ok.loc[ok["images_per_s"].idxmax()] if not ok.empty else None
     written = (out / "profile.yaml").read_text() if (out / "profile.yaml").is_file() else None
-    return {"layout_runs": len(df), "runs": runs, "winner_profile": written,
+    return {"layout_runs": len(raw), "runs": runs, "winner_profile": written,
             "layout_best": None if best is None else {"engine": best["engine"], "layout": best["layout"],
+                                                      "runs": int(best["runs"]),
                                                       "images_per_s": round(float(best["images_per_s"]), 1),
                                                       "steady_images_per_s": round(float(best["steady_images_per_s"]), 1),
                                                       "profile": best["profile"]}}
@@ -152,8 +158,8 @@ def summary(sweep: dict | None, grid: dict | None, n_points: int) -> tuple[str, 
         if same:
             ratios["layout_winner_in_grid_over_best"] = round(same[0] / lb_g["images_per_s"], 3)
         rows.append(f"layout level (batch jobs) winner / best: {ratios['layout_winner_over_best']:.3f} (the sweep's "
-                    "figure for its profile)" + (f"; {ratios['layout_winner_in_grid_over_best']:.3f} (the grid's run "
-                                                 "of the same profile)" if same else "; the grid did not run that profile"))
+                    "figure for its profile)" + (f"; {ratios['layout_winner_in_grid_over_best']:.3f} (the grid's figure "
+                                                 "for the same profile)" if same else "; the grid did not run that profile"))
     return "\n".join(rows), ratios
 
 

@@ -12,6 +12,12 @@ generated frames) written as tar shards of 100 and repeated (hard links: distinc
 repeated the same way up to `layout_images` kept frames (tune/archive.py). A run's figures: images/s end to end
 (start-up included) and steady (images / time after the first result, as benchmarks/e2e.py).
 
+One run is not enough to rank the leaders: start-up is most of a sample job (15-20 s of ~20-25 s at 20,000
+members on one H200), and the same profile's end-to-end figure moved by up to 13% between two sweeps of one
+session, more than the best layouts differ (benchmarks/README.md, issue 16). So the `CONFIRM_TOP` best runs of
+the first pass are run `CONFIRM_RUNS` times more, and a layout's figures are the median of its runs
+(`layout_summary`), which the winner is picked by.
+
 Layout points: a space file's layout knobs (space.LAYOUT_KNOBS) as written, every other layout field at the
 engine configuration's resolved value; with no space file, `default_layouts` (which also places the decode:
 nvJPEG alone or with a CPU share). A point that cannot run (too many actors for the
@@ -34,6 +40,9 @@ from yoloray.tune.space import LAYOUT_KNOBS
 
 COLUMNS = (*LAYOUT_KNOBS, "decode")  # what a layout row records of its profile
 PER_SHARD = 100
+CONFIRM_TOP = 2  # the best runs of the first pass that run again
+CONFIRM_RUNS = 2  # how many times more each: a median of three
+FIGURES = ("images_per_s", "steady_images_per_s", "first_result_s")  # a layout's figures, medians of its runs
 
 
 def default_layouts(cuda: bool, video: str | None = None, nvdec_engines: int | None = None) -> dict[str, tuple]:
@@ -126,32 +135,64 @@ def layout_label(point: dict[str, Any]) -> str:
 
 
 def run_level(engines: list[tuple[str, Profile]], default: Profile, points: list[dict], shards: list[str],
-              work: Path, done: dict[tuple[str, str], dict] | None = None, log=print, save=None) -> list[dict]:
-    """Every (engine, layout point) run, plus the default profile as it resolves; one row per run. `done`: rows
-    of an earlier, interrupted level (by engine and layout label), kept instead of run again; `save(rows)` is
-    called after each run."""
+              work: Path, done: dict[tuple[str, str, int], dict] | None = None, log=print, save=None,
+              confirm: int = CONFIRM_TOP, repeats: int = CONFIRM_RUNS) -> list[dict]:
+    """Every (engine, layout point) run, plus the default profile as it resolves; then the `confirm` best of
+    those runs (end to end) run `repeats` times more (see the module doc). One row per run, `run` numbering a
+    layout's runs from 1. `done`: rows of an earlier, interrupted level (by engine, layout label and run), kept
+    instead of run again; `save(rows)` is called after each run."""
     done = done or {}
-    rows = []
+    rows: list[dict] = []
     runs = [("default", "default profile", default)]
     for engine_id, engine in engines:
         for point in points:
             try:
                 profile = engine.replace(**point)
             except ConfigError as e:
-                rows.append({"engine": engine_id, "layout": layout_label(point), **point, "status": "failed",
-                             "reason": str(e)[:500]})
+                rows.append({"engine": engine_id, "layout": layout_label(point), "run": 1, **point,
+                             "status": "failed", "reason": str(e)[:500]})
                 continue
             runs.append((engine_id, layout_label(point), profile))
-    for engine_id, label, profile in runs:
-        row = done.get((engine_id, label))
+
+    def measure(engine_id: str, label: str, profile: Profile, run: int) -> dict:
+        row = done.get((engine_id, label, run))
         if row is None:
             figures = run_layout(profile, shards, work)
-            row = {"engine": engine_id, "layout": label, **{k: profile.flat()[k] for k in COLUMNS}, **figures,
-                   "profile": profile.to_yaml()}
-            log(f"  layout {engine_id} {label}: {figures['status']}, "
+            row = {"engine": engine_id, "layout": label, "run": run, **{k: profile.flat()[k] for k in COLUMNS},
+                   **figures, "profile": profile.to_yaml()}
+            log(f"  layout {engine_id} {label}{f' (run {run})' if run > 1 else ''}: {figures['status']}, "
                 f"{figures.get('images_per_s', 0):.1f} images/s end to end, "
                 f"{figures.get('steady_images_per_s', 0):.1f} steady {figures.get('reason', '')}".rstrip())
         rows.append(row)
         if save is not None:
             save(rows)
+        return row
+
+    first = [(measure(engine_id, label, profile, 1), profile) for engine_id, label, profile in runs]
+    ok = sorted(((r, p) for r, p in first if r["status"] == "ok"), key=lambda rp: -rp[0]["images_per_s"])
+    if len(ok) > 1:  # a single candidate wins whatever its runs give
+        for row, profile in ok[:confirm]:
+            for run in range(2, repeats + 2):
+                measure(row["engine"], row["layout"], profile, run)
     return rows
+
+
+def layout_summary(rows):
+    """One row per (engine, layout) in the order first run: the median of its ok runs' FIGURES, `runs` (how many),
+    and the rest (layout knobs, status, reason, profile) of its first run."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    keys = ["engine", "layout"]
+    df["run"] = df["run"].fillna(1).astype(int) if "run" in df else 1  # a level saved before runs were numbered
+    out = df.sort_values("run", kind="stable").drop_duplicates(keys).set_index(keys)
+    figures = [c for c in FIGURES if c in df]
+    ok = df[df["status"] == "ok"]
+    if figures and not ok.empty:
+        medians = ok.groupby(keys, sort=False)[figures].median()
+        out.loc[medians.index, figures] = medians
+    out["runs"] = df.groupby(keys, sort=False).size()
+    order = df.drop_duplicates(keys).set_index(keys).index
+    return out.loc[order].drop(columns="run").reset_index()

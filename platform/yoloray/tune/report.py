@@ -2,16 +2,16 @@
 
     trials.parquet, trials.csv      engine level: one row per trial (knobs, status, reason, figures of its last
                                     window, window_min/window_max: the spread of its windows' images/s)
-    layout.parquet, layout.csv      layout level: one row per batch-job run (engine trial, layout, figures)
+    layout.parquet, layout.csv      layout level: one row per batch-job run (engine trial, layout, run, figures)
     trials.png, p99_vs_throughput.png, memory_vs_batch.png, layout.png   (tune/plots.py)
     report.html                     self-contained: the summary, the plots (base64) and both tables
     profile.yaml                    the winner: a full, resolved profile (`yoloray infer --profile`, serve, jobs)
     serve.yaml                      copy of the Serve config, also written to serve_configs/<NAME>.yaml
 
 The engine level's winner: the most images/s among trials with status ok that satisfy --max-p99-ms,
---max-gpu-mem-gib and --min-fidelity. With a layout level, the sweep's winner is its fastest run end to end
-(the engines taken there all satisfy the limits), and its gain is over the default profile's run on the same
-sample; without one, the engine winner with the default profile's layout. The Serve config is a standard
+--max-gpu-mem-gib and --min-fidelity. With a layout level, the sweep's winner is its fastest layout end to end
+(the median of its runs: the leaders run three times, tune/layout.py; the engines taken there all satisfy the
+limits), and its gain is over the default profile's runs on the same sample; without one, the engine winner with the default profile's layout. The Serve config is a standard
 Ray Serve config file for `serve run` / `serve deploy`.
 """
 
@@ -27,6 +27,7 @@ import pandas as pd
 import yaml
 
 from yoloray.config import Profile
+from yoloray.tune.layout import layout_summary
 from yoloray.tune.settings import TuneConfig
 from yoloray.tune.space import KNOBS
 from yoloray.tune.trial import engine_fields
@@ -159,8 +160,8 @@ def format_table(df: pd.DataFrame, winner_id: str | None = None) -> str:
 def format_layout(layout: pd.DataFrame, winner: int | None) -> str:
     if layout.empty:
         return "layout level: not run"
-    cols = [c for c in ("engine", "layout", "status", "images_per_s", "steady_images_per_s", "first_result_s", "reason")
-            if c in layout]
+    cols = [c for c in ("engine", "layout", "status", "runs", "images_per_s", "steady_images_per_s", "first_result_s",
+                        "reason") if c in layout]
     t = layout[cols].copy()
     t.insert(0, "", ["*" if i == winner else "" for i in t.index])
     return t.rename(columns={"images_per_s": "img/s", "steady_images_per_s": "steady"}).to_string(
@@ -194,10 +195,11 @@ def write_report(results, settings: TuneConfig, default: Profile, layout_level=N
     df = trials_frame(results)
     df.to_parquet(out / "trials.parquet", index=False)
     df.to_csv(out / "trials.csv", index=False)
-    layout = pd.DataFrame(layout_level(top_engines(df, settings)) if layout_level else [])
-    if not layout.empty:
-        layout.to_parquet(out / "layout.parquet", index=False)
-        layout.drop(columns=["profile"]).to_csv(out / "layout.csv", index=False)
+    runs = pd.DataFrame(layout_level(top_engines(df, settings)) if layout_level else [])
+    if not runs.empty:
+        runs.to_parquet(out / "layout.parquet", index=False)
+        runs.drop(columns=["profile"]).to_csv(out / "layout.csv", index=False)
+    layout = layout_summary(runs)  # one row per layout, the medians of its runs
     profile, best, engine_row, gain = _winner(df, layout, settings, default)
     engine_id = None if engine_row is None else engine_row["trial_id"]
     if profile is not None and best is not None and layout.loc[best, "engine"] != "default":
@@ -219,11 +221,13 @@ def write_report(results, settings: TuneConfig, default: Profile, layout_level=N
         serve_path.write_text(text)
         (out / "serve.yaml").write_text(text)
         how = "" if best is None else (f"; layout {layout.loc[best, 'layout']}: {layout.loc[best, 'images_per_s']:.1f} "
-                                       f"images/s end to end, {layout.loc[best, 'steady_images_per_s']:.1f} steady")
+                                       f"images/s end to end, {layout.loc[best, 'steady_images_per_s']:.1f} steady"
+                                       + (f" (medians of {layout.loc[best, 'runs']} runs)" if layout.loc[best, 'runs'] > 1
+                                          else ""))
         engine = "" if engine_row is None else (
             f"\nengine level: {engine_row['trial_id']} {engine_row['images_per_s']:.1f} images/s, p99 "
             f"{engine_row['p99_ms']:.1f} ms, {engine_row['gpu_mem_gib']:.2f} GiB, fidelity {engine_row['fidelity']:.3f}")
-        summary = (f"{len(df)} engine trials, {len(layout)} layout runs; limits: {limits}{engine}\n"
+        summary = (f"{len(df)} engine trials, {len(runs)} layout runs; limits: {limits}{engine}\n"
                    f"winner: engine {engine_id}{how}\ngain: {gain}\n"
                    f"profile: {out / 'profile.yaml'}  (yoloray infer SOURCES --out OUT --profile {out / 'profile.yaml'})\n"
                    f"serve config: {serve_path} (serve run {serve_path})")

@@ -10,8 +10,8 @@ larger one with Optuna (TPE, define-by-run so conditional knobs stay conditional
 whose images/s is clearly behind after a few windows. A space file is searched as written: unlisted knobs stay
 at the default profile's values. With neither budget flag at most 16 trials and 10 minutes. Layout level: the
 best --layout-top engine configurations as real batch jobs over a sample of the inputs, once per layout
-(actors per GPU, calls, decode placement), and the default profile beside them; the fastest run is the winner,
-written as RUN/profile.yaml. An --archive of video files is measured on frames decoded from its videos, and its
+(actors per GPU, calls, decode placement), and the default profile beside them; the two fastest run twice
+more, and the best median end to end is the winner, written as RUN/profile.yaml. An --archive of video files is measured on frames decoded from its videos, and its
 layout runs go over its video files (tune/archive.py).
 
 Tune keeps its state in RUN/tune and the layout runs in RUN/layout.parquet; `--resume` (or `--resume RUN`)
@@ -35,7 +35,8 @@ from yoloray.tune.settings import TuneConfig
 
 DEFAULT_TRIALS = 16  # the default CUDA space (16 points), as a grid; a YOLOv8s trial takes ~10 s on an H200
 # the engine level's wall-time cap when neither budget flag is given; the layout level then runs
-# (2 engines x 6 layouts + the default profile: 13 batch jobs of 20,000 members, ~20 s each on one H200, estimated from benchmarks/README rates)
+# (2 engines x 6 layouts + the default profile + the two best again twice: 17 batch jobs of 20,000 members, ~20 s
+# each on one H200; the whole default sweep took 450 s with 13 of them: benchmarks/README.md, issue 16)
 DEFAULT_MINUTES = 10.0
 METRIC = "images_per_s"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", nargs="+", metavar="SOURCE", help="your archive (any `yoloray infer` source): its "
                    "first images, or frames of its videos, are measured instead")
     p.add_argument("--layout-top", type=int, default=2, help="best engine configurations measured as real batch "
-                   "jobs, one per layout (default 2; 0: the engine level only)")
+                   "jobs, one per layout; the two fastest jobs run twice more and the best median wins (default 2; "
+                   "0: the engine level only)")
     p.add_argument("--layout-images", type=int, help="archive members (video: frames) per layout run: the sample "
                    "repeated (default 20,000 with GPUs, 256 on CPU)")
     p.add_argument("--frame-size", default="1920x1080", help="WxH of the generated frames (default 1920x1080); with "
@@ -300,7 +302,8 @@ def layout_level(settings: TuneConfig, default, sample, images: list[bytes], uni
                   else write_sample(images, out / "sample", total))
         video = default.decode if settings.video else None
         saved = out / "layout.parquet"
-        done = {(r["engine"], r["layout"]): r for r in pd.read_parquet(saved).to_dict("records")} if saved.is_file() else {}
+        done = {(r["engine"], r["layout"], _run_number(r)): r
+                for r in pd.read_parquet(saved).to_dict("records")} if saved.is_file() else {}
         print(f"yoloray tune: layout level: {len(engines)} engine configuration(s) + the default profile, "
               f"{total:,} {'video frames' if video else 'archive members'} per run", file=sys.stderr)
         points = layout_points(settings.space, settings.gpus > 0, video, hardware.nvdec_engines)
@@ -309,6 +312,12 @@ def layout_level(settings: TuneConfig, default, sample, images: list[bytes], uni
                          save=lambda rows: pd.DataFrame(rows).to_parquet(saved, index=False))
 
     return run
+
+
+def _run_number(row: dict) -> int:
+    """A saved layout row's run number (1 for rows saved before runs were numbered)."""
+    run = row.get("run")
+    return 1 if run is None or run != run else int(run)  # NaN: a column other rows filled
 
 
 def _source_errors() -> tuple[type[Exception], ...]:
