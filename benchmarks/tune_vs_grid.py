@@ -81,7 +81,10 @@ def _layout(out: Path) -> dict:
     raw = pd.read_parquet(path)
     df = layout_summary(raw)
     ok = df[df["status"] == "ok"]
-    runs = [{k: int(r[k]) if k == "runs" else r[k]
+    def value(k, v):  # figures rounded as layout_best's, so the two compare exactly
+        return int(v) if k == "runs" else round(float(v), 1) if k.endswith("_per_s") and v == v else v
+
+    runs = [{k: value(k, r[k])
              for k in ("engine", "layout", "status", "runs", "images_per_s", "steady_images_per_s", "profile") if k in r}
             for _, r in df.iterrows()]
     best = ok.loc[ok["images_per_s"].idxmax()] if not ok.empty else None
