@@ -45,7 +45,7 @@ from yoloray.data.inputs import (
 from yoloray.data.names import escape_name, raw_bytes
 from yoloray.data.readers import READ_ERRORS, open_zip, read_tar, zip_member_ok
 from yoloray.data.splits import parquet_renames, split_parquet, split_tar, split_zip
-from yoloray.data.video_index import video_units
+from yoloray.data.video_index import index_videos, video_units
 
 IMAGE_COLUMN_NAMES = ("image", "img", "bytes", "jpg", "jpeg")
 KEY_COLUMN_NAMES = ("key", "__key__", "id", "filename", "file_name")
@@ -206,10 +206,16 @@ def _expand(path: str) -> list[_Entry]:
     return [_Entry(root, parent, name, size, kind, True)]
 
 
-def _archive_unit(e: _Entry, options: SourceOptions) -> list[dict]:
+def _base(e: _Entry) -> dict:
     source = escape_name(join_path(e.source_root, e.rel))
     # prefix: the keys' prefix (escaped, data/names.py); rel: the file's path under root, as stored (any bytes)
-    base = {"kind": e.kind, "root": e.root, "source": source, "prefix": escape_name(e.rel), "rel": e.rel}
+    return {"kind": e.kind, "root": e.root, "source": source, "prefix": escape_name(e.rel), "rel": e.rel}
+
+
+def _archive_unit(e: _Entry, options: SourceOptions, index=None) -> list[dict]:
+    """`index`: a video's (video_index.index_videos), when the caller indexed the videos together."""
+    base = _base(e)
+    source = base["source"]
     if e.kind == "tar":
         if e.explicit and (e.size or 0) <= SMALL_ARCHIVE_BYTES:
             rows = list(read_tar(base))
@@ -231,7 +237,7 @@ def _archive_unit(e: _Entry, options: SourceOptions) -> list[dict]:
         return split_zip(base, sizes or [], options)
     if e.kind == "parquet":
         return _parquet_units(e, base, options)
-    return video_units(base, options)
+    return video_units(base, options, index=index)
 
 
 def _image_column(schema: pa.Schema, wanted: str | None, source: str) -> str:
@@ -303,13 +309,15 @@ def list_units(paths: Sequence[str], options: SourceOptions = SourceOptions()) -
             owner[e.rel] = join_path(e.source_root, e.rel)
             entries.append(e)
 
+    videos = [e for e in entries if e.kind == "video"]
+    indexes = dict(zip(map(id, videos), index_videos([_base(e) for e in videos])))
     units: list[dict] = []
     groups: dict[tuple[str, str], list[str]] = {}
     for e in entries:
         if e.kind == "image":
             groups.setdefault((e.root, e.source_root), []).append(e.rel)
         else:
-            units.extend(_archive_unit(e, options))
+            units.extend(_archive_unit(e, options, indexes.get(id(e))))
     for (root, source_root), keys in groups.items():
         for i in range(0, len(keys), options.files_per_task):
             chunk = keys[i : i + options.files_per_task]
