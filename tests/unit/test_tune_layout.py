@@ -56,7 +56,7 @@ def test_the_two_leaders_run_twice_more_and_the_best_median_wins(scripted):
 def test_a_resumed_level_runs_nothing_twice(scripted):
     rows = run()
     scripted.clear()
-    again = run(done={(r["engine"], r["layout"], r["run"]): r for r in rows[:6]})  # died after six runs
+    again = run(done=level.saved_runs(rows[:6]))  # died after six runs
     assert scripted == [3, 3] and again[:6] == rows[:6]  # the saved rows kept as they were
     assert [(r["layout"], r["run"]) for r in again] == [(r["layout"], r["run"]) for r in rows]
 
@@ -74,3 +74,9 @@ def test_failed_runs_do_not_count_in_the_median():
     summary = level.layout_summary(rows)
     assert list(summary["images_per_s"].fillna(-1)) == [20.0, -1]
     assert list(summary["runs"]) == [3, 1] and list(summary["status"]) == ["ok", "failed"]
+
+
+def test_a_row_saved_before_runs_were_numbered_is_run_one():
+    old = {"engine": "e", "layout": "a", "status": "ok", "images_per_s": 10.0}
+    saved = level.saved_runs([old, {**old, "layout": "b", "run": float("nan")}, {**old, "layout": "b", "run": 2.0}])
+    assert list(saved) == [("e", "a", 1), ("e", "b", 1), ("e", "b", 2)] and saved["e", "a", 1] is old

@@ -72,8 +72,7 @@ _LOCAL_INDEXES: dict[tuple, VideoIndex] = {}
 def per_content(cache: dict, path: str, make):
     """`make()` once per content of the local file `path` (device, inode, size, mtime: hard links and repeats
     share it), kept in `cache`, which holds at most 4096 entries."""
-    st = os.stat(path)
-    content = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    content = content_id(path)
     value = cache.get(content)  # one lookup: other threads (index_videos) may clear the cache meanwhile
     if value is None:
         value = make()
@@ -81,6 +80,12 @@ def per_content(cache: dict, path: str, make):
             cache.clear()
         cache[content] = value
     return value
+
+
+def content_id(path: str) -> tuple:
+    """A local file's content as the caches here know it: device, inode, size, mtime (hard links share it)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _demux_index(unit: dict) -> VideoIndex:
@@ -151,8 +156,7 @@ def _content_key(unit: dict) -> tuple:
     try:
         fs, path = locate(unit)
         if isinstance(fs, pafs.LocalFileSystem):
-            st = os.stat(path)
-            return "local", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+            return "local", *content_id(path)
     except OPEN_ERRORS:
         pass  # indexing it raises the same error, which becomes the unit's
     return "path", unit["root"], unit.get("rel", unit["prefix"])

@@ -14,8 +14,9 @@ with the cache artifacts alone spent 4.4 s loading them and 7.8 s tracing again 
 The compiled function runs without Dynamo's guards (they compare the input's dispatch keys, which differ between
 the tracing process and an inference_mode caller); `CompiledForward.__call__` checks what they would have: shape,
 dtype, device, memory layout, and calls the function directly. A loading engine therefore does not build the
-guard manager at all, nor start Inductor's pool of compile workers (every kernel is compiled already). Where the ahead-of-time compile cannot run (a graph break, a mode it does not
-serialize), the engine says so once and uses plain torch.compile with the cache artifacts, as before.
+guard manager at all, nor start Inductor's pool of compile workers (every kernel is compiled already). Where the
+ahead-of-time compile cannot run (a graph break, a mode it does not serialize), the engine says so once and uses
+plain torch.compile with the cache artifacts, as before.
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def run_level(engines: list[tuple[str, Profile]], default: Profile, points: list
 
 
 def layout_summary(rows):
-    """One row per (engine, layout) in the order first run: the median of its ok runs' FIGURES, `runs` (how many),
+    """One row per (engine, layout), in the order of their first runs: the median of its ok runs' FIGURES, `runs` (how many),
     and the rest (layout knobs, status, reason, profile) of its first run."""
     import pandas as pd
 
@@ -186,13 +186,21 @@ def layout_summary(rows):
     if df.empty:
         return df
     keys = ["engine", "layout"]
-    df["run"] = df["run"].fillna(1).astype(int) if "run" in df else 1  # a level saved before runs were numbered
-    out = df.sort_values("run", kind="stable").drop_duplicates(keys).set_index(keys)
+    out = df.drop_duplicates(keys).set_index(keys)  # run_level appends a layout's first run before its others
     figures = [c for c in FIGURES if c in df]
     ok = df[df["status"] == "ok"]
     if figures and not ok.empty:
         medians = ok.groupby(keys, sort=False)[figures].median()
         out.loc[medians.index, figures] = medians
     out["runs"] = df.groupby(keys, sort=False).size()
-    order = df.drop_duplicates(keys).set_index(keys).index
-    return out.loc[order].drop(columns="run").reset_index()
+    return out.drop(columns="run", errors="ignore").reset_index()
+
+
+def saved_runs(rows: list[dict]) -> dict[tuple[str, str, int], dict]:
+    """Rows of an earlier, interrupted level by (engine, layout label, run): run_level's `done`. A row saved
+    before runs were numbered is run 1."""
+    def run(row: dict) -> int:
+        number = row.get("run")
+        return 1 if number is None or number != number else int(number)  # NaN: a column other rows filled
+
+    return {(r["engine"], r["layout"], run(r)): r for r in rows}

@@ -11,8 +11,9 @@
 The engine level's winner: the most images/s among trials with status ok that satisfy --max-p99-ms,
 --max-gpu-mem-gib and --min-fidelity. With a layout level, the sweep's winner is its fastest layout end to end
 (the median of its runs: the leaders run three times, tune/layout.py; the engines taken there all satisfy the
-limits), and its gain is over the default profile's runs on the same sample; without one, the engine winner with the default profile's layout. The Serve config is a standard
-Ray Serve config file for `serve run` / `serve deploy`.
+limits), and its gain is over the default profile's runs on the same sample; without one, the engine winner
+with the default profile's layout. The Serve config is a standard Ray Serve config file for `serve run` /
+`serve deploy`.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ whose images/s is clearly behind after a few windows. A space file is searched a
 at the default profile's values. With neither budget flag at most 16 trials and 10 minutes. Layout level: the
 best --layout-top engine configurations as real batch jobs over a sample of the inputs, once per layout
 (actors per GPU, calls, decode placement), and the default profile beside them; the two fastest run twice
-more, and the best median end to end is the winner, written as RUN/profile.yaml. An --archive of video files is measured on frames decoded from its videos, and its
-layout runs go over its video files (tune/archive.py).
+more, and the best median end to end is the winner, written as RUN/profile.yaml. An --archive of video files
+is measured on frames decoded from its videos, and its layout runs go over its video files (tune/archive.py).
 
 Tune keeps its state in RUN/tune and the layout runs in RUN/layout.parquet; `--resume` (or `--resume RUN`)
 restores them: finished trials and runs are kept, interrupted ones run again, the settings come from
@@ -286,7 +286,7 @@ def layout_level(settings: TuneConfig, default, sample, images: list[bytes], uni
     from yoloray.config import Profile
     from yoloray.profile import Hardware, resolve
     from yoloray.tune.archive import video_sample
-    from yoloray.tune.layout import layout_points, run_level, write_sample
+    from yoloray.tune.layout import layout_points, run_level, saved_runs, write_sample
     from yoloray.tune.trial import engine_fields
 
     def run(top: list[tuple[str, dict]]) -> list[dict]:
@@ -302,8 +302,7 @@ def layout_level(settings: TuneConfig, default, sample, images: list[bytes], uni
                   else write_sample(images, out / "sample", total))
         video = default.decode if settings.video else None
         saved = out / "layout.parquet"
-        done = {(r["engine"], r["layout"], _run_number(r)): r
-                for r in pd.read_parquet(saved).to_dict("records")} if saved.is_file() else {}
+        done = saved_runs(pd.read_parquet(saved).to_dict("records")) if saved.is_file() else {}
         print(f"yoloray tune: layout level: {len(engines)} engine configuration(s) + the default profile, "
               f"{total:,} {'video frames' if video else 'archive members'} per run", file=sys.stderr)
         points = layout_points(settings.space, settings.gpus > 0, video, hardware.nvdec_engines)
@@ -312,12 +311,6 @@ def layout_level(settings: TuneConfig, default, sample, images: list[bytes], uni
                          save=lambda rows: pd.DataFrame(rows).to_parquet(saved, index=False))
 
     return run
-
-
-def _run_number(row: dict) -> int:
-    """A saved layout row's run number (1 for rows saved before runs were numbered)."""
-    run = row.get("run")
-    return 1 if run is None or run != run else int(run)  # NaN: a column other rows filled
 
 
 def _source_errors() -> tuple[type[Exception], ...]:
