@@ -111,10 +111,13 @@ def repeat_clips(clips: list[Path], folder: Path, frames: int, per_clip: int) ->
 
 
 def units_of(paths: list[Path]) -> list[dict]:
+    """The clips' keyframe segments (indexed here: the NVDEC/PyAV-alone rows and the stage breakdown take them)."""
     from yoloray.data.inputs import SourceOptions
     from yoloray.data.units import list_units
+    from yoloray.data.video_index import segments_of
 
-    return list_units([str(p) for p in paths], SourceOptions())
+    options = SourceOptions()
+    return list(segments_of(list_units([str(p) for p in paths], options), options))
 
 
 # ------------------------------------------------------------------------------------------------------ rows

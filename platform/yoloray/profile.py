@@ -16,9 +16,9 @@ The defaults are the fastest settings measured that pass the fidelity checks (be
   1.67x torch fp32 on the 2-core machine; int8 (2.25x) is a fast mode, used only when asked for.
 - Input size: ultralytics' rect letterbox for the sampled frames (the long side at 640, the short side
   rounded up to the stride: 1920x1080 -> 384x640); frames of different sizes, or no sample, get square 640.
-- The sample (`Sample.of_units`): a few stills read on the driver, and video frames by the size and codec their
-  index recorded at listing (nothing decoded). JPEG only: the JPEG defaults; video only: NVDEC where it runs;
-  anything else, videos and stills together included: decode on the CPU with the stills' layout (3 x 2).
+- The sample (`Sample.of_units`): a few stills read on the driver, and video frames by the size and codec the
+  index of the first video files records (a few files indexed on the driver, nothing decoded). JPEG only: the
+  JPEG defaults; video only: NVDEC where it runs; anything else, videos and stills together included: decode on the CPU with the stills' layout (3 x 2).
 
 The speed knobs (CUDA graphs, channels_last, micro_batch) were measured with the torch backend; with another
 backend `auto` leaves them off (give them to use them), and picks fp16 only where the backend offers it.
@@ -138,24 +138,32 @@ class Sample:
     @classmethod
     def of_units(cls, units: Sequence[dict], options=None, images: int = 8) -> Sample:
         """Up to `images` frames of each kind of input among a job's units, in the units' order. Stills are
-        read here on the driver (a few members of the first archives or files, not whole archives); a video
-        unit is a segment reference, never decoded here: its kept frames count with the size and codec its
-        index recorded at listing (data/video_index.py). A job of videos and stills samples both."""
+        read here on the driver (a few members of the first archives or files, not whole archives); the first
+        video files (at most SAMPLE_FILES) are indexed here, never decoded: a segment's kept frames count with
+        the size and codec its index records (data/video_index.py). A job of videos and stills samples both."""
         from itertools import islice
 
         from yoloray.data.inputs import SourceOptions
         from yoloray.data.readers import read_unit
+        from yoloray.data.video_index import SAMPLE_FILES, is_video_file, segments_of
 
+        options = options or SourceOptions()
         videos, stills = cls(), cls()
+        files = 0  # video files indexed here
         for unit in units:
             if len(videos.frame_sizes) >= images and len(stills.frame_sizes) >= images:
                 break  # both kinds sampled: a job of a million units is not walked to its end
             if unit.get("kind") == VIDEO:
-                n = min(len(unit.get("keep") or ()), images - len(videos.frame_sizes))
-                if n > 0 and unit.get("error") is None and unit.get("width") and unit.get("height"):
-                    videos += cls(((unit["width"], unit["height"]),) * n, (f"{VIDEO}:{unit.get('codec')}",) * n)
+                if len(videos.frame_sizes) >= images or files >= SAMPLE_FILES:
+                    continue
+                files += is_video_file(unit)
+                for segment in segments_of([unit], options):
+                    n = min(len(segment.get("keep") or ()), images - len(videos.frame_sizes))
+                    if n > 0 and segment.get("error") is None and segment.get("width") and segment.get("height"):
+                        size, codec = (segment["width"], segment["height"]), f"{VIDEO}:{segment.get('codec')}"
+                        videos += cls((size,) * n, (codec,) * n)
             elif len(stills.frame_sizes) < images:
-                rows = islice(read_unit(unit, options or SourceOptions()), images - len(stills.frame_sizes))
+                rows = islice(read_unit(unit, options), images - len(stills.frame_sizes))
                 stills += cls.of_images([r["image"] for r in rows if r.get("image") is not None and not r.get("error")])
         return videos + stills
 

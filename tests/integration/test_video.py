@@ -1,6 +1,7 @@
 """Video in the batch job on a local Ray (CPU, PyAV, the demo detector): keyframe segments from the container
-index, one row per sampled frame with the container's presentation time, a corrupt stretch as error rows,
-an unopenable file as one error row, segment-level resume, `yoloray detect clip.mp4`.
+index (made in each file's read task: the listing demuxes nothing), the same rows as segments listed on the
+driver, one row per sampled frame with the container's presentation time, a corrupt stretch as error rows, an
+unopenable or empty file as one error row, segment-level resume, `yoloray detect clip.mp4`.
 
 End states only: timings never go into assertions. NVDEC paths are in tests/gpu/test_video_gpu.py.
 """
@@ -24,8 +25,10 @@ from yoloray.data import video_index
 from yoloray.data.inputs import SourceOptions
 from yoloray.data.readers import read_tables
 from yoloray.data.scene import render_video_frame
+from yoloray.data.sources import read_units
 from yoloray.data.synthetic import write_clip
 from yoloray.data.units import list_units
+from yoloray.data.video_index import segments_of
 from yoloray.profile import resolve_here
 from yoloray.vision.decoders.pyav import decode_segment
 
@@ -62,7 +65,8 @@ def config(demo_model) -> Profile:
 
 
 def _units(path, **options) -> list[dict]:
-    return list_units([str(path)], SourceOptions(**options))
+    """The file's keyframe segments, indexed here on the driver (the job indexes it in its read task)."""
+    return list(segments_of(list_units([str(path)], SourceOptions(**options)), SourceOptions(**options)))
 
 
 @pytest.mark.parametrize("codec", ["h264", "hevc"])
@@ -122,20 +126,61 @@ def test_job_rows_corrupt_stretch_and_unopenable_file(clips, config, tmp_path):
     assert summary.errors == {"corrupt video": len(lost), "unreadable video": 1}
 
 
-def test_resume_redoes_only_missing_frames_of_a_segment(clips, config, tmp_path, monkeypatch):
+def test_resume_redoes_only_missing_frames_of_a_segment(clips, config, tmp_path):
     """A first run that stopped mid-segment (here: one that only asked for the first 0.5 s) leaves some of a
-    segment's frames done; the rerun decodes the segment again but detects and writes only the rest."""
-    monkeypatch.setattr(video_index, "SEGMENT_MIN_FRAMES", 1)
+    segment's frames done; the rerun decodes the segment again but detects and writes only the rest. The file
+    is one unit in both runs: the rerun with other source options is not taken for the finished first run."""
     out = tmp_path / "out"
     first = run_job([str(clips["hevc"])], str(out), config, source_options=SourceOptions(video_end=0.5),
                     rows_per_part=4)
-    assert first.images == 15  # frames 0..14: segment 0 and part of segment 1
+    assert first.images == 15  # frames 0..14 of the one segment (all 36 frames)
     second = run_job([str(clips["hevc"])], str(out), config, rows_per_part=4)
     assert (second.images, second.skipped_done) == (N - 15, 15)
     keys = pq.read_table(out, columns=["key"]).column("key").to_pylist()
     assert sorted(keys) == sorted(f"hevc.mp4#frame={i}" for i in range(N))
     third = run_job([str(clips["hevc"])], str(out), config, rows_per_part=4)
     assert third.images == 0
+
+
+def test_job_rows_are_the_driver_listed_segments_rows(clips, config, tmp_path):
+    """Videos listed as whole files and indexed in their read tasks give the rows segment units listed on the
+    driver gave: the same reference rows in the same order within a file, then the same output rows; a file
+    that cannot be opened (not a video, zero bytes, a Matroska header without frames) is one error row."""
+    import av
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("h264", "hevc", "corrupt"):
+        (folder / f"{name}.mp4").hardlink_to(clips[name])
+    (folder / "not_a_video.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    (folder / "zero.mp4").write_bytes(b"")
+    with av.open(str(folder / "no_frames.mkv"), "w") as empty:
+        stream = empty.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        empty.start_encoding()
+    bad = {"not_a_video.mp4", "zero.mp4", "no_frames.mkv"}
+    options = SourceOptions(video_stride=2)
+    files = list_units([str(folder)], options)
+    assert len(files) == 6 and all("keep" not in u for u in files)
+    segments = list(segments_of(files, options))  # what list_units made before: the driver's index
+
+    def read(units):
+        rows = read_units(units, options).take_all()
+        return {s: [r for r in rows if r["source"] == s] for s in sorted({r["source"] for r in rows})}
+
+    by_file, by_segment = read(files), read(segments)
+    assert by_file == by_segment  # same rows, same order within each file
+    errors = {r["key"]: r["error"] for rows in by_file.values() for r in rows if r["error"]}
+    assert set(errors) == bad and all(e.startswith("cannot open video: ") for e in errors.values())
+
+    def job(units, name):
+        run_job([str(folder)], str(tmp_path / name), config, source_options=options, units=units, rows_per_part=16)
+        return sorted(pq.read_table(tmp_path / name).to_pylist(), key=lambda r: r["key"])
+
+    rows = job(files, "by-file")
+    assert rows == job(segments, "by-segment")
+    expected = {f"{u['prefix']}#frame={i}" for u in segments if "keep" in u for i in u["keep"]} | bad
+    assert Counter(r["key"] for r in rows) == Counter(expected)  # every kept frame once, one row per bad file
 
 
 def test_detect_cli_on_a_clip(clips, demo_model):

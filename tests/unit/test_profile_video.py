@@ -1,5 +1,5 @@
-"""Profiles for video inputs: the sample of a job's video units carries the frames' size and codec from the units'
-own index (nothing decoded), so `yoloray infer VIDEOS` / `yoloray detect CLIP` with no flags resolve the video
+"""Profiles for video inputs: the sample of a job's video units carries the frames' size and codec from the
+index of the first video files (made on the driver for the sample, nothing decoded), so `yoloray infer VIDEOS` / `yoloray detect CLIP` with no flags resolve the video
 defaults (the clip's rect letterbox, NVDEC where it runs, 1 actor x 2 calls per NVDEC engine), not the JPEG ones."""
 
 from __future__ import annotations
@@ -65,12 +65,15 @@ def test_video_units_that_cannot_be_read_are_not_sampled():
 
 
 def test_sample_of_a_listed_clip_has_its_frame_size(clip_dir, monkeypatch):
-    """Through the real listing (data/units.py, data/video_index.py): the clip's size, read from its index; the
-    kept frames of every segment count (every 5th of 24 frames in two segments: 5)."""
+    """Through the real listing (data/units.py: the clip is one file unit) and the sample's own index of it
+    (data/video_index.py): the clip's size; the kept frames of every segment count (every 5th of 24 frames in
+    two segments: 5)."""
     monkeypatch.setattr(video_index, "SEGMENT_MIN_FRAMES", 1)  # a segment per GOP
     options = SourceOptions(video_stride=5)
-    units = list_units([str(clip_dir / "clip.mp4")], options)
-    assert len(units) == N // GOP and all(u["kind"] == "video" for u in units)
+    (unit,) = list_units([str(clip_dir / "clip.mp4")], options)
+    assert unit["kind"] == "video" and video_index.is_video_file(unit)
+    assert len(list(video_index.segments_of([unit], options))) == N // GOP
+    units = [unit]
     sample = Sample.of_units(units, options)
     assert sample.frame_sizes == ((W, H),) * 5 and set(sample.codecs) == {"video:h264"}
     p = resolve(Profile(model="yolov8n.yaml"), H200_NVDEC, sample)

@@ -180,3 +180,28 @@ def test_archive_members_are_counted_beside_the_start(tmp_path, monkeypatch):
     release.set()
     p.counted.join(10)
     assert p.frames.total == 4 and [g.expected for g in p.groups] == [1, 3]
+
+
+def test_video_files_counted_from_their_container_beside_the_start(tmp_path):
+    """A video file unit (data/units.py lists one per file, nothing demuxed) counts the frames its container
+    states (MP4), over --video-stride, in the count thread; a Matroska file states none, and a --video-fps
+    resample or a time range is never counted: the total is then unknown."""
+    from yoloray.data.scene import render_video_frame
+    from yoloray.data.synthetic import write_clip
+    from yoloray.data.units import list_units
+
+    frames = [render_video_frame(1, i, 64, 48, 10)[0] for i in range(10)]
+    write_clip(tmp_path / "a.mp4", frames, 64, 48, 10, "h264", gop=5)
+    stride = SourceOptions(video_stride=3)
+    units = list_units([str(tmp_path / "a.mp4")], stride)
+    assert expected_rows(units[0], stride) == 4  # frames 0, 3, 6, 9
+    p = JobProgress(units, stride, stream=io.StringIO(), interval_s=60)
+    p.counted.join(10)
+    assert p.frames.total == 4
+    for options in (SourceOptions(video_fps=5), SourceOptions(video_end=0.5)):
+        p = JobProgress(units, options, stream=io.StringIO(), interval_s=60)
+        assert p.counted is None and p.frames.total is None
+    write_clip(tmp_path / "b.mkv", frames, 64, 48, 10, "h264", gop=5)
+    (tmp_path / "c.mp4").write_bytes(b"not a video")
+    both = list_units([str(tmp_path / "b.mkv"), str(tmp_path / "c.mp4")], stride)
+    assert [expected_rows(u, stride) for u in both] == [None, None]

@@ -40,7 +40,7 @@ JOB_FILE = "_job.json"
 # the resolved profile the job ran, beside the results; `_` keeps Parquet readers of the folder from opening it
 PROFILE_FILE = "_profile.yaml"
 SUMMARY_FILE = "_summary.json"
-COMPLETE_FILE = "_complete.json"  # unit ids of a run that finished; a rerun over the same units returns at once
+COMPLETE_FILE = "_complete.json"  # unit ids and source options of a run that finished; a rerun of both returns at once
 ROWS_PER_PART = 4096
 SECONDS_PER_PART = 30.0
 READ_TASK_CPUS = 1.0  # Ray Data's default for a read task: what must stay free beside the actor pool
@@ -334,8 +334,9 @@ def run_job(
     _check_job_file(fs, root, config, sources)
     done = frozenset(done_keys(out))
     summary = Summary(out=out, engine=config.output_key(), skipped_done=len(done))
-    unit_ids = sorted(u["unit_id"] for u in units)
-    if done and _completed(fs, root) == {"units": unit_ids, "rows": len(done)}:  # finished, same inputs, all rows
+    # a video is one unit whatever frames it yields: the source options (stride, time range) say which ones
+    finished = {"units": sorted(u["unit_id"] for u in units), "options": asdict(source_options)}
+    if done and _completed(fs, root) == {**finished, "rows": len(done)}:  # finished, same inputs, all rows
         summary.seconds = time.perf_counter() - t0
         return summary  # writes nothing, not even the profile: the one there is what ran
     with fs.open_output_stream(f"{root}/{PROFILE_FILE}") as f:  # what runs: `infer --profile` reruns it
@@ -346,7 +347,7 @@ def run_job(
     if done:
         ds = ds.map_batches(_drop_done, batch_format="pyarrow", batch_size=None, fn_kwargs={"done": done})
     video = any(u["kind"] == "video" for u in units)
-    per_row = frames_per_row(units, config.decode, config.hybrid_cpu_share) if video else None
+    per_row = frames_per_row(units, config.decode, config.hybrid_cpu_share, source_options) if video else None
     results = detect(ds, config, options, per_row)
     writer = PartWriter(fs, root, uuid.uuid4().hex[:8], rows_per_part, seconds_per_part, error_kind)
     try:
@@ -376,7 +377,7 @@ def run_job(
     summary.write_s = writer.write_s
     summary.seconds = time.perf_counter() - t0
     with fs.open_output_stream(f"{root}/{COMPLETE_FILE}") as f:  # every unit read and written
-        f.write(json.dumps({"units": unit_ids, "rows": len(done) + len(written)}).encode())
+        f.write(json.dumps({**finished, "rows": len(done) + len(written)}).encode())
     if not written and done:  # nothing to do: keep the record of the run that did the work
         return summary
     with fs.open_output_stream(f"{root}/{SUMMARY_FILE}") as f:
@@ -385,7 +386,7 @@ def run_job(
 
 
 def _completed(fs: pafs.FileSystem, root: str) -> dict | None:
-    """Unit ids and row count of the last run that finished, if one did."""
+    """Unit ids, source options and row count of the last run that finished, if one did."""
     path = f"{root}/{COMPLETE_FILE}"
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None

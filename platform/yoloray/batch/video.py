@@ -1,4 +1,5 @@
-"""Video in the batch job: keyframe segment rows (data/video_index.py) -> one output row per kept frame.
+"""Video in the batch job: keyframe segment rows (data/video_index.py; each video file is indexed in its read
+task, data/readers.py) -> one output row per kept frame.
 
 Where a segment is decoded (the engine config's `decode`):
 - `cpu`: every segment in Ray tasks upstream of the actors (`expand_on_cpu`, fused with the read tasks), with
@@ -23,6 +24,7 @@ from yoloray.batch.predecode import PIXELS, SIZE_COLUMNS
 
 log = logging.getLogger(__name__)
 SEGMENT = "segment"
+SAMPLE_FILES_PER_ROW = 4  # video files `frames_per_row` indexes on the driver to size the actors' calls
 
 
 def segment_mask(batch: pa.Table) -> np.ndarray:
@@ -31,12 +33,19 @@ def segment_mask(batch: pa.Table) -> np.ndarray:
     return np.asarray(batch.column(SEGMENT).is_valid())
 
 
-def frames_per_row(units: list[dict], decode: str, share: float) -> float:
+def frames_per_row(units: list[dict], decode: str, share: float, options=None) -> float:
     """Mean frames an actor gets per input row, so a call still holds ~batch_size x batches_per_call frames:
-    1 for stills and CPU-decoded frames, a segment's kept frames for a segment the actor decodes itself."""
+    1 for stills and CPU-decoded frames, a segment's kept frames for a segment the actor decodes itself
+    (estimated from the segments of the first SAMPLE_FILES_PER_ROW video files, indexed here on the driver)."""
+    from yoloray.data.inputs import SourceOptions
+    from yoloray.data.video_index import segments_of
+
     videos = [u for u in units if u.get("kind") == "video"]
-    kept = [len(u["keep"]) for u in videos if "keep" in u]
-    if not kept or decode == "cpu" or len(videos) < len(units):  # stills set the pace of a mixed job
+    if decode == "cpu" or not videos or len(videos) < len(units):  # stills set the pace of a mixed job
+        return 1.0
+    sampled = segments_of(videos, options or SourceOptions(), files=SAMPLE_FILES_PER_ROW)
+    kept = [len(u["keep"]) for u in sampled if "keep" in u]
+    if not kept:
         return 1.0
     f = float(np.mean(kept))
     s = share if decode == "hybrid" else 0.0

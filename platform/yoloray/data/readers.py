@@ -3,8 +3,10 @@
 Bad image BYTES are not detected here (readers only read bytes); the detector decodes and reports them.
 Rows are never dropped: anything that cannot be read becomes a row with `error` set.
 
-tar/zip/parquet are streamed through pyarrow's filesystem with nothing extracted to disk. A video unit (one
-keyframe segment) reads as one segment reference row (data/video_index.py); its frames are decoded downstream
+tar/zip/parquet are streamed through pyarrow's filesystem with nothing extracted to disk. A video file unit is
+indexed here, in its read task (its packets demuxed, nothing decoded: data/video_index.py), and reads as one
+segment reference row per keyframe segment, in frame order, or as its one error row when it cannot be opened
+or has no frames; a segment unit reads as its one reference row. The frames are decoded downstream
 (batch/video.py). A unit's rows come out in tables of at most ~32 MB.
 """
 
@@ -33,7 +35,7 @@ from yoloray.data.inputs import (
 )
 from yoloray.data.names import UniqueNames, escape_name, unique_names, zip_member_name
 from yoloray.data.splits import parquet_ids
-from yoloray.data.video_index import reference_rows
+from yoloray.data.video_index import reference_rows, segments_of
 
 _FLUSH_ROWS, _FLUSH_BYTES = 512, 32 << 20
 READ_ERRORS = (
@@ -212,7 +214,12 @@ def _parquet_tables(unit: dict, options: SourceOptions) -> Iterator[pa.Table]:
             offset += n
 
 
-_ROW_READERS = {"files": _read_files, "tar": read_tar, "zip": _read_zip, "video": reference_rows}
+def _read_video(unit: dict, options: SourceOptions) -> Iterator[dict]:
+    for segment in segments_of([unit], options):  # a file unit is indexed here; a segment unit is itself
+        yield from reference_rows(segment)
+
+
+_ROW_READERS = {"files": _read_files, "tar": read_tar, "zip": _read_zip, "video": _read_video}
 
 
 def read_tables(unit: dict, options: SourceOptions) -> Iterator[pa.Table]:

@@ -8,8 +8,9 @@ HF-style struct with a `bytes` field - named image/img/bytes/jpg/jpeg; keys from
 file_name column when present, else the row index in the file), videos (mp4 mkv avi mov).
 
 `list_units` expands the inputs into units (a group of `files_per_task` image files; a tar, zip or parquet file, or
-a part of one when it is large (data/splits.py); one keyframe segment of a video), each with a stable `unit_id`.
-Videos are cut at keyframes found by demuxing their packets (data/video_index.py). Local paths are listed with
+a part of one when it is large (data/splits.py); a video file), each with a stable `unit_id`. A video is listed
+as one unit and nothing of it is read here: its read task indexes it and cuts it at keyframes
+(data/video_index.py), so listing an archive of footage costs a directory walk. Local paths are listed with
 Python's os functions, which take file names in any bytes; keys and sources are escaped when the rows are read
 (data/names.py).
 
@@ -45,7 +46,6 @@ from yoloray.data.inputs import (
 from yoloray.data.names import escape_name, raw_bytes
 from yoloray.data.readers import READ_ERRORS, open_zip, read_tar, zip_member_ok
 from yoloray.data.splits import parquet_renames, split_parquet, split_tar, split_zip
-from yoloray.data.video_index import index_videos, video_units
 
 IMAGE_COLUMN_NAMES = ("image", "img", "bytes", "jpg", "jpeg")
 KEY_COLUMN_NAMES = ("key", "__key__", "id", "filename", "file_name")
@@ -212,8 +212,7 @@ def _base(e: _Entry) -> dict:
     return {"kind": e.kind, "root": e.root, "source": source, "prefix": escape_name(e.rel), "rel": e.rel}
 
 
-def _archive_unit(e: _Entry, options: SourceOptions, index=None) -> list[dict]:
-    """`index`: a video's (video_index.index_videos), when the caller indexed the videos together."""
+def _archive_unit(e: _Entry, options: SourceOptions) -> list[dict]:
     base = _base(e)
     source = base["source"]
     if e.kind == "tar":
@@ -237,7 +236,7 @@ def _archive_unit(e: _Entry, options: SourceOptions, index=None) -> list[dict]:
         return split_zip(base, sizes or [], options)
     if e.kind == "parquet":
         return _parquet_units(e, base, options)
-    return video_units(base, options, index=index)
+    return [{"unit_id": f"video:{source}", **base}]  # the whole file: its read task indexes it (data/readers.py)
 
 
 def _image_column(schema: pa.Schema, wanted: str | None, source: str) -> str:
@@ -309,15 +308,13 @@ def list_units(paths: Sequence[str], options: SourceOptions = SourceOptions()) -
             owner[e.rel] = join_path(e.source_root, e.rel)
             entries.append(e)
 
-    videos = [e for e in entries if e.kind == "video"]
-    indexes = dict(zip(map(id, videos), index_videos([_base(e) for e in videos])))
     units: list[dict] = []
     groups: dict[tuple[str, str], list[str]] = {}
     for e in entries:
         if e.kind == "image":
             groups.setdefault((e.root, e.source_root), []).append(e.rel)
         else:
-            units.extend(_archive_unit(e, options, indexes.get(id(e))))
+            units.extend(_archive_unit(e, options))
     for (root, source_root), keys in groups.items():
         for i in range(0, len(keys), options.files_per_task):
             chunk = keys[i : i + options.files_per_task]

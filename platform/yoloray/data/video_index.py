@@ -1,7 +1,12 @@
-"""Videos -> keyframe segments, on the driver: the container's packets are demuxed (never decoded) to learn
-every frame's presentation time and where the keyframes are; a video becomes units of whole GOPs.
+"""Videos -> keyframe segments: the container's packets are demuxed (never decoded) to learn every frame's
+presentation time and where the keyframes are; a video becomes segments of whole GOPs.
 
-A unit (`kind: video`) is one segment: frames [start, stop) in presentation order, the keyframe to seek to, the
+`list_units` (data/units.py) lists a video file as one file unit (`kind: video`, no segment fields) and demuxes
+nothing; the file's read task indexes it and yields one reference row per segment (`segments_of`, in
+data/readers.py), so indexing runs on the cluster's CPUs, in parallel, as the job streams. The driver indexes
+only the few files a sample needs (`segments_of` with `files`: profile.py, batch/video.py, tune/archive.py).
+
+A segment unit (`kind: video`) is: frames [start, stop) in presentation order, the keyframe to seek to, the
 presentation timestamps of its frames (container ticks) and the frames to keep (sampling, --start/--end). Frame
 N is the N-th frame in presentation order; its `ts` is (pts - first pts) x time base, in seconds, so variable
 frame rates and B-frames get their true times. Short GOPs are merged until a segment has at least
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -21,7 +27,10 @@ import numpy as np
 from yoloray.data.inputs import SourceOptions, locate
 
 SEGMENT_MIN_FRAMES = 120
-OPEN_ERRORS = (OSError, ValueError, IndexError)  # av.FFmpegError is an OSError or ValueError subclass
+SAMPLE_FILES = 8  # video files a driver-side sample (profile, actor call sizing, tune) indexes at most
+# PyAV's errors mix in a builtin one (OSError, ValueError, EOFError, RuntimeError...): a Matroska file with no
+# frames raises its EOFError on open, which, uncaught, failed the listing (now: the read task)
+OPEN_ERRORS = (OSError, ValueError, IndexError, EOFError, RuntimeError)
 
 
 @dataclass
@@ -53,6 +62,17 @@ def open_video(unit: dict):
         container.close()
         raise ValueError("no video stream in the file")
     return container, container.streams.video[0]
+
+
+def stated_frames(unit: dict) -> int | None:
+    """The frame count a video file's container states (MP4/MOV sample tables, AVI headers), read without
+    demuxing; None when it states none (Matroska) or the file cannot be opened."""
+    try:
+        container, stream = open_video(unit)
+    except OPEN_ERRORS:
+        return None
+    with container:
+        return stream.frames or None
 
 
 def index_video(unit: dict) -> VideoIndex:
@@ -126,9 +146,8 @@ def keep_frame(i: int, fps: float | None, options: SourceOptions) -> bool:
 
 def index_videos(units: list[dict]) -> list[VideoIndex | Exception]:
     """`index_video` of each unit, or the OPEN_ERRORS exception it raised; each distinct content once, on
-    threads. The driver indexes every video before the job starts, and PyAV lets threads overlap part of the
-    open and the demux: on the 2-core development machine, 64 indexings took 0.55 s in one thread and 0.39 s
-    in two, and listing 320 distinct 120-frame clips took 1.6 s against 2.1 s one by one."""
+    threads. PyAV lets threads overlap part of the open and the demux: on the 2-core development machine, 64
+    indexings took 0.55 s in one thread and 0.39 s in two."""
     keys = [_content_key(u) for u in units]
     distinct: dict[tuple, dict] = {}
     for key, unit in zip(keys, units):
@@ -164,8 +183,10 @@ def _content_key(unit: dict) -> tuple:
 
 def video_units(base: dict, options: SourceOptions, min_frames: int | None = None,
                 index: VideoIndex | Exception | None = None) -> list[dict]:
-    """Keyframe segments of one video (see the module doc); `base` has kind/root/source/prefix. `index`: the
-    file's, when the caller indexed it already (`index_videos`)."""
+    """Keyframe segments of one video (see the module doc); `base` has kind/root/source/prefix (a video file
+    unit from `list_units` does; its unit_id gives way to the segments'). `index`: the file's, when the caller
+    indexed it already (`index_videos`)."""
+    base = {k: v for k, v in base.items() if k != "unit_id"}
     if index is None:
         (index,) = index_videos([base])
     if isinstance(index, Exception):
@@ -200,14 +221,43 @@ def video_units(base: dict, options: SourceOptions, min_frames: int | None = Non
     return units
 
 
+def is_video_file(unit: dict) -> bool:
+    """A video as `list_units` lists it: the whole file, not yet indexed (no segment fields, no error)."""
+    return unit.get("kind") == "video" and "start" not in unit and "error" not in unit
+
+
+def segments_of(units: Sequence[dict], options: SourceOptions, files: int | None = None) -> Iterator[dict]:
+    """`units` in order, each video file unit (`is_video_file`) replaced by its keyframe segments
+    (`video_units`), or by its one error unit; everything else (segment units, other kinds) passes through.
+    The files are indexed here as the consumer asks for more, a few at a time on threads (`index_videos`), so
+    one that stops early indexes little beyond what it used; after the first `files` video files, the rest
+    pass through unindexed (a driver-side sample never indexes the whole archive)."""
+    files_at = [i for i, u in enumerate(units) if is_video_file(u)]
+    if files is not None:
+        files_at = files_at[:files]
+    chunk = max(1, min(os.cpu_count() or 1, 32))
+    order = {pos: k for k, pos in enumerate(files_at)}
+    indexes: dict[int, VideoIndex | Exception] = {}
+    for pos, unit in enumerate(units):
+        k = order.get(pos)
+        if k is None:
+            yield unit
+            continue
+        if pos not in indexes:
+            ahead = files_at[k : k + chunk]
+            indexes.update(zip(ahead, index_videos([units[i] for i in ahead])))
+        yield from video_units(unit, options, index=indexes.pop(pos))
+
+
 def frame_ts(unit: dict, frame: int) -> float:
     num, den = unit["time_base"]
     return (unit["pts"][frame - unit["start"]] - unit["first_pts"]) * num / den
 
 
 def reference_rows(unit: dict, options: SourceOptions | None = None) -> list[dict]:
-    """The read stage's rows of a video unit: one segment reference (the segment travels, never its frames;
-    batch/video.py decodes it), or the unit's one error row when the file could not be opened."""
+    """The read stage's rows of a segment unit: one segment reference (the segment travels, never its frames;
+    batch/video.py decodes it), or the unit's one error row when the file could not be opened or has no
+    frames. (A video file unit is read as the rows of its `segments_of`: data/readers.py.)"""
     import json
 
     row = {"key": unit["prefix"], "image": None, "source": unit["source"], "frame": None, "ts": None,

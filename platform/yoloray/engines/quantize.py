@@ -63,6 +63,7 @@ def sample_inputs(source: str, count: int = CALIBRATION_FRAMES) -> list[bytes]:
         units = list_units([source], options)
     except SourceError as e:
         raise EngineError(f"calibration inputs: {e}") from None
+    units = [u for u in units if u["kind"] != "video"]  # a video reads as segment references: no encoded frames
     step = max(1, len(units) // count)
     per_unit = max(1, -(-count // max(1, len(units[::step]))))
     out: list[bytes] = []

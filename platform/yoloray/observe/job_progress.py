@@ -5,10 +5,11 @@
 Fed by the output rows as the driver collects them (`JobProgress.rows(batch)`): a row is one frame. Totals
 come from the read units (data/units.py) where they are known without reading the data: a files unit lists
 its images, a Parquet unit its row group's rows, a local tar or zip its image members (counted here from
-the headers, within `COUNT_BUDGET_S`, in a thread beside the job's start: the totals appear when counted),
-a video chunk its frame range (over --video-stride; a --video-fps
-resample or a chunk that reads to the end of the stream is unknown). When any total is unknown the frame
-count shows no total (and the ETA comes from units). A unit counts as done once all rows of its source have
+the headers), a video file the frame count its container states (MP4/MOV/AVI; over --video-stride), both
+counted within `COUNT_BUDGET_S`, in a thread beside the job's start (the totals appear when counted); a video
+segment unit its frame range (over --video-stride). A video is never demuxed here, so a --video-fps resample,
+a --start/--end range, or a container that states no frame count (Matroska) is unknown. When any total is
+unknown the frame count shows no total (and the ETA comes from units). A unit counts as done once all rows of its source have
 arrived; a resumed run starts from the rows already written (shown as done) and counts units this run
 finished.
 """
@@ -25,9 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from yoloray.data.inputs import IMAGE_EXTS, SourceOptions, join_path
+from yoloray.data.video_index import is_video_file, stated_frames
 from yoloray.observe.live import LiveLine, Rate, duration
 
-COUNT_BUDGET_S = 2.0  # driver time spent counting archive members before totals are left unknown
+COUNT_BUDGET_S = 2.0  # driver time spent counting archive members and video frames before totals are left unknown
 
 
 @dataclass
@@ -64,6 +66,11 @@ def expected_rows(unit: dict, options: SourceOptions, deadline: float = float("i
         return unit.get("num_rows")
     if kind in ("tar", "zip"):
         return unit.get("members") or (_count_members(unit) if time.perf_counter() < deadline else None)
+    if kind == "video" and is_video_file(unit):
+        if not _counts_videos(options) or time.perf_counter() >= deadline:
+            return None
+        frames = stated_frames(unit)
+        return None if frames is None else -(-frames // max(1, options.video_stride))
     if kind == "video":
         if options.video_fps or unit.get("stop") is None:
             return None
@@ -72,7 +79,14 @@ def expected_rows(unit: dict, options: SourceOptions, deadline: float = float("i
     return None
 
 
-def _needs_count(unit: dict) -> bool:
+def _counts_videos(options: SourceOptions) -> bool:
+    """A video file's rows follow from its stated frame count: every frame, or every video_stride-th."""
+    return options.video_fps is None and options.video_start is None and options.video_end is None
+
+
+def _needs_count(unit: dict, options: SourceOptions) -> bool:
+    if is_video_file(unit):
+        return _counts_videos(options)
     return unit.get("kind") in ("tar", "zip") and not unit.get("members")
 
 
@@ -102,16 +116,16 @@ class JobProgress:
                     self.group_of[join_path(u.get("source_root", ""), key)] = len(self.groups) - 1
             else:
                 by_source.setdefault(u.get("source", u["unit_id"]), []).append(u)
-        to_count: list[tuple[int, list[dict]]] = []  # archives whose members are counted by reading them
+        to_count: list[tuple[int, list[dict]]] = []  # archives and videos counted by reading their headers
         for source, members in by_source.items():
             self.groups.append(_Group(len(members), _total(members, options, deadline=0.0)))
             self.group_of[source] = len(self.groups) - 1
-            if any(_needs_count(u) for u in members):
+            if any(_needs_count(u, options) for u in members):
                 to_count.append((len(self.groups) - 1, members))
         self.units_total = sum(g.units for g in self.groups)
         self.frames = Rate(_sum_known(g.expected for g in self.groups))
-        # Counting archive members reads every tar/zip index (up to COUNT_BUDGET_S): done beside the job's start,
-        # not before it; the totals appear on the line when known.
+        # Counting reads every tar/zip index and video header (up to COUNT_BUDGET_S): done beside the job's
+        # start, not before it; the totals appear on the line when known.
         self.counted: threading.Thread | None = None
         if to_count:
             self.counted = threading.Thread(target=self._count, args=(to_count, options), daemon=True,

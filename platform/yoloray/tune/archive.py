@@ -3,18 +3,21 @@ unit it lists is video (mp4, mkv, ... as `yoloray infer` accepts them), frames o
 its video files.
 
 Video:
-- Engine level: `n_images` kept frames taken evenly over the first keyframe segments (data/video_index.py)
+- Engine level: `n_images` kept frames taken evenly over the first keyframe segments (data/video_index.py:
+  the archive lists each video as one file unit; only the first files are indexed, here on the driver)
   and decoded with PyAV (vision/decoders/pyav.py, the CPU decoder), stored as lossless PNG in RUN/inputs so a
   resumed sweep measures the same pixels. A trial decodes them once into BGR arrays and times
   `Detector.detect` on the arrays (letterbox, engine, NMS): the video decode is not timed in-process (NVDEC
   decodes a segment inside a batch actor, PyAV in upstream Ray tasks; the layout level's real jobs measure it).
   The trial's `decode` knob is the one a batch job uses for these videos (the default profile's: `gpu` = NVDEC
   where PyNvVideoCodec runs, else `cpu` = PyAV), so the winning profile decodes as measured there.
-- The default space's input shape (`rect_imgsz`) takes the videos' frame size (square 640 when they differ),
-  and the default profile is resolved from the videos' listing (`Sample.of_units`), as `yoloray infer` does.
-- Layout level: the archive's video files in listing order, linked into RUN/sample (hard links; a copy where
-  a link cannot be made, e.g. another filesystem or object storage) and repeated under new names until
-  `layout_images` kept frames (layout.repeat_links), each run as a real batch job.
+- The default space's input shape (`rect_imgsz`) takes the frame size of the first videos (SAMPLE_FILES of
+  them; square 640 when they differ), and the default profile is resolved from the videos' listing
+  (`Sample.of_units`), as `yoloray infer` does.
+- Layout level: the archive's video files in listing order (indexed one after another until there are enough
+  kept frames), linked into RUN/sample (hard links; a copy where a link cannot be made, e.g. another
+  filesystem or object storage) and repeated under new names until `layout_images` kept frames
+  (layout.repeat_links), each run as a real batch job.
 An archive of stills, or of stills and videos, is measured on its first still images as before.
 """
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from itertools import islice
+from itertools import groupby, islice
 from pathlib import Path
 
 from yoloray.errors import UserError
@@ -49,10 +52,14 @@ def frame_size_of(sizes: set[tuple[int, int]]) -> tuple[int, int]:
 
 
 def with_archive(settings: TuneConfig, units: list[dict] | None) -> TuneConfig:
-    """`settings` with `video` set for an all-video archive, and the frame size of its readable videos."""
+    """`settings` with `video` set for an all-video archive, and the frame size of its first readable videos."""
     if not is_video(units):
         return settings
-    sizes = {(u["width"], u["height"]) for u in units if u.get("error") is None and u.get("width")}
+    from yoloray.data.inputs import SourceOptions
+    from yoloray.data.video_index import SAMPLE_FILES, segments_of
+
+    segments = segments_of(units, SourceOptions(), files=SAMPLE_FILES)
+    sizes = {(u["width"], u["height"]) for u in segments if u.get("error") is None and u.get("width")}
     return settings.model_copy(update={"video": True, "frame_size": frame_size_of(sizes)})
 
 
@@ -84,13 +91,17 @@ def archive_images(settings: TuneConfig, units: list[dict]) -> list[tuple[str, b
 
 
 def video_frames(settings: TuneConfig, units: list[dict]) -> list[tuple[str, bytes]]:
-    """n_images decoded frames (lossless PNG), an even share from each of the first segments, in their order."""
+    """n_images decoded frames (lossless PNG), an even share from each of the first segments, in their order
+    (the segments of the first n_images video files at most)."""
     import cv2
 
+    from yoloray.data.inputs import SourceOptions
+    from yoloray.data.video_index import segments_of
     from yoloray.vision.decoders.pyav import decode_segment
 
     n = settings.n_images
-    readable = [u for u in units if u.get("error") is None and u.get("keep")][:n]
+    segments = segments_of(units, SourceOptions(), files=n)
+    readable = list(islice((u for u in segments if u.get("error") is None and u.get("keep")), n))
     per = -(-n // max(1, len(readable)))
     found = []
     for unit in readable:
@@ -113,27 +124,27 @@ def decoded(images: list[bytes]) -> list:
 
 def video_sample(units: list[dict], folder: Path, total: int) -> list[str]:
     """The archive's video files linked into `folder` as unique-NNNNN.ext, then repeated under new names until
-    `total` kept frames; returns the file paths (a second call reuses what is there)."""
-    from yoloray.data.inputs import locate
+    `total` kept frames; returns the file paths (a second call reuses what is there). The files are indexed in
+    order until they hold `total` kept frames."""
+    from yoloray.data.inputs import SourceOptions, locate
+    from yoloray.data.video_index import segments_of
     from yoloray.tune.layout import repeat_links
 
     folder.mkdir(parents=True, exist_ok=True)
-    frames: dict[str, int] = {}
-    first: dict[str, dict] = {}
-    for u in units:
-        if u.get("error") is None:
-            frames[u["source"]] = frames.get(u["source"], 0) + len(u.get("keep") or ())
-            first.setdefault(u["source"], u)
     unique, count = [], 0
-    for i, (source, n) in enumerate((s, n) for s, n in frames.items() if n):
-        if count >= total:
-            break
-        path = folder / f"unique-{i:05d}{Path(first[source]['rel']).suffix.lower()}"
+    for _, segments in groupby(segments_of(units, SourceOptions()), key=lambda u: u["source"]):
+        segments = [u for u in segments if u.get("error") is None]
+        n = sum(len(u.get("keep") or ()) for u in segments)
+        if not n:
+            continue
+        path = folder / f"unique-{len(unique):05d}{Path(segments[0]['rel']).suffix.lower()}"
         if not path.is_file():
-            fs, src = locate(first[source])
+            fs, src = locate(segments[0])
             _link_or_copy(fs, src, path)
         unique.append((path, n))
         count += n
+        if count >= total:
+            break
     return repeat_links(unique, folder, total)
 
 
