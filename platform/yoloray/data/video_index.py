@@ -223,7 +223,7 @@ def video_units(base: dict, options: SourceOptions, min_frames: int | None = Non
 
 def is_video_file(unit: dict) -> bool:
     """A video as `list_units` lists it: the whole file, not yet indexed (no segment fields, no error)."""
-    return unit.get("kind") == "video" and "start" not in unit and "error" not in unit
+    return unit.get("kind") == "video" and not {"start", "keep", "error"} & unit.keys()
 
 
 def segments_of(units: Sequence[dict], options: SourceOptions, files: int | None = None) -> Iterator[dict]:
