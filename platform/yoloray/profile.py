@@ -18,7 +18,8 @@ The defaults are the fastest settings measured that pass the fidelity checks (be
   rounded up to the stride: 1920x1080 -> 384x640); frames of different sizes, or no sample, get square 640.
 - The sample (`Sample.of_units`): a few stills read on the driver, and video frames by the size and codec the
   index of the first video files records (a few files indexed on the driver, nothing decoded). JPEG only: the
-  JPEG defaults; video only: NVDEC where it runs; anything else, videos and stills together included: decode on the CPU with the stills' layout (3 x 2).
+  JPEG defaults; video only: NVDEC where it runs; anything else, videos and stills together included: decode
+  on the CPU with the stills' layout (3 x 2).
 
 The speed knobs (CUDA graphs, channels_last, micro_batch) were measured with the torch backend; with another
 backend `auto` leaves them off (give them to use them), and picks fp16 only where the backend offers it.

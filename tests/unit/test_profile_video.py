@@ -1,6 +1,7 @@
 """Profiles for video inputs: the sample of a job's video units carries the frames' size and codec from the
-index of the first video files (made on the driver for the sample, nothing decoded), so `yoloray infer VIDEOS` / `yoloray detect CLIP` with no flags resolve the video
-defaults (the clip's rect letterbox, NVDEC where it runs, 1 actor x 2 calls per NVDEC engine), not the JPEG ones."""
+index of the first video files (made on the driver for the sample, nothing decoded), so `yoloray infer VIDEOS`
+/ `yoloray detect CLIP` with no flags resolve the video defaults (the clip's rect letterbox, NVDEC where it
+runs, 1 actor x 2 calls per NVDEC engine), not the JPEG ones."""
 
 from __future__ import annotations
 

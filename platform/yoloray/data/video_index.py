@@ -28,8 +28,8 @@ from yoloray.data.inputs import SourceOptions, locate
 
 SEGMENT_MIN_FRAMES = 120
 SAMPLE_FILES = 8  # video files a driver-side sample (profile, actor call sizing, tune) indexes at most
-# PyAV's errors mix in a builtin one (OSError, ValueError, EOFError, RuntimeError...): a Matroska file with no
-# frames raises its EOFError on open, which, uncaught, failed the listing (now: the read task)
+# PyAV's errors mix in a builtin one (OSError, ValueError, EOFError, RuntimeError, ...); a Matroska file with no
+# frames raises its EOFError on open, and is one error row like any file that cannot be opened
 OPEN_ERRORS = (OSError, ValueError, IndexError, EOFError, RuntimeError)
 
 

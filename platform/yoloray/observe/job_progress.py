@@ -9,9 +9,9 @@ the headers), a video file the frame count its container states (MP4/MOV/AVI; ov
 counted within `COUNT_BUDGET_S`, in a thread beside the job's start (the totals appear when counted); a video
 segment unit its frame range (over --video-stride). A video is never demuxed here, so a --video-fps resample,
 a --start/--end range, or a container that states no frame count (Matroska) is unknown. When any total is
-unknown the frame count shows no total (and the ETA comes from units). A unit counts as done once all rows of its source have
-arrived; a resumed run starts from the rows already written (shown as done) and counts units this run
-finished.
+unknown the frame count shows no total (and the ETA comes from units). A unit counts as done once all rows of
+its source have arrived; a resumed run starts from the rows already written (shown as done) and counts units
+this run finished.
 """
 
 from __future__ import annotations
