@@ -21,10 +21,21 @@
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD/platform PATH=/tmp/site/bin:$PATH YOLO_OFFLINE=true YOLO_CONFIG_DIR=/tmp/ultralytics \
   PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
+# The lent machine's image sets PYTHONDONTWRITEBYTECODE=1 and its torch has no cached bytecode for torch._dynamo
+# and _inductor (seen 2026-12-02), so every process compiled ~1,400 module sources again (4.7 s of a warm
+# torch-compile start). A pip install writes the bytecode; this writes it once per machine under /tmp instead
+# (every run from the seventh session on; earlier figures were measured without it).
+export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
+unset PYTHONDONTWRITEBYTECODE
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 git log -1 --format='commit %h %s' 2>/dev/null | cut -c1-120
+# whether this Python finds or writes cached bytecode for torch (a warm torch-compile start imports ~1,400 modules
+# of torch._dynamo/_inductor; without cached bytecode each process compiles their sources again)
+python3 -c "import os, sys, torch; d = os.path.dirname(torch.__file__); c = d + '/_dynamo/__pycache__'
+print('bytecode: dont_write', sys.dont_write_bytecode, 'prefix', sys.pycache_prefix, 'torch at', d, 'writable',
+      os.access(d, os.W_OK), '_dynamo cached', len(os.listdir(c)) if os.path.isdir(c) else 0)"
 case "${1:-}" in
   tests)
     timeout 240 python3 -m pytest -q -p no:cacheprovider -rfE tests/gpu --ignore tests/gpu/test_video_gpu.py \
