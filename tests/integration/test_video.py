@@ -9,6 +9,7 @@ End states only: timings never go into assertions. NVDEC paths are in tests/gpu/
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -209,6 +210,59 @@ def test_cpu_share_and_actor_decode_agree(clips, config):
     upstream = predictor(expand_on_cpu(rows, config.imgsz, 1.0)).sort_by("key").to_pylist()
     assert [r["key"] for r in in_actor] == [f"h264.mp4#frame={i}" for i in sorted(range(0, N, 4), key=str)]
     assert in_actor == upstream
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    """Three segments as the workers cut them (SEGMENT_MIN_FRAMES frames each; a patch would not reach them)."""
+    n = 3 * video_index.SEGMENT_MIN_FRAMES
+    path = tmp_path_factory.mktemp("long") / "long.mp4"
+    write_clip(path, [render_video_frame(1, i, 96, 64, n)[0] for i in range(n)], 96, 64, FPS, "h264",
+               gop=video_index.SEGMENT_MIN_FRAMES)
+    return path
+
+
+def test_resume_drops_done_segments_and_redoes_the_rest(long_clip, config, tmp_path):
+    """A first run that ended inside the second segment: the rerun drops the first segment whole, decodes the
+    second for its missing frames only and does the rest; every kept frame once."""
+    every = SourceOptions(video_stride=30)
+    segments = list(segments_of(list_units([str(long_clip)], every), every))
+    assert len(segments) >= 2
+    second = segments[1]["keep"]
+    assert len(second) >= 2
+    end = (second[0] + 1) / FPS  # the first run stops after the second segment's first kept frame
+    out = tmp_path / "out"
+    first = run_job([str(long_clip)], str(out), config, rows_per_part=4,
+                    source_options=SourceOptions(video_stride=30, video_end=end))
+    assert first.images == len(segments[0]["keep"]) + 1
+    rerun = run_job([str(long_clip)], str(out), config, rows_per_part=4, source_options=every)
+    kept = [i for u in segments for i in u["keep"]]
+    assert (rerun.images, rerun.skipped_done) == (len(kept) - first.images, first.images)
+    keys = Counter(pq.read_table(out, columns=["key"]).column("key").to_pylist())
+    assert keys == Counter(f"long.mp4#frame={i}" for i in kept)
+
+
+def test_one_files_segments_spread_over_blocks(long_clip, config):
+    """A file is one read task, which emits its segments together; they leave the read in blocks of one actor
+    call's frames (here one segment each), so the CPU decode and the actors' calls take them in parallel
+    instead of one after another in the file's read task."""
+    from yoloray.batch.pipeline import detect
+    from yoloray.batch.video import frames_per_row, kept_per_segment
+
+    options = SourceOptions(video_stride=4)  # >= 30 frames a segment; a call is 8 x 4 = 32 frames
+    units = list_units([str(long_clip)], options)
+    assert len(units) == 1 and "keep" not in units[0]  # the listing indexed nothing
+    segments = list(segments_of(units, options))  # as the read task cuts them
+    assert len(segments) >= 2
+    kept = [i for u in segments for i in u["keep"]]
+    assert kept_per_segment(units, options) == len(kept) / len(segments)
+    ds = detect(read_units(units, options), config.replace(decode="cpu"),
+                frames_per_row=frames_per_row(units, "cpu", 0.0, options), segment_frames=len(kept) / len(segments))
+    rows = ds.materialize()
+    assert sorted(r["frame"] for r in rows.iter_rows()) == kept
+    stats = rows.stats()
+    (read,) = re.findall(r"Operator \d+ (ReadReadUnits\S*): (\d+) tasks executed, (\d+) blocks produced", stats)
+    assert "expand_on_cpu" not in read[0] and read[1:] == ("1", str(len(segments))), stats  # a block a segment
 
 
 def test_exactly_once_after_a_killed_driver(clips, demo_model, tmp_path):

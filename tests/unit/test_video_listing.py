@@ -107,3 +107,19 @@ def test_a_file_unit_reads_as_its_segments_reference_rows_in_order(folder, monke
         "cam1.mp4#frames=0-4", "cam1.mp4#frames=4-8", "cam1.mp4#frames=8-12"]
     (bad,) = [r for r in read if r["source"].endswith("/broken.mp4")]
     assert bad["key"] == "broken.mp4" and bad["segment"] is None and bad["error"].startswith("cannot open video: ")
+
+
+def test_content_cache_is_bounded_by_weight(tmp_path):
+    """Read workers each keep one: its bound is the frames the indexes hold, not a count of files."""
+    paths = []
+    for name in "abcd":
+        (tmp_path / name).write_bytes(name.encode())
+        paths.append(str(tmp_path / name))
+    os.link(paths[0], tmp_path / "a-again")
+    made = []
+    cache = video_index.ContentCache(limit=5, weight=lambda value: value)
+    get = lambda path, value: cache.get(path, lambda: made.append(value) or value)  # noqa: E731
+    assert get(paths[0], 3) == 3 and get(str(tmp_path / "a-again"), 9) == 3  # a hard link is the same content
+    assert get(paths[1], 2) == 2 and made == [3, 2]  # 5 in all: both kept
+    assert get(paths[2], 1) == 1 and get(paths[0], 3) == 3 and made == [3, 2, 1, 3]  # over 5: started again
+    assert get(paths[3], 6) == 6 and get(paths[3], 6) == 6 and made[-2:] == [6, 6]  # heavier than all: not kept

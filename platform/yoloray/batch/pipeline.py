@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from yoloray.batch.parts import PartWriter, batches_or_ticks
 from yoloray.batch.predecode import predecode
 from yoloray.batch.predictor import Predictor
-from yoloray.batch.video import drop_done_frames, expand_on_cpu, frames_per_row
+from yoloray.batch.video import drop_done_frames, expand_on_cpu, frames_per_row, kept_per_segment
 from yoloray.config import Layout, Profile
 from yoloray.data.inputs import SourceOptions
 from yoloray.data.sources import read_units
@@ -144,14 +144,18 @@ def _resources(options: ActorOptions) -> tuple[float, int]:
     return gpus, actors
 
 
-def detect(ds, config: Profile, options: ActorOptions | None = None, frames_per_row: float | None = None):
+def detect(ds, config: Profile, options: ActorOptions | None = None, frames_per_row: float | None = None,
+           segment_frames: float | None = None):
     """Ray Dataset of input rows (key, image, source, frame, ts, error[, segment]) -> Dataset of output rows.
 
     Composes with a user's own pipeline: anything upstream (filters, unions, their own readers) and
     downstream (joins, writes) is plain Ray Data. Missing optional columns are filled with nulls.
     `frames_per_row`: set when the rows hold video segment references (batch/video.py `frames_per_row`);
-    the CPU share of the segments is then decoded upstream and actor calls are sized in frames. A profile
-    with `auto` fields is resolved for the cluster (give `imgsz`, or resolve it with a Sample first)."""
+    the CPU share of the segments is then decoded upstream and actor calls are sized in frames.
+    `segment_frames`: when every row is a segment reference, their mean kept frames (`kept_per_segment`): the
+    rows are cut into blocks of one actor call's frames, so the segments of a long file (which its one read
+    task emits together) spread over the actors' calls and the CPU decode tasks. A profile with `auto`
+    fields is resolved for the cluster (give `imgsz`, or resolve it with a Sample first)."""
     from ray.data import ActorPoolStrategy
 
     if not config.is_resolved():  # no sample here: the input size falls back to square 640 unless given
@@ -167,6 +171,9 @@ def detect(ds, config: Profile, options: ActorOptions | None = None, frames_per_
     running = config.replace(calls_per_actor=options.calls_per_actor, batches_per_call=options.batches_per_call)
     options = replace(options, observe=(options.observe or ActorObserve()).for_profile(running))
     ds = ds.map_batches(_normalize, batch_format="pyarrow", batch_size=None)
+    if segment_frames:  # a streaming split: never fused into the maps after it, so they run per block
+        ds = ds.repartition(target_num_rows_per_block=max(
+            1, round(config.batch_size * options.batches_per_call / segment_frames)))
     predecoded = config.decode == "hybrid"
     # The CPU share is decoded in Ray tasks fused with the reads, not by threads in the actor: Ray Data fuses a
     # task map into the actor's operator only when their resources match (num_gpus 0 and num_cpus 1: a CPU-only
@@ -348,7 +355,7 @@ def run_job(
         ds = ds.map_batches(_drop_done, batch_format="pyarrow", batch_size=None, fn_kwargs={"done": done})
     video = any(u["kind"] == "video" for u in units)
     per_row = frames_per_row(units, config.decode, config.hybrid_cpu_share, source_options) if video else None
-    results = detect(ds, config, options, per_row)
+    results = detect(ds, config, options, per_row, kept_per_segment(units, source_options) if video else None)
     writer = PartWriter(fs, root, uuid.uuid4().hex[:8], rows_per_part, seconds_per_part, error_kind)
     try:
         for batch in batches_or_ticks(results.iter_batches(batch_format="pyarrow", batch_size=None), writer.wait_s):

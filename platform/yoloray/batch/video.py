@@ -33,21 +33,27 @@ def segment_mask(batch: pa.Table) -> np.ndarray:
     return np.asarray(batch.column(SEGMENT).is_valid())
 
 
-def frames_per_row(units: list[dict], decode: str, share: float, options=None) -> float:
-    """Mean frames an actor gets per input row, so a call still holds ~batch_size x batches_per_call frames:
-    1 for stills and CPU-decoded frames, a segment's kept frames for a segment the actor decodes itself
-    (estimated from the segments of the first SAMPLE_FILES_PER_ROW video files, indexed here on the driver)."""
+def kept_per_segment(units: list[dict], options=None) -> float | None:
+    """Mean kept frames of a video job's segments, from the first SAMPLE_FILES_PER_ROW video files (indexed
+    here on the driver); None for a job with stills or without a readable video."""
     from yoloray.data.inputs import SourceOptions
     from yoloray.data.video_index import segments_of
 
     videos = [u for u in units if u.get("kind") == "video"]
-    if decode == "cpu" or not videos or len(videos) < len(units):  # stills set the pace of a mixed job
-        return 1.0
+    if not videos or len(videos) < len(units):
+        return None
     sampled = segments_of(videos, options or SourceOptions(), files=SAMPLE_FILES_PER_ROW)
     kept = [len(u["keep"]) for u in sampled if "keep" in u]
-    if not kept:
+    return float(np.mean(kept)) if kept else None
+
+
+def frames_per_row(units: list[dict], decode: str, share: float, options=None) -> float:
+    """Mean frames an actor gets per input row, so a call still holds ~batch_size x batches_per_call frames:
+    1 for stills and CPU-decoded frames, a segment's kept frames for a segment the actor decodes itself
+    (`kept_per_segment`; stills set the pace of a mixed job)."""
+    f = None if decode == "cpu" else kept_per_segment(units, options)
+    if f is None:
         return 1.0
-    f = float(np.mean(kept))
     s = share if decode == "hybrid" else 0.0
     return f / (s * f + 1 - s)
 

@@ -2,7 +2,8 @@
 
 Parallelism: `list_units` (data/units.py) expands the inputs on the driver into units; `read_units` reads them
 through a Ray Data datasource with one read task per unit (a big shard streams out in ~32 MB tables; a video
-file is indexed in its read task and streams out as its segment reference rows).
+file is indexed in its read task and streams out as its segment reference rows, which `batch.pipeline.detect`
+cuts into blocks of one actor call's frames).
 
 Why a datasource and not `from_items(units).map_batches(read)`: Ray Data fuses a task-based `map_batches` into
 the actor stage that follows it, with the larger of the two batch sizes. The reads then ran inside the detector

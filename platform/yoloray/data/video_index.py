@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,23 +84,45 @@ def index_video(unit: dict) -> VideoIndex:
     fs, path = locate(unit)
     if not isinstance(fs, pafs.LocalFileSystem):
         return _demux_index(unit)
-    return per_content(_LOCAL_INDEXES, path, lambda: _demux_index(unit))
+    return _LOCAL_INDEXES.get(path, lambda: _demux_index(unit))
 
 
-_LOCAL_INDEXES: dict[tuple, VideoIndex] = {}
+class ContentCache:
+    """Values made once per content of a local file (`content_id`: hard links and repeats share it), kept up to
+    `limit` in total `weight` (1 a value unless given); past it the cache starts again. Thread-safe: `make`
+    runs outside the lock, so threads make values for different files at once."""
+
+    def __init__(self, limit: int, weight=None):
+        self.limit, self.weight = limit, weight or (lambda value: 1)
+        self._values: dict[tuple, object] = {}
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def get(self, path: str, make):
+        content = content_id(path)
+        with self._lock:
+            value = self._values.get(content)
+        if value is None:
+            value = make()
+            w = self.weight(value)
+            with self._lock:
+                if content not in self._values and w <= self.limit:
+                    if self._total + w > self.limit:
+                        self._values.clear()
+                        self._total = 0
+                    self._values[content] = value
+                    self._total += w
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+            self._total = 0
 
 
-def per_content(cache: dict, path: str, make):
-    """`make()` once per content of the local file `path` (device, inode, size, mtime: hard links and repeats
-    share it), kept in `cache`, which holds at most 4096 entries."""
-    content = content_id(path)
-    value = cache.get(content)  # one lookup: other threads (index_videos) may clear the cache meanwhile
-    if value is None:
-        value = make()
-        if len(cache) >= 4096:
-            cache.clear()
-        cache[content] = value
-    return value
+# Every read worker keeps its own: hard-linked repeats (benchmarks, a tune sample) are demuxed once per worker;
+# bounded by frames (8 bytes of pts each), not files, so an archive of long files cannot fill a worker's memory.
+_LOCAL_INDEXES = ContentCache(limit=2_000_000, weight=lambda index: len(index.pts))
 
 
 def content_id(path: str) -> tuple:
@@ -169,7 +192,7 @@ def index_videos(units: list[dict]) -> list[VideoIndex | Exception]:
 
 
 def _content_key(unit: dict) -> tuple:
-    """What `index_videos` indexes once: a local file's content (as per_content), else the path."""
+    """What `index_videos` indexes once: a local file's content (as ContentCache), else the path."""
     import pyarrow.fs as pafs
 
     try:

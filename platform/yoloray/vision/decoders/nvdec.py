@@ -28,6 +28,7 @@ from functools import cache
 import numpy as np
 import torch
 
+from yoloray.data.video_index import ContentCache
 from yoloray.vision.decoders.frames import FrameBatch
 from yoloray.vision.decoders.nv12 import MATRICES, is_nv12, nv12_letterbox
 from yoloray.vision.decoders.pyav import PyAVDecoder, set_video_meta
@@ -35,9 +36,9 @@ from yoloray.vision.decoders.pyav import PyAVDecoder, set_video_meta
 log = logging.getLogger(__name__)
 
 _AVCOL_SPC = {1: "bt709", 9: "bt2020", 10: "bt2020"}  # FFmpeg's AVColorSpace values; anything else: BT.601
+_PTS_SHIFTS = ContentCache(limit=4096)  # file content -> PyNvVideoCodec's pts of its first frame
 
 
-_PTS_SHIFTS: dict[tuple, int] = {}  # file content -> PyNvVideoCodec's pts of its first frame
 
 
 def _first_pts(decoder) -> int:
@@ -174,9 +175,7 @@ class NvdecDecoder:
         # start at -2 frames, seen on the H200); the index holds the demuxer's. The file's first frame gives the
         # shift, once per file content (hard-linked repeats share it), so every later frame is still checked
         # against the index.
-        from yoloray.data.video_index import per_content
-
-        self._local.pts_shift = per_content(_PTS_SHIFTS, path, lambda: _first_pts(current))
+        self._local.pts_shift = _PTS_SHIFTS.get(path, lambda: _first_pts(current))
         return current
 
     def _fetch(self, decoder, unit: dict, frames: list[int]) -> FrameBatch:
