@@ -257,7 +257,8 @@ def test_one_files_segments_spread_over_blocks(long_clip, config):
     kept = [i for u in segments for i in u["keep"]]
     assert kept_per_segment(units, options) == len(kept) / len(segments)
     ds = detect(read_units(units, options), config.replace(decode="cpu"),
-                frames_per_row=frames_per_row(units, "cpu", 0.0, options), segment_frames=len(kept) / len(segments))
+                frames_per_row=frames_per_row(len(kept) / len(segments), "cpu", 0.0),
+                segment_frames=len(kept) / len(segments))
     rows = ds.materialize()
     assert sorted(r["frame"] for r in rows.iter_rows()) == kept
     stats = rows.stats()

@@ -150,14 +150,14 @@ def test_pyav_path_matches_ultralytics_predict_on_the_clip(tmp_path, demo_model)
 
 
 def test_cpu_share_of_segments_is_a_fixed_pick_per_unit():
-    from yoloray.batch.video import frames_per_row, on_cpu
+    from yoloray.batch.video import frames_per_row, kept_per_segment, on_cpu
 
     ids = [f"video:/footage/cam{k}.mp4#frames={120 * j}-{120 * (j + 1)}" for k in range(20) for j in range(50)]
     picked = [on_cpu(u, 0.2) for u in ids]
     assert 0.17 < np.mean(picked) < 0.23 and picked == [on_cpu(u, 0.2) for u in ids]
     assert all(on_cpu(u, 1.0) for u in ids) and not any(on_cpu(u, 0.0) for u in ids)
     units = [{"kind": "video", "keep": list(range(100))}] * 3
-    assert frames_per_row(units, "gpu", 0.3) == 100  # the actor gets whole segments
-    assert frames_per_row(units, "cpu", 0.3) == 1  # frames, decoded upstream
-    assert frames_per_row(units, "hybrid", 0.2) == pytest.approx(100 / (0.2 * 100 + 0.8))
-    assert frames_per_row([*units, {"kind": "tar"}], "gpu", 0.3) == 1  # stills set the pace of a mixed job
+    assert frames_per_row(kept_per_segment(units), "gpu", 0.3) == 100  # the actor gets whole segments
+    assert frames_per_row(kept_per_segment(units), "cpu", 0.3) == 1  # frames, decoded upstream
+    assert frames_per_row(kept_per_segment(units), "hybrid", 0.2) == pytest.approx(100 / (0.2 * 100 + 0.8))
+    assert frames_per_row(kept_per_segment([*units, {"kind": "tar"}]), "gpu", 0.3) == 1  # stills set the pace of a mixed job

@@ -354,8 +354,9 @@ def run_job(
     if done:
         ds = ds.map_batches(_drop_done, batch_format="pyarrow", batch_size=None, fn_kwargs={"done": done})
     video = any(u["kind"] == "video" for u in units)
-    per_row = frames_per_row(units, config.decode, config.hybrid_cpu_share, source_options) if video else None
-    results = detect(ds, config, options, per_row, kept_per_segment(units, source_options) if video else None)
+    kept = kept_per_segment(units, source_options) if video else None  # a few files indexed here, once
+    per_row = frames_per_row(kept, config.decode, config.hybrid_cpu_share) if video else None
+    results = detect(ds, config, options, per_row, kept)
     writer = PartWriter(fs, root, uuid.uuid4().hex[:8], rows_per_part, seconds_per_part, error_kind)
     try:
         for batch in batches_or_ticks(results.iter_batches(batch_format="pyarrow", batch_size=None), writer.wait_s):

@@ -24,7 +24,7 @@ from yoloray.batch.predecode import PIXELS, SIZE_COLUMNS
 
 log = logging.getLogger(__name__)
 SEGMENT = "segment"
-SAMPLE_FILES_PER_ROW = 4  # video files `frames_per_row` indexes on the driver to size the actors' calls
+SAMPLE_FILES_PER_ROW = 4  # video files `kept_per_segment` indexes on the driver to size the actors' calls
 
 
 def segment_mask(batch: pa.Table) -> np.ndarray:
@@ -47,15 +47,14 @@ def kept_per_segment(units: list[dict], options=None) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
-def frames_per_row(units: list[dict], decode: str, share: float, options=None) -> float:
+def frames_per_row(kept: float | None, decode: str, share: float) -> float:
     """Mean frames an actor gets per input row, so a call still holds ~batch_size x batches_per_call frames:
-    1 for stills and CPU-decoded frames, a segment's kept frames for a segment the actor decodes itself
-    (`kept_per_segment`; stills set the pace of a mixed job)."""
-    f = None if decode == "cpu" else kept_per_segment(units, options)
-    if f is None:
+    1 for stills and CPU-decoded frames, a segment's kept frames for a segment the actor decodes itself.
+    `kept`: the job's `kept_per_segment` (None for a job with stills, which set the pace of a mixed job)."""
+    if kept is None or decode == "cpu":
         return 1.0
     s = share if decode == "hybrid" else 0.0
-    return f / (s * f + 1 - s)
+    return kept / (s * kept + 1 - s)
 
 
 def drop_done_frames(batch: pa.Table, done: frozenset) -> pa.Table:

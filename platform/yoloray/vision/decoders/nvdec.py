@@ -39,8 +39,6 @@ _AVCOL_SPC = {1: "bt709", 9: "bt2020", 10: "bt2020"}  # FFmpeg's AVColorSpace va
 _PTS_SHIFTS = ContentCache(limit=4096)  # file content -> PyNvVideoCodec's pts of its first frame
 
 
-
-
 def _first_pts(decoder) -> int:
     first = decoder.get_batch_frames_by_index([0])
     if len(first) != 1:
