@@ -5,6 +5,8 @@
 #   TESTS=FILES TESTS_K=EXPR bash benchmarks/h200_session.sh engines-tests ARGS  # engines.py --mode gpu ARGS, then
 #                                                   # pytest FILES (default: the ORT GPU tests) -k EXPR
 #   bash benchmarks/h200_session.sh video    # benchmarks/video.py (NVDEC, PyAV, ultralytics, yoloray infer on clips)
+#   bash benchmarks/h200_session.sh video-watch ARGS  # video.py ARGS, with host_watch.py's NVDEC/SM/CPU figures per row
+#   bash benchmarks/h200_session.sh video-best ARGS   # the last video-watch's best (5) config (by steady rate), ARGS
 #   bash benchmarks/h200_session.sh video-tests ARGS  # tests/gpu/test_video_gpu.py + video.py ARGS + the best (5) at 300k
 #   bash benchmarks/h200_session.sh e2e      # benchmarks/e2e.py: no-flag (auto profile) row beside the hand-set rows
 #   bash benchmarks/h200_session.sh e2e-observe ARGS  # e2e.py ARGS, then observe_gpu.py --with-ray
@@ -51,6 +53,20 @@ case "${1:-}" in
     ;;
   video)
     timeout 580 python3 benchmarks/video.py --work /tmp/vbench --out "$OUT" "${@:2}" >"$OUT/video.txt" 2>&1; tail -60 "$OUT/video.txt"
+    ;;
+  video-watch)  # video.py ARGS with benchmarks/host_watch.py recording (NVDEC/SM utilization, host CPUs, busiest
+                # processes), summarized per row; video.json also kept in /tmp/vbench for a later `video-best`
+    python3 benchmarks/host_watch.py record --log "$OUT/watch.jsonl" & watcher=$!
+    timeout 560 python3 benchmarks/video.py --work /tmp/vbench --out "$OUT" "${@:2}" >"$OUT/video.txt" 2>&1
+    kill $watcher; pkill -f "nvidia-smi dmon"; grep -E "^data|^\||^best|x$" "$OUT/video.txt" | tail -30
+    python3 benchmarks/host_watch.py summary --log "$OUT/watch.jsonl" --rows "$OUT/video.json" | tee "$OUT/watch.txt"
+    cp "$OUT/video.json" /tmp/vbench/last_video.json
+    ;;
+  video-best)  # the best (5) configuration of the last `video-watch` on this machine, again: video.py ARGS
+               # --configs BEST (ARGS set the job size, data and peer rows), recorded as video-watch does
+    best=$(python3 -c "import json; r=[x for x in json.load(open('/tmp/vbench/last_video.json')) if x['row'].startswith('(5)') and 'frames_per_s' in x]; print(max(r, key=lambda x: x.get('steady_frames_per_s') or 0)['config'].split()[0])")
+    echo "best (5) of the last video-watch, by its steady rate: $best"
+    exec bash "$0" video-watch "${@:2}" --configs "$best"
     ;;
   video-tests)  # tests/gpu/test_video_gpu.py, then the given video.py rows, then the best (5) config at 300,000 frames
     timeout 170 python3 -m pytest -q -p no:cacheprovider -rfE tests/gpu/test_video_gpu.py >"$OUT/tests_video.txt" 2>&1

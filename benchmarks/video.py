@@ -8,7 +8,7 @@ processes (one per file) as `--files` H.264 mp4s (libx264 veryfast, a keyframe e
 same as HEVC (libx265, closed GOPs: open-GOP streams are decoded by PyAV, vision/decoders/nvdec.py); the files are repeated as hard links until a folder holds `--frames` frames (distinct
 keys, the same decode and model work per frame). All model rows use the same YOLOv8s random weights.
 Rows (frames/s):
-  (1) NVDEC alone: PyNvVideoCodec, one decoder per thread, 7 and 14 threads, NV12 -> fp16 model input on the
+  (1) NVDEC alone: PyNvVideoCodec, one decoder per thread, 7, 14 and 28 threads, NV12 -> fp16 model input on the
       GPU included (and, for H.264, into full-size RGB: the reference conversion)
   (2) PyAV (FFmpeg) CPU decode alone to BGR, one process per core, one thread each
   (3) ultralytics predict on the files (batch 32, half)
@@ -50,7 +50,9 @@ _SPAWN = multiprocessing.get_context("forkserver")  # no fork of a process that 
 
 
 def row(name: str, frames: int, seconds: float, **extra) -> dict:
-    r = {"row": name, "frames": frames, "seconds": round(seconds, 2), "frames_per_s": round(frames / seconds, 1), **extra}
+    end = time.time()  # the row's window, for benchmarks/host_watch.py (rows are timed as they end)
+    r = {"row": name, "frames": frames, "seconds": round(seconds, 2), "frames_per_s": round(frames / seconds, 1),
+         "t_start": end - seconds, "t_end": end, **extra}
     RESULTS.append(r)
     print(f"  -> {name}: {r['frames_per_s']:,} frames/s ({frames} in {seconds:.1f} s)", flush=True)
     return r
@@ -334,6 +336,12 @@ def main() -> int:
         "nvdec-1actor-28calls": ({**fast, "decode": "gpu"}, {"calls_per_actor": 28}),
         "nvdec-1actor-42calls": ({**fast, "decode": "gpu"}, {"calls_per_actor": 42}),
         "nvdec-2actors-4calls": ({**fast, "decode": "gpu"}, {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 4}),
+        # the decoder threads of one process share its interpreter: the same 28 decoders over 2 and 4 processes
+        "nvdec-2actors-14calls": ({**fast, "decode": "gpu"}, {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 14}),
+        "nvdec-4actors-7calls": ({**fast, "decode": "gpu"}, {"actors": 4, "gpus_per_actor": 0.25, "calls_per_actor": 7}),
+        # the model compiled by Inductor (about twice the CUDA-graph engine's images/s alone: benchmarks/README.md)
+        "nvdec-compile-1actor-28calls": ({**fast, "backend": "torch-compile", "cuda_graph": False, "decode": "gpu"},
+                                         {"calls_per_actor": 28}),
         "hybrid.2-1actor-8calls": ({**fast, "decode": "hybrid", "hybrid_cpu_share": 0.2}, {"calls_per_actor": 8}),
         # NVDEC's one actor saturates near 3,600 frames/s with 28-42 calls: a CPU share beside it on the idle cores
         "hybrid.15-1actor-28calls": ({**fast, "decode": "hybrid", "hybrid_cpu_share": 0.15}, {"calls_per_actor": 28}),
@@ -350,7 +358,7 @@ def main() -> int:
         names = [n for n in names if n in a.configs.split(",")]
     steps = []
     for codec in clips:  # H.264 always (row (3) runs on it), and the codecs of the (5) jobs
-        for threads in (7, 14):
+        for threads in (7, 14, 28):
             steps.append(("nvdec", lambda c=codec, k=threads: nvdec_alone(c, units[c], k)))
         if codec == "h264":
             steps.append(("nvdec", lambda c=codec: nvdec_alone(c, units[c], 7, fused=False)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -365,6 +366,7 @@ def render_frame(seed: int, index: int, width: int = 1920, height: int = 1080) -
     return _draw(scene, width, height, 0, np.random.default_rng([seed, 1, index]))
 
 
+@lru_cache(maxsize=4)  # one scene per clip, drawn at every frame (_draw only reads it)
 def _video_scene(seed: int, width: int, height: int, frames: int) -> _Scene:
     rng = np.random.default_rng([seed, 2])
     speed = max(1, round(rng.uniform(6, 16) * min(width / 1920, height / 1080)))
