@@ -345,6 +345,10 @@ def main() -> int:
         "hybrid.2-1actor-8calls": ({**fast, "decode": "hybrid", "hybrid_cpu_share": 0.2}, {"calls_per_actor": 8}),
         # NVDEC's one actor saturates near 3,600 frames/s with 28-42 calls: a CPU share beside it on the idle cores
         "hybrid.15-1actor-28calls": ({**fast, "decode": "hybrid", "hybrid_cpu_share": 0.15}, {"calls_per_actor": 28}),
+        # NVDEC's engines were busy ~100% of the steady state in every NVDEC row (host_watch.py, 2026-12-02), the
+        # host's CPUs ~20%: a CPU share sized to the cores, beside the two-actor layout
+        **{f"hybrid.{k}-2actors-14calls": ({**fast, "decode": "hybrid", "hybrid_cpu_share": k / 10},
+                                           {"actors": 2, "gpus_per_actor": 0.5, "calls_per_actor": 14}) for k in (2, 3)},
     }
     asked = [n for n in a.configs.split(",") if n] + ([a.scaling] if a.scaling else [])
     if unknown := [n for n in asked if n not in configs and n != "auto"]:
