@@ -6,6 +6,7 @@
 #                                                   # pytest FILES (default: the ORT GPU tests) -k EXPR
 #   bash benchmarks/h200_session.sh video    # benchmarks/video.py (NVDEC, PyAV, ultralytics, yoloray infer on clips)
 #   bash benchmarks/h200_session.sh video-watch ARGS  # video.py ARGS, with host_watch.py's NVDEC/SM/CPU figures per row
+#   TESTS_K=EXPR LIMIT=S bash benchmarks/h200_session.sh video-check ARGS  # test_video_gpu.py -k EXPR, then video-watch
 #   bash benchmarks/h200_session.sh video-best ARGS   # the last video-watch's best (5) config (by steady rate), ARGS
 #   bash benchmarks/h200_session.sh video-tests ARGS  # tests/gpu/test_video_gpu.py + video.py ARGS + the best (5) at 300k
 #   bash benchmarks/h200_session.sh e2e      # benchmarks/e2e.py: no-flag (auto profile) row beside the hand-set rows
@@ -57,10 +58,16 @@ case "${1:-}" in
   video-watch)  # video.py ARGS with benchmarks/host_watch.py recording (NVDEC/SM utilization, host CPUs, busiest
                 # processes), summarized per row; video.json also kept in /tmp/vbench for a later `video-best`
     python3 benchmarks/host_watch.py record --log "$OUT/watch.jsonl" & watcher=$!
-    timeout 560 python3 benchmarks/video.py --work /tmp/vbench --out "$OUT" "${@:2}" >"$OUT/video.txt" 2>&1
+    timeout "${VIDEO_TIMEOUT:-560}" python3 benchmarks/video.py --work /tmp/vbench --out "$OUT" "${@:2}" >"$OUT/video.txt" 2>&1
     kill $watcher; pkill -f "nvidia-smi dmon"; grep -E "^data|^\||^best|x$" "$OUT/video.txt" | tail -30
     python3 benchmarks/host_watch.py summary --log "$OUT/watch.jsonl" --rows "$OUT/video.json" | tee "$OUT/watch.txt"
     cp "$OUT/video.json" /tmp/vbench/last_video.json
+    ;;
+  video-check)  # tests/gpu/test_video_gpu.py -k "$TESTS_K" (100 s at most), then video-watch ARGS in the time left
+                # of LIMIT seconds (default 580)
+    timeout 100 python3 -m pytest -q -p no:cacheprovider -rfE tests/gpu/test_video_gpu.py -k "${TESTS_K:-}" \
+      >"$OUT/tests_video.txt" 2>&1; tail -6 "$OUT/tests_video.txt"
+    VIDEO_TIMEOUT=$((${LIMIT:-580} - SECONDS - 15)) exec bash "$0" video-watch "${@:2}"
     ;;
   video-best)  # the best (5) configuration of the last `video-watch` on this machine, again: video.py ARGS
                # --configs BEST (ARGS set the job size, data and peer rows), recorded as video-watch does

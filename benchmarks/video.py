@@ -8,8 +8,9 @@ processes (one per file) as `--files` H.264 mp4s (libx264 veryfast, a keyframe e
 same as HEVC (libx265, closed GOPs: open-GOP streams are decoded by PyAV, vision/decoders/nvdec.py); the files are repeated as hard links until a folder holds `--frames` frames (distinct
 keys, the same decode and model work per frame). All model rows use the same YOLOv8s random weights.
 Rows (frames/s):
-  (1) NVDEC alone: PyNvVideoCodec, one decoder per thread, 7, 14 and 28 threads, NV12 -> fp16 model input on the
-      GPU included (and, for H.264, into full-size RGB: the reference conversion)
+  (1) NVDEC alone: PyNvVideoCodec, one decoder per thread, 14 and 28 threads, segments read through and by
+      index, NV12 -> fp16 model input on the GPU included (and, for H.264, into full-size RGB: the reference
+      conversion)
   (2) PyAV (FFmpeg) CPU decode alone to BGR, one process per core, one thread each
   (3) ultralytics predict on the files (batch 32, half)
   (4) Ray Data's `read_videos` docs pattern (needs decord; a row says so when it is missing)
@@ -123,15 +124,18 @@ def units_of(paths: list[Path]) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------------ rows
-def nvdec_alone(codec: str, units: list[dict], threads: int, fused: bool = True) -> None:
-    """Decode only: `fused`, into fp16 model input (what the actor runs: vision/decoders/nv12.py); else into
-    full-size RGB (the reference conversion, before the letterbox)."""
+def nvdec_alone(codec: str, units: list[dict], threads: int, fused: bool = True, read: str = "sequential") -> None:
+    """Decode only, every segment of the clips over and over (at least 12,000 frames): `fused`, into fp16 model
+    input (what the actor runs: vision/decoders/nv12.py); else into full-size RGB (the reference conversion,
+    before the letterbox); `read`: NvdecDecoder's read (segments read through, or by frame index)."""
     from yoloray.vision.decoders.nvdec import NvdecDecoder, nvdec_missing
 
-    name = f"(1) NVDEC alone {codec}, {threads} threads, {'fused NV12 -> fp16 input' if fused else 'full-size RGB'}"
+    name = (f"(1) NVDEC alone {codec}, {threads} threads, {'fused NV12 -> fp16 input' if fused else 'full-size RGB'}"
+            f", {read}")
     if (why := nvdec_missing()) is not None:
         return skipped(name, why)
-    dec = NvdecDecoder(torch.device("cuda"), (384, 640), 128, torch.float16 if fused else None)
+    dec = NvdecDecoder(torch.device("cuda"), (384, 640), 128, torch.float16 if fused else None, read=read)
+    repeats = max(3, -(-12_000 // max(1, sum(len(u["keep"]) for u in units))))
 
     def run(unit: dict) -> int:
         with _thread_stream():  # one CUDA stream per thread, as the Detector gives each call
@@ -142,8 +146,8 @@ def nvdec_alone(codec: str, units: list[dict], threads: int, fused: bool = True)
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(run, units[:threads]))  # one decoder session per thread, opened before timing
         t = time.perf_counter()
-        frames = sum(pool.map(run, units * 3))
-    row(name, frames, time.perf_counter() - t, codec=codec, threads=threads, fused=fused)
+        frames = sum(pool.map(run, units * repeats))
+    row(name, frames, time.perf_counter() - t, codec=codec, threads=threads, fused=fused, read=read)
 
 
 _STREAMS = {}
@@ -362,8 +366,9 @@ def main() -> int:
         names = [n for n in names if n in a.configs.split(",")]
     steps = []
     for codec in clips:  # H.264 always (row (3) runs on it), and the codecs of the (5) jobs
-        for threads in (7, 14, 28):
-            steps.append(("nvdec", lambda c=codec, k=threads: nvdec_alone(c, units[c], k)))
+        for threads in (14, 28):
+            for read in ("sequential", "index"):
+                steps.append(("nvdec", lambda c=codec, k=threads, r=read: nvdec_alone(c, units[c], k, read=r)))
         if codec == "h264":
             steps.append(("nvdec", lambda c=codec: nvdec_alone(c, units[c], 7, fused=False)))
         steps.append(("pyav", lambda c=codec: pyav_alone(c, units[c])))

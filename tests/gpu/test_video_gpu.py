@@ -42,10 +42,12 @@ def _units(path, **kw):
 
 
 @pytest.mark.parametrize("codec", ["h264", "hevc"])
-@pytest.mark.parametrize("stride", [1, 3])  # every frame; every third
-def test_nvdec_frames_match_pyav(clips, codec, stride, caplog):
-    dec = NvdecDecoder(torch.device("cuda"), (384, 640), 16)
-    for unit in _units(clips[codec], video_stride=stride):
+@pytest.mark.parametrize("stride", [1, 3])  # every frame; every third (read by index whatever `read` says)
+@pytest.mark.parametrize("read", ["sequential", "index"])
+def test_nvdec_frames_match_pyav(clips, codec, stride, read, caplog):
+    dec = NvdecDecoder(torch.device("cuda"), (384, 640), 16, read=read)
+    units = _units(clips[codec], video_stride=stride)
+    for unit in [*units, *reversed(units)]:  # on from the last segment's end, then seeking back
         cpu = {i: im[..., ::-1] for i, im, err in decode_segment(unit) if err is None}
         got = {}
         for batch in dec.batches(unit):
@@ -55,7 +57,8 @@ def test_nvdec_frames_match_pyav(clips, codec, stride, caplog):
         assert sorted(got) == sorted(cpu) == unit["keep"]
         worst = max(int(np.abs(got[i].astype(int) - cpu[i]).max()) for i in got)
         assert worst <= 3, worst
-    assert "NVDEC could not decode" not in caplog.text
+    assert "NVDEC could not decode" not in caplog.text and "reads frames by index from now on" not in caplog.text
+    assert dec.read == read
 
 
 def test_open_gop_stream_is_decoded_by_pyav_and_matches(clips, caplog):

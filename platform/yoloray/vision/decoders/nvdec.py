@@ -6,14 +6,19 @@ the colour conversion (`yuv_to_rgb`) is also tested on the CPU against FFmpeg's.
 
 One `SimpleDecoder` per calling thread (several per actor when the actor runs several calls at once, so the
 GPU's NVDEC engines are all busy), reused across segments and files (`reconfigure_decoder` keeps a cache of
-decoder sessions: a new session per clip halved the measured rate, GPU.md). A segment's kept frames are fetched
-by index in batches, NV12 (or 4:4:4, or 10-bit in 16-bit words) as CUDA memory through DLPack, converted to RGB
+decoder sessions: a new session per clip halved the measured rate, GPU.md). A segment that keeps at least half its
+frames is read through from its keyframe (`read="sequential"`, the default; a thread that goes on with the next
+segment of the same file does not seek), a sparser one by index (`get_batch_frames_by_index`): with NVDEC's
+engines saturated in a batch job (every engine busy ~100% of the steady state on the H200, benchmarks/README.md),
+what counts is the decoding each kept frame costs. Frames come in batches, NV12 (or 4:4:4, or 10-bit in 16-bit
+words) as CUDA memory through DLPack, converted to RGB
 on the device with the stream's own matrix (BT.709 when tagged, else BT.601; full range only when tagged, as
 FFmpeg does: vision/decoders/pyav.py) and, for 8-bit NV12 (H.264, 8-bit HEVC), letterboxed into model input in
 the same pass (vision/decoders/nv12.py), then handed to `Detector.run` as device groups. Each delivered frame's
-presentation time is checked against the container index; a segment the decoder refuses (a codec or profile
-this GPU's NVDEC lacks, corrupt data, a timestamp mismatch) is decoded by PyAV on the CPU instead, so every kept
-frame still gets its row or its error. Open-GOP streams (HEVC from x265's defaults: leading frames after a CRA
+presentation time is checked against the container index: a frame read through that is not the one the index
+names turns this decoder to index reads (said once in the log) and the segment goes on from where it was; a
+segment the decoder refuses (a codec or profile this GPU's NVDEC lacks, corrupt data, a timestamp mismatch when
+read by index) is decoded by PyAV on the CPU instead, so every kept frame still gets its row or its error. Open-GOP streams (HEVC from x265's defaults: leading frames after a CRA
 keyframe) go to PyAV whole: on the H200, NVDEC's frames of such a stream, read by index, had the right timestamps
 but some differed from FFmpeg's by up to 211 levels (tests/gpu/test_video_gpu.py), while closed-GOP H.264 matched.
 """
@@ -37,6 +42,13 @@ log = logging.getLogger(__name__)
 
 _AVCOL_SPC = {1: "bt709", 9: "bt2020", 10: "bt2020"}  # FFmpeg's AVColorSpace values; anything else: BT.601
 _PTS_SHIFTS = ContentCache(limit=4096)  # file content -> PyNvVideoCodec's pts of its first frame
+
+
+class FrameMismatch(RuntimeError):
+    """A decoded frame's presentation time is not the one the container index names for it."""
+
+
+READS = ("sequential", "index")
 
 
 def _first_pts(decoder) -> int:
@@ -101,13 +113,17 @@ class NvdecDecoder:
     name = "nvdec"
 
     def __init__(self, device: torch.device, imgsz: tuple[int, int], batch_size: int,
-                 input_dtype: torch.dtype | None = None):
+                 input_dtype: torch.dtype | None = None, read: str = "sequential"):
         """`input_dtype` (the engine's): deliver 8-bit NV12 frames already letterboxed into model input of that
-        dtype, in one fused pass (vision/decoders/nv12.py); None: full-size RGB frames (any surface format)."""
+        dtype, in one fused pass (vision/decoders/nv12.py); None: full-size RGB frames (any surface format).
+        `read`: `sequential` (segments keeping at least half their frames read through from their keyframe) or
+        `index` (every segment by frame index), see the module doc."""
         from yoloray.vision.decoders.nv12 import fused_enabled
         from yoloray.vision.decoders.stills import GPU_LETTERBOX_GROUP
 
-        self.device, self.imgsz, self.batch_size = device, imgsz, batch_size
+        if read not in READS:
+            raise ValueError(f"read must be one of {', '.join(READS)}, got {read!r}")
+        self.device, self.imgsz, self.batch_size, self.read = device, imgsz, batch_size, read
         self.input_dtype = input_dtype if fused_enabled() else None
         if self.input_dtype is not None:
             self._compile_fused()
@@ -145,14 +161,30 @@ class NvdecDecoder:
             yield from self.cpu.batches(unit)
             return
         keep, done = unit["keep"], 0
-        try:
-            decoder = self._decoder(path)
-            for done in range(0, len(keep), self.batch_size):
-                yield self._fetch(decoder, unit, keep[done : done + self.batch_size])
-            return
-        except Exception as e:  # noqa: BLE001 - any refusal of the hardware path falls back to FFmpeg
-            log.warning("NVDEC could not decode %s frames %s-%s (%s); decoding the rest with PyAV on the CPU",
-                        unit["source"], unit["start"], unit["stop"], e)
+        while True:
+            through = self.read == "sequential" and 2 * len(keep) >= unit["stop"] - unit["start"]
+            try:
+                decoder = self._decoder(path)
+                if through and self._local.next != unit["start"]:
+                    decoder.seek_to_index(unit["start"])
+                    self._local.next = unit["start"]
+                while done < len(keep):
+                    yield self._fetch(decoder, unit, keep[done : done + self.batch_size], through)
+                    done += self.batch_size
+                return
+            except FrameMismatch as e:
+                if not through:
+                    why = e
+                    break
+                log.warning("NVDEC read through %s gave a frame the container index does not name there (%s); "
+                            "this decoder reads frames by index from now on", unit["source"], e)
+                self.read = "index"
+                self._local.path = None  # the decoder's position is unknown: open the file again
+            except Exception as e:  # noqa: BLE001 - any refusal of the hardware path falls back to FFmpeg
+                why = e
+                break
+        log.warning("NVDEC could not decode %s frames %s-%s (%s); decoding the rest with PyAV on the CPU",
+                    unit["source"], unit["start"], unit["stop"], why)
         yield from self.cpu.batches({**unit, "keep": keep[done:]})
 
     def _decoder(self, path: str):
@@ -161,6 +193,7 @@ class NvdecDecoder:
         current = getattr(self._local, "decoder", None)
         if current is not None and self._local.path == path:
             return current
+        self._local.next = None  # where a read through would go on: unknown until a seek
         if current is None:
             stream = torch.cuda.current_stream(self.device).cuda_stream
             current = nvc.SimpleDecoder(path, gpu_id=self.gpu_id, cuda_stream=stream, use_device_memory=True,
@@ -176,24 +209,43 @@ class NvdecDecoder:
         self._local.pts_shift = _PTS_SHIFTS.get(path, lambda: _first_pts(current))
         return current
 
-    def _fetch(self, decoder, unit: dict, frames: list[int]) -> FrameBatch:
-        """Frames by index -> one FrameBatch (device groups of `group` frames, so an engine batch is full);
-        RuntimeError when a frame is not the one the container index names."""
+    def _read(self, decoder, wanted: list[int], through: bool) -> tuple[torch.Tensor, list[int]]:
+        """The `wanted` frames (ascending) as stacked surfaces (a copy: the decoder reuses its buffers) and the
+        decoder's pts of each: by index, or read through from the decoder's position (`_local.next`)."""
+        if not through:
+            decoded = decoder.get_batch_frames_by_index(wanted)
+            if len(decoded) != len(wanted):
+                raise RuntimeError(f"asked for {len(wanted)} frames, got {len(decoded)}")
+            return torch.stack([torch.from_dlpack(f) for f in decoded]), [f.getPTS() for f in decoded]
+        pieces, pts, want = [], [], set(wanted)
+        while self._local.next <= wanted[-1]:
+            got = decoder.get_batch_frames(min(self.group, wanted[-1] + 1 - self._local.next))
+            if not got:
+                raise FrameMismatch(f"the stream ended at frame {self._local.next}")
+            kept = [f for j, f in enumerate(got) if self._local.next + j in want]
+            self._local.next += len(got)
+            if kept:
+                pieces.append(torch.stack([torch.from_dlpack(f) for f in kept]))
+                pts.extend(f.getPTS() for f in kept)
+        if len(pts) != len(wanted):
+            raise FrameMismatch(f"read through to frame {self._local.next - 1}, got {len(pts)} of {len(wanted)} frames")
+        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)), pts
+
+    def _fetch(self, decoder, unit: dict, frames: list[int], through: bool = False) -> FrameBatch:
+        """Kept frames -> one FrameBatch (device groups of `group` frames, so an engine batch is full);
+        FrameMismatch when a frame is not the one the container index names."""
         h, w = unit["height"], unit["width"]
         matrix, full = matrix_of(unit)
         batch = FrameBatch.empty(len(frames))
         ready = None  # model input for the whole batch when the fused NV12 path runs
         for k in range(0, len(frames), self.group):
             wanted = frames[k : k + self.group]
-            decoded = decoder.get_batch_frames_by_index(wanted)
-            if len(decoded) != len(wanted):
-                raise RuntimeError(f"asked for {len(wanted)} frames, got {len(decoded)}")
-            for i, frame in zip(wanted, decoded):
+            surfaces, decoded_pts = self._read(decoder, wanted, through)
+            for i, got_pts in zip(wanted, decoded_pts):
                 expected = unit["pts"][i - unit["start"]]
-                got = frame.getPTS() - self._local.pts_shift + unit["first_pts"]
+                got = got_pts - self._local.pts_shift + unit["first_pts"]
                 if got != expected:
-                    raise RuntimeError(f"frame {i} has pts {got}, the container index says {expected}")
-            surfaces = torch.stack([torch.from_dlpack(f) for f in decoded])  # one copy out of the decoder's surfaces
+                    raise FrameMismatch(f"frame {i} has pts {got}, the container index says {expected}")
             if self.input_dtype is not None and is_nv12(surfaces, h):
                 if ready is None:
                     ready = torch.empty((len(frames), 3, *self.imgsz), dtype=self.input_dtype, device=surfaces.device)
