@@ -112,7 +112,7 @@ def main() -> int:
 
     for threads in [int(t) for t in a.threads.split(",")]:
         for group in (32, 128):
-            dec = NvdecDecoder(torch.device("cuda"), (384, 640), 128, torch.float16)
+            dec = NvdecDecoder(torch.device("cuda"), (384, 640), 128, torch.float16, read="index")
             dec.group = group
 
             def index(u, dec=dec):

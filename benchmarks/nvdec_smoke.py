@@ -1,7 +1,7 @@
 """One short check of the NVDEC path on a GPU machine without Ray or ultralytics (imports only the decoder
-modules, torch and PyAV): PyNvVideoCodec's SimpleDecoder by index, DLPack surfaces, the colour conversion
-against FFmpeg's, timestamps against the container index, H.264 and HEVC, the CPU fallback. Writes
-$OUT/nvdec_smoke.json and prints a short table last.
+modules, torch and PyAV): PyNvVideoCodec's SimpleDecoder reading segments as the batch job does, DLPack
+surfaces, the colour conversion against FFmpeg's, timestamps against the container index, H.264 and HEVC, the
+CPU fallback. Writes $OUT/nvdec_smoke.json and prints a short table last.
 
     python3 benchmarks/nvdec_smoke.py
 """

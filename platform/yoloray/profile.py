@@ -209,9 +209,11 @@ def defaults(hardware: Hardware, sample: Sample | None) -> dict:
                 "calls_per_actor": 1, "batches_per_call": 4, "hybrid_cpu_share": 0.15}
     hybrid = jpeg and hardware.cpus / hardware.gpus >= HYBRID_MIN_CPUS_PER_GPU
     nvdec = not jpeg and video and hardware.nvdec
-    # NVDEC: one actor, two concurrent calls (each its own decoder session) per NVDEC engine. H200, 100,080
-    # frames of 1080p H.264 (benchmarks/README.md): 1 x 14 calls 3,566 steady, 1 x 8 3,107, 2 actors x 4 3,037.
-    layout = {"actors_per_gpu": 1, "calls_per_actor": 2 * (hardware.nvdec_engines or 4)} if nvdec else \
+    # NVDEC: two actors, each with two concurrent calls (each its own decoder session) per NVDEC engine. H200,
+    # 1080p H.264 (benchmarks/README.md): 1 x 14 calls 3,566 steady, 1 x 8 3,107, 2 actors x 4 3,037; then, in
+    # one call on 100,320 frames, 2 actors x 14 calls 3,734 steady (2,680 end to end, start-up 10.6 s) against
+    # 1 x 28 3,513 (2,381, 13.6 s), with NVDEC's engines ~100% busy in both.
+    layout = {"actors_per_gpu": 2, "calls_per_actor": 2 * (hardware.nvdec_engines or 4)} if nvdec else \
         {"actors_per_gpu": 3, "calls_per_actor": 2}
     return {"precision": "fp16", "batch_size": 128, "imgsz": auto_imgsz(sample), "cuda_graph": True,
             "micro_batch": 32, "channels_last": True,

@@ -49,7 +49,7 @@ def test_cuda_defaults_are_the_fastest_measured():
     from dataclasses import replace
 
     nvdec = resolve(Profile(model="yolov8n.yaml"), replace(H200, nvdec=True), footage)
-    assert (nvdec.decode, nvdec.actors_per_gpu, nvdec.calls_per_actor) == ("gpu", 1, 14)  # 2 calls per NVDEC engine
+    assert (nvdec.decode, nvdec.actors_per_gpu, nvdec.calls_per_actor) == ("gpu", 2, 14)  # 2 actors x 2 calls per NVDEC engine
     no_nvdec = resolve(Profile(model="yolov8n.yaml"), H200, footage)  # PyNvVideoCodec missing: PyAV upstream
     assert (no_nvdec.decode, no_nvdec.actors_per_gpu, no_nvdec.calls_per_actor) == ("cpu", 3, 2)
 

@@ -1,7 +1,7 @@
 """Profiles for video inputs: the sample of a job's video units carries the frames' size and codec from the
 index of the first video files (made on the driver for the sample, nothing decoded), so `yoloray infer VIDEOS`
 / `yoloray detect CLIP` with no flags resolve the video defaults (the clip's rect letterbox, NVDEC where it
-runs, 1 actor x 2 calls per NVDEC engine), not the JPEG ones."""
+runs, 2 actors x 2 calls per NVDEC engine), not the JPEG ones."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_1080p_video_units_resolve_the_video_defaults():
     assert sample.video and not sample.jpeg
     p = resolve(Profile(model="yolov8n.yaml"), H200_NVDEC, sample)
     assert (p.imgsz, p.decode, p.precision, p.batch_size) == ((384, 640), "gpu", "fp16", 128)
-    assert (p.actors_per_gpu, p.calls_per_actor, p.batches_per_call) == (1, 14, 4)  # 2 calls per NVDEC engine
+    assert (p.actors_per_gpu, p.calls_per_actor, p.batches_per_call) == (2, 14, 4)  # 2 actors x 2 calls per NVDEC engine
     cpu = resolve(Profile(model="yolov8n.yaml"), CPU, sample)
     assert (cpu.device, cpu.backend, cpu.precision, cpu.batch_size, cpu.imgsz, cpu.decode) == (
         "cpu", "onnxruntime", "fp32", 16, (384, 640), "cpu")
@@ -78,7 +78,7 @@ def test_sample_of_a_listed_clip_has_its_frame_size(clip_dir, monkeypatch):
     sample = Sample.of_units(units, options)
     assert sample.frame_sizes == ((W, H),) * 5 and set(sample.codecs) == {"video:h264"}
     p = resolve(Profile(model="yolov8n.yaml"), H200_NVDEC, sample)
-    assert (p.imgsz, p.decode, p.actors_per_gpu, p.calls_per_actor) == ((480, 640), "gpu", 1, 14)
+    assert (p.imgsz, p.decode, p.actors_per_gpu, p.calls_per_actor) == ((480, 640), "gpu", 2, 14)
     assert resolve(Profile(model="yolov8n.yaml"), CPU, sample).imgsz == (480, 640)
 
 

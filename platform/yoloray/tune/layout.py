@@ -50,8 +50,8 @@ def default_layouts(cuda: bool, video: str | None = None, nvdec_engines: int | N
     JPEGs decoded by CPU tasks (benchmarks/README: 3 actors x 2 calls led, with 1 actor far behind and 3 calls
     no better than 2). CPU: one actor with 1 or 2 concurrent calls, stills or video.
     Video (`video`: the decode the engines resolved) on CUDA, decode as resolved: on NVDEC (`gpu`) each call is
-    a decoder session, so 1 or 2 actors x 1 or 2 calls per NVDEC engine (the default, 1 actor x 2 calls per
-    engine, led 1 x 8 and 2 x 4 on 7 engines: profile.py); with PyAV in upstream CPU tasks (`cpu`), 1 or 2
+    a decoder session, so 1 or 2 actors x 1 or 2 calls per NVDEC engine (the default, 2 actors x 2 calls per
+    engine, led 1 actor x 4 calls per engine on 7 engines: profile.py); with PyAV in upstream CPU tasks (`cpu`), 1 or 2
     actors x 2 calls. Not measured on a GPU by the tuner yet."""
     if cuda and video == "gpu":
         engines = nvdec_engines or 4
