@@ -6,21 +6,22 @@ the colour conversion (`yuv_to_rgb`) is also tested on the CPU against FFmpeg's.
 
 One `SimpleDecoder` per calling thread (several per actor when the actor runs several calls at once, so the
 GPU's NVDEC engines are all busy), reused across segments and files (`reconfigure_decoder` keeps a cache of
-decoder sessions: a new session per clip halved the measured rate, GPU.md). A segment that keeps at least half its
-frames is read through from its keyframe (`read="sequential"`, the default; a thread that goes on with the next
-segment of the same file does not seek), a sparser one by index (`get_batch_frames_by_index`): with NVDEC's
-engines saturated in a batch job (every engine busy ~100% of the steady state on the H200, benchmarks/README.md),
-what counts is the decoding each kept frame costs. Frames come in batches, NV12 (or 4:4:4, or 10-bit in 16-bit
-words) as CUDA memory through DLPack, converted to RGB
-on the device with the stream's own matrix (BT.709 when tagged, else BT.601; full range only when tagged, as
-FFmpeg does: vision/decoders/pyav.py) and, for 8-bit NV12 (H.264, 8-bit HEVC), letterboxed into model input in
-the same pass (vision/decoders/nv12.py), then handed to `Detector.run` as device groups. Each delivered frame's
-presentation time is checked against the container index: a frame read through that is not the one the index
-names turns this decoder to index reads (said once in the log) and the segment goes on from where it was; a
-segment the decoder refuses (a codec or profile this GPU's NVDEC lacks, corrupt data, a timestamp mismatch when
-read by index) is decoded by PyAV on the CPU instead, so every kept frame still gets its row or its error. Open-GOP streams (HEVC from x265's defaults: leading frames after a CRA
-keyframe) go to PyAV whole: on the H200, NVDEC's frames of such a stream, read by index, had the right timestamps
-but some differed from FFmpeg's by up to 211 levels (tests/gpu/test_video_gpu.py), while closed-GOP H.264 matched.
+decoder sessions: a new session per clip halved the measured rate, GPU.md). A segment that keeps at least half
+its frames is read through from its keyframe (`read="sequential"`, the default; a thread that goes on with the
+next segment of the same file does not seek), a sparser one by index (`get_batch_frames_by_index`): in a batch
+job the decoders are the limit (busy 97-100% of the steady state on the H200, benchmarks/README.md), so what
+counts is the decoding each kept frame costs. Frames come in batches, NV12 (or 4:4:4, or 10-bit in 16-bit words)
+as CUDA memory through DLPack, converted to RGB on the device with the stream's own matrix (BT.709 when tagged,
+else BT.601; full range only when tagged, as FFmpeg does: vision/decoders/pyav.py) and, for 8-bit NV12 (H.264,
+8-bit HEVC), letterboxed into model input in the same pass (vision/decoders/nv12.py), then handed to
+`Detector.run` as device groups. Each delivered frame's presentation time is checked against the container
+index: a frame read through that is not the one the index names turns this decoder to index reads (said once in
+the log) and the segment goes on from where it was; a segment the decoder refuses (a codec or profile this GPU's
+NVDEC lacks, corrupt data, a timestamp mismatch when read by index) is decoded by PyAV on the CPU instead, so
+every kept frame still gets its row or its error. Open-GOP streams (HEVC from x265's defaults: leading frames
+after a CRA keyframe) go to PyAV whole: on the H200, NVDEC's frames of such a stream, read by index, had the
+right timestamps but some differed from FFmpeg's by up to 211 levels (tests/gpu/test_video_gpu.py), while
+closed-GOP H.264 matched.
 """
 
 from __future__ import annotations
