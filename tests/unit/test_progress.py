@@ -154,7 +154,8 @@ def test_epoch_lines_of_a_finetune_run():
 
 def test_archive_members_are_counted_beside_the_start(tmp_path, monkeypatch):
     """Counting a tar's members (reading its headers) does not hold up the job's start: the progress exists at
-    once with no frame total, and the total appears when the count is done."""
+    once with no frame total and no ETA (units of uncounted sources cannot count as done, so an ETA from units
+    would be wrong), and the total appears when the count is done, however long it takes."""
     import threading
 
     from yoloray.observe import job_progress
@@ -177,9 +178,16 @@ def test_archive_members_are_counted_beside_the_start(tmp_path, monkeypatch):
              {"unit_id": "files:1", "kind": "files", "root": root, "source_root": root, "keys": ["x.jpg"]}]
     p = JobProgress(units, SourceOptions(), stream=io.StringIO(), interval_s=60)
     assert p.frames.total is None and p.units_total == 2  # constructed while the count is still waiting
+    p.begin(0)
+    p.rows(pa.table({"source": [f"{root}/x.jpg", f"{root}/a.tar"], "error": pa.nulls(2, pa.string())}))
+    p.rows(pa.table({"source": [f"{root}/a.tar"], "error": pa.nulls(1, pa.string())}))
+    line = p.render(5.0)
+    assert "units 1/2" in line and "(counting totals)" in line and "ETA" not in line, line
     release.set()
     p.counted.join(10)
     assert p.frames.total == 4 and [g.expected for g in p.groups] == [1, 3]
+    line = p.render(6.0)
+    assert "frames 3/4" in line and "ETA" in line and "counting" not in line, line
 
 
 def test_video_files_counted_from_their_container_beside_the_start(tmp_path):

@@ -6,10 +6,11 @@ Fed by the output rows as the driver collects them (`JobProgress.rows(batch)`): 
 come from the read units (data/units.py) where they are known without reading the data: a files unit lists
 its images, a Parquet unit its row group's rows, a local tar or zip its image members (counted here from
 the headers), a video file the frame count its container states (MP4/MOV/AVI; over --video-stride), both
-counted within `COUNT_BUDGET_S`, in a thread beside the job's start (the totals appear when counted); a video
-segment unit its frame range (over --video-stride). A video is never demuxed here, so a --video-fps resample,
+counted in a thread beside the job, one source after another until all are counted or the job ends (the totals
+appear when counted; until then the line shows no ETA); a video segment unit its frame range (over
+--video-stride). A video is never demuxed here, so a --video-fps resample,
 a --start/--end range, or a container that states no frame count (Matroska) is unknown. When any total is
-unknown the frame count shows no total (and the ETA comes from units). A unit counts as done once all rows of
+unknown the frame count shows no total (and, once counting is over, the ETA comes from units). A unit counts as done once all rows of
 its source have arrived; a resumed run starts from the rows already written (shown as done) and counts units
 this run finished.
 """
@@ -28,8 +29,6 @@ import pyarrow.compute as pc
 from yoloray.data.inputs import IMAGE_EXTS, SourceOptions, join_path
 from yoloray.data.video_index import is_video_file, stated_frames
 from yoloray.observe.live import LiveLine, Rate, duration
-
-COUNT_BUDGET_S = 2.0  # driver time spent counting archive members and video frames before totals are left unknown
 
 
 @dataclass
@@ -57,17 +56,18 @@ def _count_members(unit: dict) -> int | None:
         return None
 
 
-def expected_rows(unit: dict, options: SourceOptions, deadline: float = float("inf")) -> int | None:
-    """Rows a unit yields, when known without reading its data (see the module docstring)."""
+def expected_rows(unit: dict, options: SourceOptions, read_headers: bool = True) -> int | None:
+    """Rows a unit yields, when known without reading its data (see the module docstring); without
+    `read_headers`, only what the unit itself says (no tar/zip index, no video header is opened)."""
     kind = unit.get("kind")
     if kind == "files":
         return len(unit["keys"])
     if kind == "parquet":
         return unit.get("num_rows")
     if kind in ("tar", "zip"):
-        return unit.get("members") or (_count_members(unit) if time.perf_counter() < deadline else None)
+        return unit.get("members") or (_count_members(unit) if read_headers else None)
     if kind == "video" and is_video_file(unit):
-        if not _counts_videos(options) or time.perf_counter() >= deadline:
+        if not _counts_videos(options) or not read_headers:
             return None
         frames = stated_frames(unit)
         return None if frames is None else -(-frames // max(1, options.video_stride))
@@ -96,8 +96,8 @@ def _sum_known(counts) -> int | None:
     return None if any(c is None for c in counts) else sum(counts)
 
 
-def _total(units: list[dict], options: SourceOptions, deadline: float) -> int | None:
-    return _sum_known(expected_rows(u, options, deadline) for u in units)
+def _total(units: list[dict], options: SourceOptions, read_headers: bool = True) -> int | None:
+    return _sum_known(expected_rows(u, options, read_headers) for u in units)
 
 
 class JobProgress:
@@ -118,31 +118,40 @@ class JobProgress:
                 by_source.setdefault(u.get("source", u["unit_id"]), []).append(u)
         to_count: list[tuple[int, list[dict]]] = []  # archives and videos counted by reading their headers
         for source, members in by_source.items():
-            self.groups.append(_Group(len(members), _total(members, options, deadline=0.0)))
+            self.groups.append(_Group(len(members), _total(members, options, read_headers=False)))
             self.group_of[source] = len(self.groups) - 1
             if any(_needs_count(u, options) for u in members):
                 to_count.append((len(self.groups) - 1, members))
         self.units_total = sum(g.units for g in self.groups)
         self.frames = Rate(_sum_known(g.expected for g in self.groups))
-        # Counting reads every tar/zip index and video header (up to COUNT_BUDGET_S): done beside the job's
-        # start, not before it; the totals appear on the line when known.
-        self.counted: threading.Thread | None = None
-        if to_count:
-            self.counted = threading.Thread(target=self._count, args=(to_count, options), daemon=True,
-                                            name="yoloray-count-members")
-            self.counted.start()
+        # Counting reads every tar/zip index and video header (the H200 machine counted 151 video files in 2 s,
+        # so a 5,000-file archive takes about a minute): done beside the job, not before it; the totals appear
+        # on the line when known.
+        self.closed = threading.Event()  # the job is over (finished or not): counting stops
         self.already_done = 0
         self.errors = 0
         self.first_row_s: float | None = None
         self.began = False  # run_job started the Dataset (not a finished job that had nothing to do)
         self.finished = False
         self.live = LiveLine(label, self.render, **line_options)
+        self.counted: threading.Thread | None = None
+        if to_count:
+            self.counted = threading.Thread(target=self._count, args=(to_count, options), daemon=True,
+                                            name="yoloray-count-members")
+            self.counted.start()
 
     def _count(self, to_count: list[tuple[int, list[dict]]], options: SourceOptions) -> None:
-        deadline = time.perf_counter() + COUNT_BUDGET_S
+        """Each source's expected rows in turn (a source's units count as done from then on); the frame total
+        once all are known. Stops when the job has ended: no line is left to show the count."""
         for g, members in to_count:
-            self.groups[g].expected = _total(members, options, deadline)
+            if self.closed.is_set():
+                return
+            self.groups[g].expected = _total(members, options)
         self.frames.total = _sum_known(g.expected for g in self.groups)
+
+    @property
+    def counting(self) -> bool:
+        return self.counted is not None and self.counted.is_alive()
 
     # ------------------------------------------------------------------ feeding (batch/pipeline.run_job)
     def begin(self, already_done: int) -> None:
@@ -187,9 +196,12 @@ class JobProgress:
             rate = Rate(rate.done if self.finished and rate.total is None else rate.total, self.live.t0)
             rate.done, rate.base = self.frames.done, self.already_done
         text = f"units {self.units_done:,}/{self.units_total:,}  {rate.fields('frames', tty=tty)}"
-        if rate.total is None and self.units_done and not self.finished:
-            eta = elapsed * (self.units_total - self.units_done) / self.units_done
-            text += f"  ETA ~{duration(eta)} (by units)"
+        if rate.total is None and not self.finished:
+            if self.counting:  # units done lag while their sources are uncounted: an ETA from them would be wrong
+                text += "  (counting totals)"
+            elif self.units_done:
+                eta = elapsed * (self.units_total - self.units_done) / self.units_done
+                text += f"  ETA ~{duration(eta)} (by units)"
         text += f"  errors {self.errors:,}"
         if self.already_done:
             text += f"  ({self.already_done:,} done before)"
@@ -199,6 +211,7 @@ class JobProgress:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
+        self.closed.set()
         if exc_type is None:
             self.finish()
         self.live.close(final=self.began)
