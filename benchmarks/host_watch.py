@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -64,8 +65,6 @@ def record(log: Path, every: float) -> None:
             vals = line.split()
             if cols and len(vals) == len(cols) and vals[0] == "0":
                 gpu.update({c: (None if v == "-" else float(v)) for c, v in zip(cols[1:], vals[1:])})
-
-    import threading
 
     if dmon is not None:
         threading.Thread(target=read_dmon, daemon=True).start()

@@ -8,11 +8,10 @@ its images, a Parquet unit its row group's rows, a local tar or zip its image me
 the headers), a video file the frame count its container states (MP4/MOV/AVI; over --video-stride), both
 counted in a thread beside the job, one source after another until all are counted or the job ends (the totals
 appear when counted; until then the line shows no ETA); a video segment unit its frame range (over
---video-stride). A video is never demuxed here, so a --video-fps resample,
-a --start/--end range, or a container that states no frame count (Matroska) is unknown. When any total is
-unknown the frame count shows no total (and, once counting is over, the ETA comes from units). A unit counts as done once all rows of
-its source have arrived; a resumed run starts from the rows already written (shown as done) and counts units
-this run finished.
+--video-stride). A video is never demuxed here, so a --video-fps resample, a --start/--end range, or a container
+that states no frame count (Matroska) is unknown. When any total is unknown the frame count shows no total (and,
+once counting is over, the ETA comes from units). A unit counts as done once all rows of its source have
+arrived; a resumed run starts from the rows already written (shown as done) and counts units this run finished.
 """
 
 from __future__ import annotations

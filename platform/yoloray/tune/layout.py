@@ -51,8 +51,8 @@ def default_layouts(cuda: bool, video: str | None = None, nvdec_engines: int | N
     no better than 2). CPU: one actor with 1 or 2 concurrent calls, stills or video.
     Video (`video`: the decode the engines resolved) on CUDA, decode as resolved: on NVDEC (`gpu`) each call is
     a decoder session, so 1 or 2 actors x 1 or 2 calls per NVDEC engine (the default, 2 actors x 2 calls per
-    engine, led 1 actor x 4 calls per engine on 7 engines: profile.py); with PyAV in upstream CPU tasks (`cpu`), 1 or 2
-    actors x 2 calls. Not measured on a GPU by the tuner yet."""
+    engine, led 1 actor x 4 calls per engine on 7 engines: profile.py); with PyAV in upstream CPU tasks (`cpu`),
+    1 or 2 actors x 2 calls. Not measured on a GPU by the tuner yet."""
     if cuda and video == "gpu":
         engines = nvdec_engines or 4
         return {"actors_per_gpu": (1, 2), "calls_per_actor": (engines, 2 * engines)}

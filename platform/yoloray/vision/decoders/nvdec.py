@@ -173,17 +173,14 @@ class NvdecDecoder:
                     yield self._fetch(decoder, unit, keep[done : done + self.batch_size], through)
                     done += self.batch_size
                 return
-            except FrameMismatch as e:
-                if not through:
+            except Exception as e:  # noqa: BLE001 - any refusal of the hardware path falls back to FFmpeg
+                if not (through and isinstance(e, FrameMismatch)):
                     why = e
                     break
                 log.warning("NVDEC read through %s gave a frame the container index does not name there (%s); "
                             "this decoder reads frames by index from now on", unit["source"], e)
                 self.read = "index"
                 self._local.path = None  # the decoder's position is unknown: open the file again
-            except Exception as e:  # noqa: BLE001 - any refusal of the hardware path falls back to FFmpeg
-                why = e
-                break
         log.warning("NVDEC could not decode %s frames %s-%s (%s); decoding the rest with PyAV on the CPU",
                     unit["source"], unit["start"], unit["stop"], why)
         yield from self.cpu.batches({**unit, "keep": keep[done:]})
