@@ -188,6 +188,7 @@ def test_archive_members_are_counted_beside_the_start(tmp_path, monkeypatch):
     assert p.frames.total == 4 and [g.expected for g in p.groups] == [1, 3]
     line = p.render(6.0)
     assert "frames 3/4" in line and "ETA" in line and "counting" not in line, line
+    p.live.close()  # begin() started the line's thread
 
 
 def test_video_files_counted_from_their_container_beside_the_start(tmp_path):

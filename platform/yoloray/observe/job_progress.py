@@ -211,6 +211,8 @@ class JobProgress:
 
     def __exit__(self, exc_type, *exc) -> None:
         self.closed.set()
+        if self.counted is not None:  # it stops after the source it is reading: no header read outlives the job
+            self.counted.join(timeout=10)
         if exc_type is None:
             self.finish()
         self.live.close(final=self.began)
