@@ -8,6 +8,7 @@
 #   bash benchmarks/h200_session.sh video-watch ARGS  # video.py ARGS, with host_watch.py's NVDEC/SM/CPU figures per row
 #   TESTS_K=EXPR LIMIT=S bash benchmarks/h200_session.sh video-check ARGS  # test_video_gpu.py -k EXPR, then video-watch
 #   bash benchmarks/h200_session.sh video-best ARGS   # the last video-watch's best (5) config (by steady rate), ARGS
+#   bash benchmarks/h200_session.sh nvdec-probe ARGS  # benchmarks/nvdec_probe.py ARGS (150 s at most; data in /tmp/vbench)
 #   bash benchmarks/h200_session.sh video-tests ARGS  # tests/gpu/test_video_gpu.py + video.py ARGS + the best (5) at 300k
 #   bash benchmarks/h200_session.sh e2e      # benchmarks/e2e.py: no-flag (auto profile) row beside the hand-set rows
 #   bash benchmarks/h200_session.sh e2e-observe ARGS  # e2e.py ARGS, then observe_gpu.py --with-ray
@@ -75,6 +76,10 @@ case "${1:-}" in
     echo "best (5) of the last video-watch, by its steady rate: $best"
     exec bash "$0" video-watch "${@:2}" --configs "$best"
     ;;
+  nvdec-probe)
+    timeout "${PROBE_TIMEOUT:-150}" python3 benchmarks/nvdec_probe.py --work /tmp/vbench --out "$OUT" "${@:2}" \
+      >"$OUT/nvdec_probe.txt" 2>&1; grep -E "^data|^\|" "$OUT/nvdec_probe.txt" | tail -20
+    ;;
   video-tests)  # tests/gpu/test_video_gpu.py, then the given video.py rows, then the best (5) config at 300,000 frames
     timeout 170 python3 -m pytest -q -p no:cacheprovider -rfE tests/gpu/test_video_gpu.py >"$OUT/tests_video.txt" 2>&1
     tail -15 "$OUT/tests_video.txt"
@@ -128,5 +133,5 @@ case "${1:-}" in
       --grid-layout-top "$2" --out "/tmp/tvg/g$2" "${@:3}" >"$OUT/tune_grid.txt" 2>&1
     tail -25 "$OUT/tune_grid.txt"; cp "/tmp/tvg/g$2/tune_vs_grid.json" "$OUT/" 2>/dev/null
     ;;
-  *) echo "usage: $0 tests|engines-tests|video|video-tests|e2e|e2e-observe|serve|serve-tuned|serve-step|compile-probe|tune-sweep|tune-grid [args]"; exit 2 ;;
+  *) echo "usage: $0 tests|engines-tests|video|video-watch|video-check|video-best|nvdec-probe|video-tests|e2e|e2e-observe|serve|serve-tuned|serve-step|compile-probe|tune-sweep|tune-grid [args]"; exit 2 ;;
 esac

@@ -2,13 +2,14 @@
 
     python3 benchmarks/nvdec_probe.py --out $OUT    (on a CUDA machine with pynvvideocodec; ~2 minutes)
 
-Clips: `--files` 1920x1080 H.264 mp4s of `--per-file` frames (libx264 veryfast, a keyframe every 30 frames,
-B-frames: benchmarks/video.py's), each read 3 times over by `--threads` threads; every row decodes every frame.
-Rows:
+Clips: `--files` 1920x1080 H.264 mp4s of `--per-file` frames (benchmarks/video.py's, a keyframe every 30 frames,
+encoded as each of `--encodings` says: video.py's ENCODINGS), each read 3 times over by `--threads` threads; every
+row decodes every frame. Rows (`--rows` picks some), for each encoding:
   index-32 / index-128  yoloray's NvdecDecoder (get_batch_frames_by_index in groups of 32 / 128, fused NV12 ->
                         fp16 model input), the batch job's decoder
   sequential            SimpleDecoder.get_batch_frames(32) from the segment's start, same conversion
   decode only           SimpleDecoder.get_batch_frames(32), no conversion (the decoder's own ceiling)
+  whole files           the same, each thread reading whole files instead of segments (no seek)
   decode only, P procs  the same split over processes (one CUDA context each) instead of threads
 Prints a table last; writes nvdec_probe.json under --out.
 """
@@ -67,17 +68,6 @@ def read_sequential(cache: dict, unit: dict, convert: bool) -> int:
     return n
 
 
-def timed(name: str, fn, units: list, threads: int, **extra) -> None:
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(fn, units[:threads]))  # open the decoders
-        t = time.perf_counter()
-        frames = sum(pool.map(fn, units * 3))
-    s = time.perf_counter() - t
-    ROWS.append({"row": name, "threads": threads, "frames": frames, "seconds": round(s, 2),
-                 "frames_per_s": round(frames / s, 1), **extra})
-    print(f"  -> {name}, {threads} threads: {frames / s:,.0f} frames/s", flush=True)
-
-
 def _proc_worker(args: tuple) -> tuple[int, float]:
     units, threads = args
     cache: dict = {}
@@ -96,22 +86,52 @@ def main() -> int:
     p.add_argument("--files", type=int, default=16)
     p.add_argument("--per-file", type=int, default=120)
     p.add_argument("--threads", default="7,14")
+    p.add_argument("--encodings", default="veryfast", help="comma list of video.py's ENCODINGS")
+    p.add_argument("--rows", default="index,sequential,decode,whole,procs", help="comma list of the rows to run")
     a = p.parse_args()
-    from video import _thread_stream, make_clips, units_of
+    from video import make_clips
+
+    encodings = tuple(a.encodings.split(","))
+    clips = make_clips(Path(a.work), a.files * a.per_file, a.files, 1920, 1080, ("h264",), encodings)
+    for encoding in encodings:
+        probe(a, encoding, clips[encoding]["h264"], set(a.rows.split(",")))
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "nvdec_probe.json").write_text(json.dumps(ROWS, indent=1))
+    print("\n| encoding | read | threads | frames | s | frames/s |\n| --- | --- | ---: | ---: | ---: | ---: |")
+    for r in ROWS:
+        print(f"| {r['encoding']} | {r['row']} | {r.get('threads', '')} | {r['frames']:,} | {r['seconds']} | "
+              f"{r['frames_per_s']:,} |")
+    return 0
+
+
+def probe(a, encoding: str, clips: list[Path], rows: set) -> None:
+    from video import _thread_stream, units_of
 
     from yoloray.vision.decoders.nvdec import NvdecDecoder
 
-    clips = make_clips(Path(a.work), a.files * a.per_file, a.files, 1920, 1080, ("h264",))["h264"]
     segs = units_of(clips)
     units = [{"path": u["source"], "start": u["start"], "stop": u["stop"]} for u in segs]
+    whole = [{"path": str(c), "start": 0, "stop": a.per_file} for c in clips]
+
     def in_stream(fn):
         def run(u):
             with _thread_stream():  # one CUDA stream per thread, as the Detector gives each call
                 return fn(u)
         return run
 
+    def timed(name: str, fn, units: list, threads: int) -> None:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(fn, units[:threads]))  # open the decoders
+            t = time.perf_counter()
+            per_pass = sum(u["stop"] - u["start"] if "stop" in u else len(u["keep"]) for u in units)
+            frames = sum(pool.map(fn, units * max(3, -(-12_000 // per_pass))))
+        s = time.perf_counter() - t
+        ROWS.append({"encoding": encoding, "row": name, "threads": threads, "frames": frames, "seconds": round(s, 2),
+                     "frames_per_s": round(frames / s, 1)})
+        print(f"  -> {encoding}: {name}, {threads} threads: {frames / s:,.0f} frames/s", flush=True)
+
     for threads in [int(t) for t in a.threads.split(",")]:
-        for group in (32, 128):
+        for group in (32, 128) if "index" in rows else ():
             dec = NvdecDecoder(torch.device("cuda"), (384, 640), 128, torch.float16, read="index")
             dec.group = group
 
@@ -120,13 +140,19 @@ def main() -> int:
                 torch.cuda.current_stream().synchronize()
                 return n
             timed(f"index-{group} (NvdecDecoder, fused)", in_stream(index), segs, threads)
-        cache: dict = {}
-        timed("sequential (get_batch_frames, fused)", in_stream(lambda u, c=cache: read_sequential(c, u, True)),
-              units, threads)
-        cache2: dict = {}
-        timed("decode only (get_batch_frames)", in_stream(lambda u, c=cache2: read_sequential(c, u, False)),
-              units, threads)
-    for procs, threads in ((2, 4), (4, 2), (7, 1)):
+        if "sequential" in rows:
+            cache: dict = {}
+            timed("sequential (get_batch_frames, fused)", in_stream(lambda u, c=cache: read_sequential(c, u, True)),
+                  units, threads)
+        if "decode" in rows:
+            cache2: dict = {}
+            timed("decode only (get_batch_frames)", in_stream(lambda u, c=cache2: read_sequential(c, u, False)),
+                  units, threads)
+        if "whole" in rows:
+            cache3: dict = {}
+            timed("decode only, whole files", in_stream(lambda u, c=cache3: read_sequential(c, u, False)),
+                  whole, threads)
+    for procs, threads in ((2, 4), (4, 2), (7, 1)) if "procs" in rows else ():
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(procs, mp_context=ctx) as pool:
             share = [(units[k::procs] * 3, threads) for k in range(procs)]
@@ -135,15 +161,9 @@ def main() -> int:
             wall = time.perf_counter() - t
         frames = sum(f for f, _ in done)
         slowest = max(s for _, s in done)
-        ROWS.append({"row": f"decode only, {procs} processes x {threads} threads", "frames": frames,
+        ROWS.append({"encoding": encoding, "row": f"decode only, {procs} processes x {threads} threads", "frames": frames,
                      "seconds": round(slowest, 2), "frames_per_s": round(frames / slowest, 1), "wall_s": round(wall, 1)})
-        print(f"  -> decode only {procs}x{threads}: {frames / slowest:,.0f} frames/s", flush=True)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "nvdec_probe.json").write_text(json.dumps(ROWS, indent=1))
-    print("\n| read | threads | frames | s | frames/s |\n| --- | ---: | ---: | ---: | ---: |")
-    for r in ROWS:
-        print(f"| {r['row']} | {r.get('threads', '')} | {r['frames']:,} | {r['seconds']} | {r['frames_per_s']:,} |")
-    return 0
+        print(f"  -> {encoding}: decode only {procs}x{threads}: {frames / slowest:,.0f} frames/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     python benchmarks/video.py --quick --out /tmp/v  (a smoke run: tiny clips, anywhere, CPU included)
 
 Data, generated in the run: `--unique` 1920x1080 inspection-line frames rendered and encoded in parallel
-processes (one per file) as `--files` H.264 mp4s (libx264 veryfast, a keyframe every second, B-frames) and the
+processes (one per file) as `--files` H.264 mp4s (libx264 veryfast, a keyframe every second, B-frames; `--encoding` for others) and the
 same as HEVC (libx265, closed GOPs: open-GOP streams are decoded by PyAV, vision/decoders/nvdec.py); the files are repeated as hard links until a folder holds `--frames` frames (distinct
 keys, the same decode and model work per frame). All model rows use the same YOLOv8s random weights.
 Rows (frames/s):
@@ -65,33 +65,51 @@ def skipped(name: str, why: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ data
+# How the H.264 clips are encoded (libx264 options over write_clip's veryfast, crf 23, keyframe every 30 frames).
+# NVDEC's rate depends on the stream, not only on its size: `--encoding` picks one for every row of a run.
+ENCODINGS = {
+    "veryfast": {},  # B-frames (3, adaptive), CABAC: the rows of every session before the ninth
+    "no-bframes": {"bf": "0"},  # what IP cameras write: no B-frames (they add latency), else the same
+    "medium": {"preset": "medium"},  # libx264's default preset: 3 reference frames, B-frames, more motion search
+}
+
+
 def _encode_file(args: tuple) -> int:
     from yoloray.data.scene import render_video_frame
     from yoloray.data.synthetic import write_clip
 
-    folder, k, first, n, w, h, total, codecs = args
+    bases, k, first, n, w, h, total, codecs = args
     frames = [render_video_frame(11, first + i, w, h, total)[0] for i in range(n)]
-    for codec in codecs:
-        write_clip(Path(folder) / codec / f"clip{k:03d}.mp4", frames, w, h, 30, codec, gop=30, crf=23, open_gop=False)
+    for encoding, base in bases.items():
+        for codec in codecs:
+            write_clip(Path(base) / codec / f"clip{k:03d}.mp4", frames, w, h, 30, codec, gop=30, crf=23,
+                       open_gop=False, x264=ENCODINGS[encoding])
     return n
 
 
-def make_clips(work: Path, unique: int, files: int, w: int, h: int,
-               codecs: tuple[str, ...] = ("h264", "hevc")) -> dict[str, list[Path]]:
-    base = work / "clips"
-    if not (base / "done").exists() or (base / "done").read_text() != ",".join(codecs):
-        shutil.rmtree(base, ignore_errors=True)
-        for codec in codecs:
-            (base / codec).mkdir(parents=True)
+def make_clips(work: Path, unique: int, files: int, w: int, h: int, codecs: tuple[str, ...] = ("h264", "hevc"),
+               encodings: tuple[str, ...] = ("veryfast",)) -> dict[str, dict[str, list[Path]]]:
+    """encoding -> codec -> `files` clips of `unique` rendered frames (rendered once, encoded as each of ENCODINGS
+    says) under `work`, kept for a rerun with the same codecs."""
+    bases = {e: work / ("clips" if e == "veryfast" else f"clips-{e}") for e in encodings}
+    todo = {e: str(b) for e, b in bases.items()
+            if not (b / "done").exists() or (b / "done").read_text() != ",".join(codecs)}
+    if todo:
+        for base in todo.values():
+            shutil.rmtree(base, ignore_errors=True)
+            for codec in codecs:
+                (Path(base) / codec).mkdir(parents=True)
         per = unique // files
-        jobs = [(str(base), k, k * per, per, w, h, unique, codecs) for k in range(files)]
+        jobs = [(todo, k, k * per, per, w, h, unique, codecs) for k in range(files)]
         t = time.perf_counter()
         with ProcessPoolExecutor(min(files, os.cpu_count() or 1), mp_context=_SPAWN) as pool:
             list(pool.map(_encode_file, jobs))
-        (base / "done").write_text(",".join(codecs))
-        print(f"data: {files} x {per} frames of {w}x{h} as {', '.join(codecs)} in {time.perf_counter() - t:.0f} s",
-              flush=True)
-    return {c: sorted((base / c).glob("*.mp4")) for c in codecs}
+        for e in todo:
+            (bases[e] / "done").write_text(",".join(codecs))
+            mbit = sum(f.stat().st_size for f in (bases[e] / "h264").glob("*.mp4")) * 8 * 30 / (files * per) / 1e6
+            print(f"data: {files} x {per} frames of {w}x{h} as {', '.join(codecs)} ({e}: H.264 {mbit:.1f} Mbit/s) "
+                  f"in {time.perf_counter() - t:.0f} s", flush=True)
+    return {e: {c: sorted((b / c).glob("*.mp4")) for c in codecs} for e, b in bases.items()}
 
 
 def repeat_clips(clips: list[Path], folder: Path, frames: int, per_clip: int) -> tuple[Path, int]:
@@ -314,6 +332,10 @@ def main() -> int:
                                      "row sees one GPU) and then on all GPUs of the machine, on the first of "
                                      "--codecs: the scaling efficiency, end to end and steady")
     p.add_argument("--codecs", default="h264,hevc", help="codecs of rows (1), (2) and (5) (H.264 is always encoded: row (3) runs on it)")
+    p.add_argument("--encoding", default="veryfast", choices=sorted(ENCODINGS),
+                   help="how the H.264 clips are encoded (every row runs on them): veryfast (libx264 veryfast, "
+                        "B-frames; every session before the ninth), no-bframes (the same without B-frames, as IP "
+                        "cameras write), medium (libx264's default preset)")
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny clips and jobs (any machine)")
     a = p.parse_args()
     w, h = 1920, 1080
@@ -324,7 +346,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     print(f"device: {torch.cuda.get_device_name(0) if GPU else 'cpu'}; CPUs: {os.cpu_count()}", flush=True)
-    clips = make_clips(work, a.unique, a.files, w, h, tuple(dict.fromkeys(["h264", *a.codecs.split(",")])))
+    clips = make_clips(work, a.unique, a.files, w, h, tuple(dict.fromkeys(["h264", *a.codecs.split(",")])),
+                       (a.encoding,))[a.encoding]
     per_clip = a.unique // a.files
     from yoloray.engines.torch_backend import save_random_checkpoint
 
@@ -381,7 +404,9 @@ def main() -> int:
             init_ray(1 if a.scaling and GPU else None)  # scaling run: every row but the last sees one GPU
 
     steps.append(("docs", lambda: (start_ray(), ray_docs_pattern(weights, clips["h264"], a.peer_frames))))
-    jobs = {codec: repeat_clips(clips[codec], work / f"job-{codec}", a.frames, per_clip) for codec in a.codecs.split(",")}
+    job_dir = "job" if a.encoding == "veryfast" else f"job-{a.encoding}"
+    jobs = {codec: repeat_clips(clips[codec], work / f"{job_dir}-{codec}", a.frames, per_clip)
+            for codec in a.codecs.split(",")}
 
     def run_config(name: str, codec: str, gpus: int = 1) -> dict:
         """The (5) row of configuration `name` on the `codec` job, on the Ray that is up (`gpus` GPUs)."""

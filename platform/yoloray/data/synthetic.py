@@ -82,17 +82,17 @@ VIDEO_CODECS = {"h264": "libx264", "hevc": "libx265"}  # PyAV's FFmpeg (the PyPI
 
 
 def write_clip(path: Path, frames, width: int, height: int, fps: float, codec: str = "h264", gop: int = 15,
-               crf: int = 20, open_gop: bool = True) -> None:
+               crf: int = 20, open_gop: bool = True, x264: dict | None = None) -> None:
     """Encode BGR frames into an mp4 with PyAV: H.264 (libx264, closed GOPs) or HEVC (libx265; open GOPs, its
     default, unless `open_gop` is False), a keyframe every `gop` frames, B-frames on (so presentation order
-    differs from decode order, as in camera archives)."""
+    differs from decode order, as in camera archives). `x264`: libx264 options over these (e.g. `{"bf": "0"}`)."""
     import av
 
     with av.open(str(path), "w") as out:
         stream = out.add_stream(VIDEO_CODECS[codec], rate=round(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if codec == "h264":
-            stream.options = {"g": str(gop), "keyint_min": str(gop), "crf": str(crf), "preset": "veryfast"}
+            stream.options = {"g": str(gop), "keyint_min": str(gop), "crf": str(crf), "preset": "veryfast", **(x264 or {})}
         else:
             stream.options = {"crf": str(crf), "preset": "veryfast",
                               "x265-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:log-level=error"
