@@ -6,7 +6,8 @@
 #                                                   # pytest FILES (default: the ORT GPU tests) -k EXPR
 #   bash benchmarks/h200_session.sh video    # benchmarks/video.py (NVDEC, PyAV, ultralytics, yoloray infer on clips)
 #   bash benchmarks/h200_session.sh video-watch ARGS  # video.py ARGS, with host_watch.py's NVDEC/SM/CPU figures per row
-#   TESTS_K=EXPR LIMIT=S bash benchmarks/h200_session.sh video-check ARGS  # test_video_gpu.py -k EXPR, then video-watch
+#   TESTS_K=EXPR LIMIT=S TESTS_TIMEOUT=S bash benchmarks/h200_session.sh video-check ARGS  # test_video_gpu.py -k EXPR,
+#                                                   # then video-watch
 #   bash benchmarks/h200_session.sh video-best ARGS   # the last video-watch's best (5) config (by steady rate), ARGS
 #   bash benchmarks/h200_session.sh nvdec-probe ARGS  # benchmarks/nvdec_probe.py ARGS (150 s at most; data in /tmp/vbench)
 #   bash benchmarks/h200_session.sh video-tests ARGS  # tests/gpu/test_video_gpu.py + video.py ARGS + the best (5) at 300k
@@ -64,9 +65,9 @@ case "${1:-}" in
     python3 benchmarks/host_watch.py summary --log "$OUT/watch.jsonl" --rows "$OUT/video.json" | tee "$OUT/watch.txt"
     cp "$OUT/video.json" /tmp/vbench/last_video.json
     ;;
-  video-check)  # tests/gpu/test_video_gpu.py -k "$TESTS_K" (100 s at most), then video-watch ARGS in the time left
-                # of LIMIT seconds (default 580)
-    timeout 100 python3 -m pytest -q -p no:cacheprovider -rfE tests/gpu/test_video_gpu.py -k "${TESTS_K:-}" \
+  video-check)  # tests/gpu/test_video_gpu.py -k "$TESTS_K" (TESTS_TIMEOUT s, default 100), then video-watch ARGS in
+                # the time left of LIMIT seconds (default 580)
+    timeout "${TESTS_TIMEOUT:-100}" python3 -m pytest -q -p no:cacheprovider -rfE tests/gpu/test_video_gpu.py -k "${TESTS_K:-}" \
       >"$OUT/tests_video.txt" 2>&1; tail -6 "$OUT/tests_video.txt"
     VIDEO_TIMEOUT=$((${LIMIT:-580} - SECONDS - 15)) exec bash "$0" video-watch "${@:2}"
     ;;
