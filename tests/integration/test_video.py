@@ -294,13 +294,17 @@ def test_exactly_once_after_a_killed_driver(clips, demo_model, tmp_path):
             os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
     done = {k for p in out.glob("part-*.parquet") for k in pq.read_table(p, columns=["key"]).column("key").to_pylist()}
-    assert done and done <= expected
+    assert done and done <= expected, f"first run's parts: {len(done)} keys, {len(done - expected)} unexpected"
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     keys = pq.read_table(out, columns=["key"]).column("key").to_pylist()
-    assert Counter(keys) == Counter(expected), "every sampled frame exactly once"
+    counts = Counter(keys)
+    assert counts == Counter(expected), (  # what went wrong, if this ever fails again (it did once, 2026-12-01)
+        f"every sampled frame exactly once: {len(done)} done before the rerun; missing "
+        f"{sorted(expected - set(keys))[:5]}, repeated {[k for k, n in counts.items() if n > 1][:5]}; "
+        f"rerun said: {second.stdout[-1500:]}")
     if len(done) < len(expected):
-        assert f"{len(expected) - len(done):,} new ({len(done):,} already done" in second.stdout
+        assert f"{len(expected) - len(done):,} new ({len(done):,} already done" in second.stdout, second.stdout[-1500:]
 
 
 def test_variable_frame_rate_gets_the_container_times(tmp_path):
