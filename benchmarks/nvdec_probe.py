@@ -105,7 +105,7 @@ def main() -> int:
 
 
 def probe(a, encoding: str, clips: list[Path], rows: set) -> None:
-    from video import _thread_stream, units_of
+    from video import _thread_stream, passes, units_of
 
     from yoloray.vision.decoders.nvdec import NvdecDecoder
 
@@ -120,11 +120,11 @@ def probe(a, encoding: str, clips: list[Path], rows: set) -> None:
         return run
 
     def timed(name: str, fn, units: list, threads: int) -> None:
+        repeats = passes(sum(u["stop"] - u["start"] for u in units))
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(fn, units[:threads]))  # open the decoders
             t = time.perf_counter()
-            per_pass = sum(u["stop"] - u["start"] if "stop" in u else len(u["keep"]) for u in units)
-            frames = sum(pool.map(fn, units * max(3, -(-12_000 // per_pass))))
+            frames = sum(pool.map(fn, units * repeats))
         s = time.perf_counter() - t
         ROWS.append({"encoding": encoding, "row": name, "threads": threads, "frames": frames, "seconds": round(s, 2),
                      "frames_per_s": round(frames / s, 1)})
@@ -140,18 +140,12 @@ def probe(a, encoding: str, clips: list[Path], rows: set) -> None:
                 torch.cuda.current_stream().synchronize()
                 return n
             timed(f"index-{group} (NvdecDecoder, fused)", in_stream(index), segs, threads)
-        if "sequential" in rows:
-            cache: dict = {}
-            timed("sequential (get_batch_frames, fused)", in_stream(lambda u, c=cache: read_sequential(c, u, True)),
-                  units, threads)
-        if "decode" in rows:
-            cache2: dict = {}
-            timed("decode only (get_batch_frames)", in_stream(lambda u, c=cache2: read_sequential(c, u, False)),
-                  units, threads)
-        if "whole" in rows:
-            cache3: dict = {}
-            timed("decode only, whole files", in_stream(lambda u, c=cache3: read_sequential(c, u, False)),
-                  whole, threads)
+        for key, name, read, convert in (("sequential", "sequential (get_batch_frames, fused)", units, True),
+                                         ("decode", "decode only (get_batch_frames)", units, False),
+                                         ("whole", "decode only, whole files", whole, False)):
+            if key in rows:
+                cache: dict = {}  # each row opens its own decoder sessions
+                timed(name, in_stream(lambda u, c=cache, cv=convert: read_sequential(c, u, cv)), read, threads)
     for procs, threads in ((2, 4), (4, 2), (7, 1)) if "procs" in rows else ():
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(procs, mp_context=ctx) as pool:

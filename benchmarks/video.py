@@ -74,6 +74,16 @@ ENCODINGS = {
 }
 
 
+def _folder(stem: str, encoding: str) -> str:
+    """A work folder's name for `encoding` (the default keeps the names of the sessions before encodings)."""
+    return stem if encoding == "veryfast" else f"{stem}-{encoding}"
+
+
+def passes(frames_per_pass: int) -> int:
+    """Passes over the clips for a decode-only row: at least 3, and at least 12,000 frames."""
+    return max(3, -(-12_000 // max(1, frames_per_pass)))
+
+
 def _encode_file(args: tuple) -> int:
     from yoloray.data.scene import render_video_frame
     from yoloray.data.synthetic import write_clip
@@ -91,7 +101,7 @@ def make_clips(work: Path, unique: int, files: int, w: int, h: int, codecs: tupl
                encodings: tuple[str, ...] = ("veryfast",)) -> dict[str, dict[str, list[Path]]]:
     """encoding -> codec -> `files` clips of `unique` rendered frames (rendered once, encoded as each of ENCODINGS
     says) under `work`, kept for a rerun with the same codecs."""
-    bases = {e: work / ("clips" if e == "veryfast" else f"clips-{e}") for e in encodings}
+    bases = {e: work / _folder("clips", e) for e in encodings}
     todo = {e: str(b) for e, b in bases.items()
             if not (b / "done").exists() or (b / "done").read_text() != ",".join(codecs)}
     if todo:
@@ -153,7 +163,7 @@ def nvdec_alone(codec: str, units: list[dict], threads: int, fused: bool = True,
     if (why := nvdec_missing()) is not None:
         return skipped(name, why)
     dec = NvdecDecoder(torch.device("cuda"), (384, 640), 128, torch.float16 if fused else None, read=read)
-    repeats = max(3, -(-12_000 // max(1, sum(len(u["keep"]) for u in units))))
+    repeats = passes(sum(len(u["keep"]) for u in units))
 
     def run(unit: dict) -> int:
         with _thread_stream():  # one CUDA stream per thread, as the Detector gives each call
@@ -415,8 +425,7 @@ def main() -> int:
             init_ray(1 if a.scaling and GPU else None)  # scaling run: every row but the last sees one GPU
 
     steps.append(("docs", lambda: (start_ray(), ray_docs_pattern(weights, clips["h264"], a.peer_frames))))
-    job_dir = "job" if a.encoding == "veryfast" else f"job-{a.encoding}"
-    jobs = {codec: repeat_clips(clips[codec], work / f"{job_dir}-{codec}", a.frames, per_clip)
+    jobs = {codec: repeat_clips(clips[codec], work / f"{_folder('job', a.encoding)}-{codec}", a.frames, per_clip)
             for codec in a.codecs.split(",")}
 
     def run_config(name: str, codec: str, gpus: int = 1) -> dict:
